@@ -1,0 +1,1 @@
+"""Analyzers: pure functions from store query results to Findings."""

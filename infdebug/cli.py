@@ -1,0 +1,380 @@
+"""``infdebug``: the command line.
+
+Configuration comes from a flag, then an ``INFDEBUG_*`` environment variable, then the
+default. Every command has ``--json``. Exit codes: 0 done, 2 nothing could be done (the
+reason is one line on stderr), 3 done with some input set aside (ingest's rejected lines).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from infdebug import __version__
+from infdebug.store import Store, StoreError, default_home, open_store
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+class Ctx:
+    def __init__(self, home: str | None, clickhouse: str | None) -> None:
+        self.home = home
+        self.clickhouse = clickhouse
+
+    @contextmanager
+    def store(self) -> Iterator[Store]:
+        try:
+            st = open_store(self.clickhouse, self.home)
+        except StoreError as e:
+            fail(str(e))
+        try:
+            yield st
+        finally:
+            st.close()
+
+
+def fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]infdebug:[/] {msg}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def to_jsonable(v: Any) -> Any:
+    if isinstance(v, dt.datetime | dt.date):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(v).decode("ascii")
+    if isinstance(v, dict):
+        return {str(k): to_jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [to_jsonable(x) for x in v]
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    return v
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(to_jsonable(obj), ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="infdebug")
+@click.option(
+    "--home",
+    envvar="INFDEBUG_HOME",
+    metavar="DIR",
+    help="Embedded store (chDB) directory. Env INFDEBUG_HOME; default ./.infdebug",
+)
+@click.option(
+    "--clickhouse",
+    envvar="INFDEBUG_CLICKHOUSE_URL",
+    metavar="URL",
+    help="Use a ClickHouse server instead of the embedded store, e.g. "
+    "http://user:pass@host:8123/infdebug. Env INFDEBUG_CLICKHOUSE_URL. Many processes can share one.",
+)
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, clickhouse: str | None) -> None:
+    """Find out why an LLM inference fleet misbehaves, from what the fleet records.
+
+    \b
+    Start here:
+      infdebug ingest sample_logs/          load JSONL logs into the store
+      infdebug stats                        per-replica TTFT / inter-token / e2e percentiles
+      infdebug query "SELECT replica, count() FROM requests GROUP BY replica"
+
+    The store is ClickHouse: embedded chDB under --home by default (one process at a time),
+    or a server with --clickhouse.
+    """
+    ctx.obj = Ctx(home, clickhouse)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--strict", is_flag=True, help="Reject lines with fields the contract does not know.")
+@click.option(
+    "--rejects",
+    "rejects_path",
+    metavar="FILE",
+    help="Where rejected lines go (JSONL: file, line, field, reason, raw). "
+    "Default: HOME/rejects/ingest-<time>.jsonl",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+@click.pass_obj
+def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | None, as_json: bool) -> None:
+    """Load JSONL logs (files, directories, globs; .jsonl and .jsonl.gz) into the store.
+
+    Every record kind of the contract (request, gpu, metrics, finding) goes to its table.
+    Ingesting is idempotent: a file already loaded adds nothing, a file that grew is read
+    from where it stopped (also after it was renamed or gzipped).
+
+    A bad line (malformed JSON, a wrong type, a missing required field, invalid UTF-8, a
+    truncated last line) is written to the rejects file with its file, line number, field
+    and reason, and the rest of the file still loads.
+
+    Exit code: 0 everything loaded, 3 some lines were rejected, 2 nothing could be done.
+    """
+    from infdebug.collectors.jsonl import ingest_paths
+
+    home = obj.home or default_home()
+    if rejects_path is None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        base = home if not obj.clickhouse else os.path.join(os.getcwd(), ".infdebug")
+        rejects_path = os.path.join(base, "rejects", f"ingest-{stamp}-{os.getpid()}.jsonl")
+    with obj.store() as st, _Progress(enabled=not as_json) as prog:
+        report = ingest_paths(
+            st,
+            list(paths),
+            strict=strict,
+            rejects_path=rejects_path,
+            progress=prog.advance,
+            on_file=prog.file,
+        )
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_ingest(report)
+    if report.exit_code() == 2 and not as_json:
+        reasons = report.errors + [f.message for f in report.files if f.status == "error"]
+        fail("nothing could be ingested: " + ("; ".join(reasons) or "no input files"))
+    sys.exit(report.exit_code())
+
+
+class _Progress:
+    """A rich progress bar with MB/s that appears only once work has taken a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and err_console.is_terminal
+        self.t0 = time.monotonic()
+        self.total = 0
+        self.done = 0
+        self._bar: Any = None
+        self._task: Any = None
+        self._name = ""
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def file(self, path: str, size: int) -> None:
+        self.total += size
+        self._name = os.path.basename(path)
+        self._update()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._update()
+
+    def _update(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            if time.monotonic() - self.t0 < 1.0:
+                return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("ingest", total=self.total)
+        self._bar.update(self._task, completed=self.done, total=self.total, description=self._name)
+
+
+def _print_ingest(report: Any) -> None:
+    t = Table(title=None, show_edge=False, header_style="bold")
+    t.add_column("file", overflow="fold", ratio=3)
+    t.add_column("status", ratio=2, overflow="fold")
+    t.add_column("rows", justify="right", ratio=2)
+    t.add_column("rejected", justify="right")
+    for f in report.files:
+        status = f.status if f.status != "loaded" else f"loaded ({f.path_taken})"
+        if f.status == "error":
+            status = f"[red]error[/]: {f.message}"
+        rows = ", ".join(f"{v} {k}" for k, v in f.rows.items() if v) or "0"
+        t.add_row(_short_path(f.path), status, rows, f"[red]{f.rejected}[/]" if f.rejected else "0")
+    out_console.print(t)
+    for e in report.errors:
+        err_console.print(f"[yellow]skipped[/] {e}", highlight=False)
+    rows = report.rows
+    mbps = report.bytes / 1e6 / report.seconds if report.seconds > 0 else 0.0
+    out_console.print(
+        f"{sum(rows.values())} rows ("
+        + ", ".join(f"{v} {k}" for k, v in rows.items())
+        + f") from {len(report.files)} file(s), {report.bytes / 1e6:.1f} MB in {report.seconds:.2f}s "
+        f"({mbps:.0f} MB/s)",
+        highlight=False,
+    )
+    if report.rejected:
+        sink_first = _first_rejects(report.rejects_file, 10)
+        err_console.print(f"[red]{report.rejected} line(s) rejected[/], written to {report.rejects_file}:")
+        for r in sink_first:
+            fld = f" field {r['field']}:" if r.get("field") else ""
+            err_console.print(f"  {r['file']}:{r['line']}:{fld} {r['reason']}", highlight=False, soft_wrap=True)
+        if report.rejected > len(sink_first):
+            err_console.print(f"  … and {report.rejected - len(sink_first)} more", highlight=False)
+
+
+def _short_path(p: str) -> str:
+    rel = os.path.relpath(p)
+    return rel if not rel.startswith("../..") else p
+
+
+def _first_rejects(path: str | None, n: int) -> list[dict[str, Any]]:
+    if not path:
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            out.append(json.loads(line))
+            if len(out) >= n:
+                break
+    return out
+
+
+# --- query ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("sql")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Bind a query parameter: use {NAME:Type} in the SQL, e.g. "
+    "-p r=replica-1 with WHERE replica = {r:String}.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per row.")
+@click.option("--limit", default=1000, show_default=True, help="Rows to show in the table view.")
+@click.pass_obj
+def query(obj: Ctx, sql: str, params: tuple[str, ...], as_json: bool, limit: int) -> None:
+    """Run ad-hoc SQL against the store.
+
+    \b
+    Tables: requests, gpu_samples, metric_samples, findings, ingest_state, otel_traces.
+    Example:
+      infdebug query "SELECT replica, quantileExact(0.99)(ttft_s) FROM requests GROUP BY replica"
+    """
+    bound: dict[str, str] = {}
+    for p in params:
+        if "=" not in p:
+            fail(f"--param expects NAME=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        bound[k] = v
+    with obj.store() as st:
+        try:
+            cols, rows = st.query(sql, bound)
+        except StoreError as e:
+            fail(f"query failed: {e}")
+    if as_json:
+        print_json([dict(zip(cols, r, strict=True)) for r in rows])
+        return
+    t = Table(show_edge=False, header_style="bold")
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows[:limit]:
+        t.add_row(*(_cell(v) for v in r))
+    out_console.print(t)
+    more = f", showing {limit}" if len(rows) > limit else ""
+    err_console.print(f"{len(rows)} row(s){more}", style="dim")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "[dim]NULL[/]"
+    s = json.dumps(to_jsonable(v), ensure_ascii=False) if isinstance(v, list | dict | tuple) else str(to_jsonable(v))
+    s = s.replace("[", "\\[")
+    return s if len(s) <= 200 else s[:200] + "…"
+
+
+# --- stats ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--replica", default="", help="Only this replica.")
+@click.option("--deployment", default="", help="Only this deployment (revision or canary label).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def stats(obj: Ctx, replica: str, deployment: str, as_json: bool) -> None:
+    """Per-replica request counts and TTFT / inter-token / end-to-end p50, p90, p99.
+
+    Each percentile group shows the number of samples (n) it was computed from. Inter-token
+    latency pools every gap between consecutive output tokens.
+    """
+    from infdebug.store.queries import replica_stats
+
+    with obj.store() as st:
+        res = replica_stats(st, replica=replica, deployment=deployment)
+    if as_json:
+        print_json({"replicas": [r.to_json() for r in res]})
+        return
+    if not res:
+        err_console.print("no requests in the store yet; load some with: infdebug ingest PATH")
+        return
+    out_console.print(stats_table(res))
+
+
+def stats_table(res: list[Any]) -> Table:
+    t = Table(show_edge=False, header_style="bold", title="latency per replica, ms: p50 p90 p99 (n samples)")
+    t.add_column("replica")
+    t.add_column("requests", justify="right")
+    t.add_column("errors", justify="right")
+    for metric in ("TTFT", "inter-token", "end-to-end"):
+        t.add_column(metric, justify="right")
+
+    def ms(x: float | None) -> str:
+        return "—" if x is None else (f"{x * 1000:.1f}" if x < 10 else f"{x * 1000:.0f}")
+
+    for r in res:
+        cells = [r.replica, str(r.requests), str(r.errors)]
+        for s in (r.ttft_s, r.itl_s, r.e2e_s):
+            cells.append(f"{ms(s.p50)} {ms(s.p90)} {ms(s.p99)}\n[dim]n={s.n}[/]")
+        t.add_row(*cells)
+    return t
+
+
+def main() -> None:
+    cli(prog_name="infdebug")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Collectors: ingestion paths from files, OTLP, Prometheus and NVML into the store."""

@@ -1,0 +1,562 @@
+"""Ingest contract JSONL files (plain or ``.gz``) into the store, fast and without losing lines.
+
+How a file is loaded:
+
+1. Its identity is the hash of its first line, so a file that is renamed, rotated or
+   gzipped after it was ingested is recognised; ``ingest_state`` remembers how far into it
+   we got (bytes and lines), so a file that grew is read from where it stopped and the
+   same file twice adds nothing.
+2. **Fast path** (a new, single-kind file): ClickHouse parses and loads the original file
+   itself (``file()`` in chDB, streamed to ``input()`` on a server) while, on another core,
+   msgspec validates every line against the contract with the token arrays kept raw.
+   ClickHouse checks what msgspec leaves raw: every token ID must fit UInt32.
+3. **Careful path** (a file with a bad line, mixed kinds, or a grown tail): every line is
+   validated with the full contract decoder; bad lines go to the rejects file with file,
+   line, field and reason; good lines are grouped by kind and loaded. Whatever ClickHouse
+   still refuses is bisected down to the line and rejected with ClickHouse's reason.
+
+Each load is tagged with a batch number, recorded as pending before it starts, so a load
+that fails or a process that dies half way is rolled back instead of leaving duplicates.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgspec
+
+from infdebug.schema import Finding, LineError, RecordDecoder, open_bytes
+from infdebug.store.base import Store, StoreError
+from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
+
+CHUNK_BYTES = 64 << 20
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json.gz")
+
+_SHAPE = RecordDecoder(shape=True)
+_SHAPE_STRICT = RecordDecoder(shape=True, strict=True)
+_FULL = RecordDecoder()
+_FULL_STRICT = RecordDecoder(strict=True)
+
+
+def _kind(obj: Any) -> str:
+    if isinstance(obj, Finding) or type(obj).__name__.startswith("Finding"):
+        return "finding"
+    tag: str = obj.__struct_config__.tag
+    return tag
+
+
+@dataclass
+class Reject:
+    file: str
+    line: int
+    reason: str
+    field: str | None
+    raw: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"file": self.file, "line": self.line, "field": self.field, "reason": self.reason}
+        raw = self.raw.rstrip(b"\r\n")
+        try:
+            d["raw"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            d["raw"] = None
+            d["raw_base64"] = base64.b64encode(raw).decode("ascii")
+        return d
+
+
+class RejectSink:
+    """Writes rejected lines, one JSON object each, to a file opened on first use."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.count = 0
+        self.first: list[Reject] = []  # the first few, for the terminal
+        self._fh: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, r: Reject) -> None:
+        with self._lock:
+            if self._fh is None:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across adds
+            self._fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            self.count += 1
+            if len(self.first) < 20:
+                self.first.append(r)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass
+class FileResult:
+    path: str
+    rows: Counter[str] = field(default_factory=Counter)
+    rejected: int = 0
+    bytes: int = 0
+    status: str = "loaded"  # loaded | unchanged | error
+    message: str = ""
+    path_taken: str = ""  # fast | careful | ""
+
+
+@dataclass
+class _State:
+    content_id: str
+    size: int = 0
+    mtime: float = 0.0
+    offset: int = 0
+    lines: int = 0
+    rows: int = 0
+    rejected: int = 0
+    pending_batch: int = 0
+
+
+Progress = Callable[[int], None]  # called with bytes just processed
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _first_line(path: str) -> bytes:
+    with open_bytes(path) as fh:
+        return fh.readline(1 << 24)
+
+
+def _chunks(fh: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, bool]]:
+    """Blocks of whole lines; the last block may end without a newline (``True`` = complete)."""
+    carry = b""
+    while True:
+        block = fh.read(chunk_bytes)
+        if not block:
+            if carry:
+                yield carry, carry.endswith(b"\n")
+            return
+        if carry:
+            block = carry + block
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:
+            carry = block
+            continue
+        carry = block[cut:]
+        yield block[:cut], True
+
+
+def _skip(fh: IO[bytes], n: int) -> None:
+    """Move past the first ``n`` bytes (a gzip stream decompresses its way there)."""
+    if n > 0:
+        fh.seek(n)
+
+
+# --- the ingestor -------------------------------------------------------------------------
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        strict: bool = False,
+        rejects: RejectSink,
+        progress: Progress | None = None,
+        tmp_dir: str | None = None,
+    ) -> None:
+        self.store = store
+        self.strict = strict
+        self.rejects = rejects
+        self.progress = progress or (lambda n: None)
+        self.tmp_dir = tmp_dir
+        # Unknown fields (and the kind tag) are skipped by ClickHouse; --strict is enforced
+        # by the contract decoder on every line before ClickHouse sees it.
+        self._settings = dict(JSONL_READ_SETTINGS)
+        self._settings["input_format_skip_unknown_fields"] = 1
+
+    # -- state ---------------------------------------------------------------------------
+    def _load_state(self, content_id: str) -> _State:
+        _, rows = self.store.query(
+            "SELECT size, mtime, offset, lines, rows, rejected, pending_batch FROM ingest_state FINAL "
+            "WHERE content_id = {cid:String}",
+            {"cid": content_id},
+        )
+        if not rows:
+            return _State(content_id)
+        size, mtime, offset, lines, nrows, rejected, pending = rows[0]
+        return _State(content_id, size, mtime, offset, lines, nrows, rejected, pending)
+
+    def _save_state(self, st: _State, path: str) -> None:
+        self.store.command(
+            "INSERT INTO ingest_state (content_id, path, size, mtime, offset, lines, rows, rejected, "
+            "pending_batch, updated_at) VALUES ({cid:String}, {path:String}, {size:UInt64}, "
+            "{mtime:Float64}, {offset:UInt64}, {lines:UInt64}, {rows:UInt64}, {rej:UInt64}, "
+            "{pending:UInt64}, now64(6))",
+            {
+                "cid": st.content_id,
+                "path": path,
+                "size": st.size,
+                "mtime": st.mtime,
+                "offset": st.offset,
+                "lines": st.lines,
+                "rows": st.rows,
+                "rej": st.rejected,
+                "pending": st.pending_batch,
+            },
+        )
+
+    def _rollback(self, batch: int) -> None:
+        for t in TABLES.values():
+            self.store.command(
+                f"ALTER TABLE {t.name} DELETE WHERE _batch = {{b:UInt64}}",
+                {"b": batch},
+                {"mutations_sync": 2},
+            )
+
+    # -- one file ------------------------------------------------------------------------
+    def ingest_file(self, path: str) -> FileResult:
+        res = FileResult(path)
+        try:
+            st_os = os.stat(path)
+            head = _first_line(path)
+        except (OSError, EOFError) as e:
+            res.status, res.message = "error", f"cannot read {path}: {e}"
+            return res
+        if not head.strip():
+            res.status, res.message = "unchanged", "empty file"
+            return res
+        cid = hashlib.sha256(head).hexdigest()[:32]
+        state = self._load_state(cid)
+        if state.pending_batch:
+            self._rollback(state.pending_batch)  # a previous load died half way
+            state.pending_batch = 0
+        if state.size == st_os.st_size and state.mtime == st_os.st_mtime and state.offset > 0:
+            res.status, res.message = "unchanged", "already ingested"
+            return res
+        gz = path.endswith(".gz")
+        if not gz and st_os.st_size < state.offset:
+            res.status = "error"
+            res.message = (
+                f"{path} is {st_os.st_size} bytes but {state.offset} bytes of it were ingested before "
+                "under the same first line; it was rewritten in place, not appended to — not re-read"
+            )
+            return res
+        batch = random.getrandbits(63) or 1
+        prev = _State(**state.__dict__)
+        self._save_state(_State(**{**prev.__dict__, "pending_batch": batch}), path)
+        state.size, state.mtime = st_os.st_size, st_os.st_mtime
+        try:
+            if state.offset == 0:
+                kind = self._peek_kind(head)
+                done = kind is not None and self._fast(path, kind, batch, state, res)
+                if not done:
+                    self._rollback(batch)
+                    res.rows.clear()
+                    self._careful(path, batch, state, res)
+            else:
+                self._careful(path, batch, state, res)
+        except BaseException:
+            # Roll back and forget the batch; if even that fails, the pending mark makes the
+            # next run roll it back before reading the file again.
+            with contextlib.suppress(Exception):
+                self._rollback(batch)
+                self._save_state(prev, path)
+            raise
+        state.rows += sum(res.rows.values())
+        state.rejected += res.rejected
+        self._save_state(state, path)
+        return res
+
+    def _peek_kind(self, head: bytes) -> str | None:
+        try:
+            return _kind(_SHAPE.decode(head))
+        except LineError:
+            return None
+
+    def _fast(self, path: str, kind: str, batch: int, state: _State, res: FileResult) -> bool:
+        """Load the whole file through ClickHouse while validating it here; False = fall back."""
+        err: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                self.store.insert_jsonl(TABLES[kind], path, path, batch, self._settings)
+            except BaseException as e:  # noqa: BLE001 - reported to the caller below
+                err.append(e)
+
+        th = threading.Thread(target=load, name="infdebug-ingest-load", daemon=True)
+        th.start()
+        dec = _SHAPE_STRICT if self.strict else _SHAPE
+        many = dec._union  # type: ignore[attr-defined]
+        ok = True
+        lines = 0
+        consumed = 0
+        with open_bytes(path) as fh:
+            for block, complete in _chunks(fh):
+                try:
+                    objs = many.decode_lines(block)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                    ok = False  # a bad line (or a finding among others): the careful path names it
+                    break
+                if any(_kind(o) != kind for o in objs):
+                    ok = False
+                    break
+                lines += block.count(b"\n") + (0 if complete else 1)
+                consumed += len(block)
+                res.rows[kind] += len(objs)
+                self.progress(len(block))
+        th.join()
+        if not ok or err:
+            if ok and err and not isinstance(err[0], StoreError):
+                raise err[0]
+            # Give back the progress already counted; the careful pass counts again.
+            self.progress(-consumed)
+            return False
+        res.bytes += consumed
+        res.path_taken = "fast"
+        state.offset += consumed
+        state.lines += lines
+        return True
+
+    def _careful(self, path: str, batch: int, state: _State, res: FileResult) -> None:
+        res.path_taken = "careful"
+        dec = _FULL_STRICT if self.strict else _FULL
+        gz = path.endswith(".gz")
+        spills: dict[str, IO[bytes]] = {}
+        spill_lines: dict[str, list[int]] = {}
+        line_no = state.lines
+        consumed = 0
+        try:
+            with open_bytes(path) as fh:
+                _skip(fh, state.offset)
+                for block, complete in _chunks(fh):
+                    lines = block.split(b"\n")
+                    if complete:
+                        lines.pop()  # the empty piece after the final newline
+                    for i, line in enumerate(lines):
+                        line_no += 1
+                        last_partial = not complete and i == len(lines) - 1
+                        if not line.strip():
+                            continue
+                        try:
+                            obj = dec.decode(line)
+                        except LineError as e:
+                            if last_partial and not gz:
+                                # Maybe still being written: report it, leave it to be re-read.
+                                self.rejects.add(
+                                    Reject(
+                                        path,
+                                        line_no,
+                                        "truncated last line (no newline at end of file): "
+                                        f"{e.reason}; it is read again if the file grows",
+                                        e.field,
+                                        line,
+                                    )
+                                )
+                                res.rejected += 1
+                                line_no -= 1
+                                block = block[: len(block) - len(line)]
+                                break
+                            reason = e.reason
+                            if last_partial:
+                                reason = f"truncated last line (no newline at end of file): {reason}"
+                            self.rejects.add(Reject(path, line_no, reason, e.field, line))
+                            res.rejected += 1
+                            continue
+                        k = _kind(obj)
+                        fh_k = spills.get(k)
+                        if fh_k is None:
+                            fh_k = spills[k] = tempfile.NamedTemporaryFile(  # noqa: SIM115
+                                mode="wb", suffix=".jsonl", dir=self.tmp_dir, delete=False
+                            )
+                            spill_lines[k] = []
+                        fh_k.write(line)
+                        fh_k.write(b"\n")
+                        spill_lines[k].append(line_no)
+                        res.rows[k] += 1
+                    consumed += len(block)
+                    self.progress(len(block))
+            for k, f in spills.items():
+                f.close()
+                self._load_spill(path, k, f.name, spill_lines[k], batch, res)
+        finally:
+            for f in spills.values():
+                f.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(f.name)
+        res.bytes += consumed
+        state.offset += consumed
+        state.lines = line_no
+
+    def _load_spill(self, path: str, kind: str, spill: str, line_nos: list[int], batch: int, res: FileResult) -> None:
+        table = TABLES[kind]
+        try:
+            self.store.insert_jsonl(table, spill, path, batch, self._settings)
+            return
+        except StoreError:
+            pass
+        # ClickHouse refused something msgspec accepted (e.g. a duplicated key): roll this
+        # kind back and bisect the lines down to the ones it refuses.
+        self.store.command(
+            f"ALTER TABLE {table.name} DELETE WHERE _batch = {{b:UInt64}}", {"b": batch}, {"mutations_sync": 2}
+        )
+        with open(spill, "rb") as fh:
+            lines = fh.read().split(b"\n")[:-1]
+        pairs = list(zip(line_nos, lines, strict=True))
+        self._bisect(path, table.name, kind, pairs, batch, res)
+
+    def _bisect(self, path: str, _table: str, kind: str, pairs: list[tuple[int, bytes]], batch: int, res: FileResult) -> None:
+        if not pairs:
+            return
+        with tempfile.NamedTemporaryFile(mode="wb", suffix=".jsonl", dir=self.tmp_dir, delete=False) as f:
+            for _, line in pairs:
+                f.write(line + b"\n")
+        try:
+            try:
+                self.store.insert_jsonl(TABLES[kind], f.name, path, batch, self._settings)
+                return
+            except StoreError as e:
+                if len(pairs) == 1:
+                    n, line = pairs[0]
+                    self.rejects.add(Reject(path, n, f"ClickHouse refused the line: {_first_sentence(str(e))}", None, line))
+                    res.rejected += 1
+                    res.rows[kind] -= 1
+                    return
+        finally:
+            os.unlink(f.name)
+        mid = len(pairs) // 2
+        self._bisect(path, _table, kind, pairs[:mid], batch, res)
+        self._bisect(path, _table, kind, pairs[mid:], batch, res)
+
+
+def _first_sentence(msg: str) -> str:
+    msg = msg.replace("\n", " ")
+    return msg[:300]
+
+
+# --- paths --------------------------------------------------------------------------------
+
+
+def expand_paths(args: list[str]) -> tuple[list[str], list[str]]:
+    """Files to ingest from files, directories and globs; plus one error line per bad arg."""
+    import glob
+
+    files: list[str] = []
+    errors: list[str] = []
+    for a in args:
+        if os.path.isdir(a):
+            found = sorted(
+                os.path.join(d, n)
+                for d, _, names in os.walk(a)
+                for n in names
+                if n.endswith(JSONL_SUFFIXES) and not n.startswith(".")
+            )
+            if not found:
+                errors.append(f"{a}: directory has no .jsonl or .jsonl.gz files")
+            files.extend(found)
+        elif os.path.exists(a):
+            files.append(a)
+        elif any(c in a for c in "*?["):
+            found = sorted(p for p in glob.glob(a, recursive=True) if os.path.isfile(p))
+            if not found:
+                errors.append(f"{a}: no file matches")
+            files.extend(found)
+        else:
+            errors.append(f"{a}: no such file or directory")
+    seen: set[str] = set()
+    unique = []
+    for f in files:
+        rp = os.path.realpath(f)
+        if rp not in seen:
+            seen.add(rp)
+            unique.append(f)
+    return unique, errors
+
+
+@dataclass
+class IngestReport:
+    files: list[FileResult]
+    errors: list[str]
+    rejects_file: str | None
+    seconds: float
+
+    @property
+    def rows(self) -> Counter[str]:
+        c: Counter[str] = Counter({k: 0 for k in ("request", "gpu", "metrics", "finding")})
+        for f in self.files:
+            c.update(f.rows)
+        return c
+
+    @property
+    def rejected(self) -> int:
+        return sum(f.rejected for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    def exit_code(self) -> int:
+        loaded_any = any(f.status != "error" for f in self.files)
+        if not loaded_any:
+            return 2
+        if self.rejected or self.errors or any(f.status == "error" for f in self.files):
+            return 3
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": len(self.files),
+            "rows": dict(self.rows),
+            "rejected": self.rejected,
+            "rejects_file": self.rejects_file,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "mb_per_s": round(self.bytes / 1e6 / self.seconds, 1) if self.seconds > 0 else None,
+            "errors": self.errors + [f.message for f in self.files if f.status == "error"],
+            "per_file": [
+                {
+                    "path": f.path,
+                    "status": f.status,
+                    "rows": dict(f.rows),
+                    "rejected": f.rejected,
+                    "bytes": f.bytes,
+                    "via": f.path_taken or None,
+                    "message": f.message or None,
+                }
+                for f in self.files
+            ],
+        }
+
+
+def ingest_paths(
+    store: Store,
+    paths: list[str],
+    *,
+    strict: bool = False,
+    rejects_path: str,
+    progress: Progress | None = None,
+    on_file: Callable[[str, int], None] | None = None,
+) -> IngestReport:
+    t0 = time.perf_counter()
+    files, errors = expand_paths(paths)
+    sink = RejectSink(rejects_path)
+    ing = Ingestor(store, strict=strict, rejects=sink, progress=progress)
+    results = []
+    try:
+        for f in files:
+            if on_file:
+                with contextlib.suppress(OSError):
+                    on_file(f, os.path.getsize(f))
+            results.append(ing.ingest_file(f))
+    finally:
+        sink.close()
+    return IngestReport(results, errors, sink.path if sink.count else None, time.perf_counter() - t0)

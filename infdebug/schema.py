@@ -1,0 +1,308 @@
+"""The record contract: every part of infdebug speaks these records and nothing else.
+
+Records are frozen ``msgspec.Struct``s written as JSON Lines. Every line carries a ``kind``
+tag and a schema version ``v``. Changes are additive only: readers ignore unknown fields
+(``strict=True`` rejects them).
+
+Kinds: ``request``, ``gpu``, ``metrics`` and ``finding``. A finding's ``kind`` field is its
+dotted finding kind (``template.double_bos``): any kind with a dot in it is a finding, so
+the contract's field names stay as specified and the tag still tells every line apart.
+
+Array fields (token IDs, token times, logprobs, throttle reasons) use ``[]`` for "not
+recorded": a ``null`` in the input is read as ``[]``. Scalars and objects keep ``null``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Annotated, Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+UINT32_MAX = 2**32 - 1
+
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
+UInt16 = Annotated[int, msgspec.Meta(ge=0, le=2**16 - 1)]
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
+UInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # msgspec bounds stop at int64
+FinishReason = Literal["stop", "length", "abort", "error"]
+Severity = Literal["info", "warning", "error"]
+MetricType = Literal["counter", "gauge", "histogram", "summary", "untyped"]
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_defaults=False):
+    v: UInt16 = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        # null in an array field means "not recorded", the same as [] (see module doc).
+        for name in _ARRAY_FIELDS.get(type(self).__name__, ()):
+            if getattr(self, name) is None:
+                msgspec.structs.force_setattr(self, name, [])
+
+
+class Request(_Record, frozen=True, tag="request"):
+    """One finished request, as the engine saw it."""
+
+    request_id: str
+    replica: str
+    t_arrival: float  # unix seconds
+    deployment: str | None = None  # revision or canary label
+    model: str | None = None
+    engine: str | None = None
+    engine_version: str | None = None
+    tokenizer_fp: str | None = None
+    template_fp: str | None = None
+    queue_s: float | None = None
+    prefill_s: float | None = None
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    token_times_s: list[float] | None = None  # offset from arrival of each output token
+    messages: list[dict[str, Any]] | None = None
+    prompt_text: str | None = None
+    prompt_ids: list[TokenId] | None = None
+    output_text: str | None = None
+    output_ids: list[TokenId] | None = None
+    output_logprobs: list[float] | None = None
+    cached_prompt_tokens: UInt32 | None = None
+    spec_draft_tokens: UInt32 | None = None
+    spec_accepted_tokens: UInt32 | None = None
+    finish_reason: FinishReason | None = None
+    sampling: dict[str, Any] | None = None  # temperature, top_p, top_k, max_tokens, seed, stop_ids …
+    error: str | None = None
+
+
+class GpuSample(_Record, frozen=True, tag="gpu"):
+    """One NVML sample of one GPU."""
+
+    t: float
+    replica: str
+    gpu_index: UInt16 = 0
+    uuid: str | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    temp_c: float | None = None
+    sm_clock_mhz: float | None = None
+    mem_clock_mhz: float | None = None
+    util_pct: float | None = None
+    mem_used_bytes: UInt64 | None = None
+    throttle_reasons: list[str] | None = None  # DCGM names: power_cap, hw_thermal, …
+    energy_j: float | None = None
+    simulated: bool = False  # True for the synthetic signal of --simulate-gpu
+
+
+class MetricSample(_Record, frozen=True, tag="metrics"):
+    """One scraped Prometheus sample (a histogram is one sample with its buckets)."""
+
+    t: float
+    replica: str
+    name: str
+    type: MetricType = "untyped"
+    labels: dict[str, str] | None = None
+    value: float | None = None
+    buckets: dict[str, float] | None = None  # le -> cumulative count
+    sum: float | None = None
+    count: float | None = None
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
+    """What an analyzer found, with the evidence to act on it.
+
+    Not a tagged union member: its ``kind`` is the dotted finding kind.
+    """
+
+    kind: str  # dotted: template.double_bos
+    analyzer: str
+    severity: Severity
+    summary: str
+    v: UInt16 = SCHEMA_VERSION
+    scope: dict[str, Any] | None = None  # replica, deployment, t_start, t_end
+    values: dict[str, Any] | None = None  # measured numbers, test statistic, p-value
+    evidence: dict[str, Any] | None = None  # request IDs, first diverging token, …
+    t: float | None = None  # when it was found
+
+
+_ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
+    "Request": ("token_times_s", "prompt_ids", "output_ids", "output_logprobs"),
+    "GpuSample": ("throttle_reasons",),
+}
+
+Record = Request | GpuSample | MetricSample | Finding
+TaggedRecord = Request | GpuSample | MetricSample
+RECORD_TYPES: dict[str, type[TaggedRecord]] = {
+    "request": Request,
+    "gpu": GpuSample,
+    "metrics": MetricSample,
+}
+KINDS: tuple[str, ...] = ("request", "gpu", "metrics", "finding")
+
+
+def kind_of(record: Record) -> str:
+    """The contract kind name of a record: request, gpu, metrics or finding."""
+    return "finding" if isinstance(record, Finding) else record.__struct_config__.tag  # type: ignore[return-value]
+
+
+def is_finding_kind(kind: str) -> bool:
+    return "." in kind
+
+
+# --- decoders -----------------------------------------------------------------------------
+
+
+def _variant(base: type[msgspec.Struct], *, strict: bool, raw_arrays: bool) -> type[msgspec.Struct]:
+    """A decoding twin of a record type: strict (unknown fields rejected) and/or with the big
+    numeric arrays kept as ``msgspec.Raw`` (syntax-checked, not materialised)."""
+    fields = []
+    for f in msgspec.structs.fields(base):
+        typ: Any = f.type
+        if raw_arrays and f.name in _ARRAY_FIELDS.get(base.__name__, ()) and f.name != "throttle_reasons":
+            typ = msgspec.Raw
+        default = f.default if f.default is not msgspec.NODEFAULT else msgspec.NODEFAULT
+        if typ is msgspec.Raw:
+            default = msgspec.Raw(b"null")
+        fields.append((f.name, typ) if default is msgspec.NODEFAULT else (f.name, typ, default))
+    cfg = base.__struct_config__
+    extra: dict[str, Any] = {}
+    if cfg.tag_field is not None:
+        extra = {"tag_field": cfg.tag_field, "tag": cfg.tag}
+    return msgspec.defstruct(
+        base.__name__ + ("Strict" if strict else "") + ("Shape" if raw_arrays else ""),
+        fields,
+        kw_only=True,
+        frozen=True,
+        forbid_unknown_fields=strict,
+        module=__name__,
+        **extra,
+    )
+
+
+class _Head(msgspec.Struct):
+    kind: str = ""
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+
+
+class LineError(ValueError):
+    """A line that does not satisfy the contract; ``field`` names the offending field."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def _field_of(msg: str) -> str | None:
+    # msgspec: "Expected `float`, got `str` - at `$.t_arrival`"
+    if "- at `$" in msg:
+        path = msg.rsplit("- at `$", 1)[1].rstrip("`")
+        return path.lstrip(".") or None
+    if msg.startswith("Object missing required field `"):
+        return msg.split("`")[1]
+    if msg.startswith("Object contains unknown field `"):
+        return msg.split("`")[1]
+    return None
+
+
+@dataclass(frozen=True)
+class RecordDecoder:
+    """Decodes one JSON line into a record, raising LineError with the field named.
+
+    ``shape=True`` decodes the large arrays as raw JSON (checked for syntax only): the
+    ingest path uses it to validate at several hundred MB/s and lets ClickHouse parse the
+    arrays themselves, strictly.
+    """
+
+    strict: bool = False
+    shape: bool = False
+
+    def __post_init__(self) -> None:
+        # Without shape or strict, decode straight into the contract's own classes; a
+        # strict decode validates with a twin that forbids unknown fields, then decodes
+        # into the contract class (strict is an opt-in check, not the hot path).
+        if self.shape or self.strict:
+            types = [_variant(t, strict=self.strict, raw_arrays=self.shape) for t in RECORD_TYPES.values()]
+            finding: type = _variant(Finding, strict=self.strict, raw_arrays=False)
+        else:
+            types, finding = list(RECORD_TYPES.values()), Finding
+        union: Any = types[0] | types[1] | types[2]
+        object.__setattr__(self, "_union", msgspec.json.Decoder(union))
+        object.__setattr__(self, "_finding", msgspec.json.Decoder(finding))
+
+    def decode(self, line: bytes | str) -> Any:
+        try:
+            return self._union.decode(line)  # type: ignore[attr-defined]
+        except msgspec.ValidationError as e:
+            msg = str(e)
+            if msg.startswith("Invalid value '") and "- at `$.kind`" in msg:
+                head = _HEAD.decode(line)
+                if is_finding_kind(head.kind):
+                    return self._decode_finding(line)
+                raise LineError(
+                    f"unknown record kind {head.kind!r} (expected one of {', '.join(KINDS)}, "
+                    "or a dotted finding kind)",
+                    "kind",
+                ) from None
+            if msg.startswith("Object missing required field `kind`"):
+                raise LineError("missing required field `kind`", "kind") from None
+            raise LineError(msg, _field_of(msg)) from None
+        except msgspec.DecodeError as e:
+            raise LineError(f"malformed JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise LineError(f"invalid UTF-8 at byte {e.start}: {e.reason}") from None
+
+    def _decode_finding(self, line: bytes | str) -> Any:
+        try:
+            return self._finding.decode(line)  # type: ignore[attr-defined]
+        except msgspec.ValidationError as e:
+            raise LineError(str(e), _field_of(str(e))) from None
+
+
+TOLERANT = RecordDecoder()
+STRICT = RecordDecoder(strict=True)
+
+
+def decode_record(line: bytes | str, *, strict: bool = False) -> Record:
+    """Decode one JSON line into a contract record (LineError on anything else)."""
+    if strict:
+        STRICT.decode(line)
+    rec: Record = TOLERANT.decode(line)
+    return rec
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_record(record: Record) -> bytes:
+    """One JSON line (with the trailing newline) for a record."""
+    return _ENCODER.encode(record) + b"\n"
+
+
+def encode_records(records: list[Record]) -> bytes:
+    buf = bytearray()
+    for r in records:
+        _ENCODER.encode_into(r, buf, len(buf))
+        buf += b"\n"
+    return bytes(buf)
+
+
+def open_bytes(path: str) -> IO[bytes]:
+    """Open a log file for binary reading; ``.gz`` is decompressed transparently."""
+    if path.endswith(".gz"):
+        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb", buffering=io.DEFAULT_BUFFER_SIZE * 16)
+
+
+def read_records(path: str, *, strict: bool = False) -> Iterator[tuple[int, Record | LineError]]:
+    """Yield ``(line_number, record_or_error)`` for every non-blank line of a JSONL file."""
+    with open_bytes(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, decode_record(line, strict=strict)
+            except LineError as e:
+                yield n, e

@@ -1,0 +1,97 @@
+"""The store seam: one Protocol, two backends (chDB embedded, ClickHouse server), same SQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, TABLES, Table
+
+Params = Mapping[str, Any] | None
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message says what and where."""
+
+
+class StoreBusy(StoreError):
+    """The embedded store is held by another process."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What every part of infdebug needs from ClickHouse.
+
+    Parameters are bound (``{name:Type}`` placeholders), never formatted into SQL.
+    """
+
+    description: str
+
+    def command(self, sql: str, params: Params = None, settings: Params = None) -> None: ...
+
+    def query(self, sql: str, params: Params = None, settings: Params = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows (Python values)."""
+        ...
+
+    def insert_jsonl(self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any]) -> None:
+        """Load a JSONL file of one record kind into ``table`` through ClickHouse's own parser."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def query_dicts(store: Store, sql: str, params: Params = None) -> list[dict[str, Any]]:
+    cols, rows = store.query(sql, params)
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def insert_select(table: Table, source: str) -> str:
+    """``INSERT INTO table … SELECT … FROM source`` with provenance columns bound as params."""
+    return (
+        f"INSERT INTO {table.name} ({table.insert_columns()}) "
+        f"SELECT {table.select_list()}, {{file_tag:String}}, {{batch:UInt64}} FROM {source}"
+    )
+
+
+def migrate(store: Store) -> list[int]:
+    """Apply pending migrations in order; returns the versions applied."""
+    store.command(MIGRATIONS_DDL)
+    _, rows = store.query("SELECT max(version) FROM schema_migrations")
+    current = int(rows[0][0] or 0) if rows else 0
+    applied = []
+    for m in MIGRATIONS:
+        if m.version <= current:
+            continue
+        for stmt in m.statements:
+            store.command(stmt)
+        store.command(
+            "INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",
+            {"v": m.version, "n": m.name},
+        )
+        applied.append(m.version)
+    return applied
+
+
+def schema_version(store: Store) -> int:
+    _, rows = store.query("SELECT max(version) FROM schema_migrations")
+    return int(rows[0][0] or 0)
+
+
+def table_for_kind(kind: str) -> Table:
+    return TABLES[kind]
+
+
+def wait_for(predicate: Any, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def as_rows(names: Sequence[str], table: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Convert a pyarrow Table into names and Python row tuples."""
+    cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return list(names), list(zip(*cols, strict=True)) if cols else []

@@ -1,0 +1,1 @@
+"""Tokenizer loading and fingerprints, HF-compatible chat-template rendering."""

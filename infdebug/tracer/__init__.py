@@ -1,0 +1,1 @@
+"""Tracer: the reference engine, in-process tracer, exporters, GPU sampler and sidecar."""

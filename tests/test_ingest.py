@@ -1,0 +1,191 @@
+"""Ingest: every good line loads, every bad line is set aside with file, line, field, reason."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from typing import Any
+
+from conftest import make_gpu, make_metric, make_request
+
+from infdebug.collectors.jsonl import ingest_paths
+from infdebug.schema import Finding, encode_record, encode_records
+from infdebug.store.queries import fetch_records
+
+
+def _ingest(store: Any, tmp_path: Any, *paths: str, strict: bool = False) -> Any:
+    return ingest_paths(store, list(paths), strict=strict, rejects_path=str(tmp_path / "rejects.jsonl"))
+
+
+def _rejects(rep: Any) -> list[dict[str, Any]]:
+    if not rep.rejects_file:
+        return []
+    with open(rep.rejects_file, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _count(store: Any, table: str) -> int:
+    _, rows = store.query(f"SELECT count() FROM {table}")
+    return int(rows[0][0])
+
+
+BAD = [
+    (b'{"kind":"request","request_id":"x1","replica":"r0"', None, "malformed JSON"),
+    (b'{"kind":"request","request_id":"x2","replica":"r0","t_arrival":"yesterday"}', "t_arrival", "Expected `float`"),
+    (b'{"kind":"request","request_id":"x3","replica":"r0"}', "t_arrival", "missing required field"),
+    (b'{"kind":"request","request_id":"x4\xff\xfe","replica":"r0","t_arrival":1}', None, "invalid UTF-8"),
+    (b'{"kind":"request","request_id":"x5","replica":"r0","t_arrival":1,"prompt_ids":[1,-1]}', "prompt_ids[1]", ">= 0"),
+    (b'{"kind":"request","request_id":"x6","replica":"r0","t_arrival":1,"output_ids":[99999999999]}', "output_ids[0]", "<="),
+    (b'{"kind":"request","request_id":"x7","replica":7,"t_arrival":1}', "replica", "Expected `str`"),
+    (b'{"kind":"wat","request_id":"x8"}', "kind", "unknown record kind"),
+    (b'["not", "an", "object"]', None, "Expected `object`"),
+]
+
+
+def test_every_kind_of_bad_line_is_set_aside_and_the_rest_loads(store: Any, tmp_path: Any) -> None:
+    good = [make_request(i) for i in range(30)]
+    lines: list[bytes] = []
+    expect: dict[int, tuple[str | None, str]] = {}
+    for i, r in enumerate(good):
+        lines.append(encode_record(r).rstrip(b"\n"))
+        if i < len(BAD):
+            lines.append(BAD[i][0])
+            expect[len(lines)] = (BAD[i][1], BAD[i][2])
+    truncated = encode_record(make_request(99)).rstrip(b"\n")[:-25]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n" + truncated)
+    rep = _ingest(store, tmp_path, str(path))
+    assert rep.rows["request"] == len(good)
+    assert _count(store, "requests") == len(good)
+    rejects = _rejects(rep)
+    assert rep.rejected == len(rejects) == len(BAD) + 1
+    by_line = {r["line"]: r for r in rejects}
+    for line_no, (field, needle) in expect.items():
+        r = by_line[line_no]
+        assert r["file"] == str(path)
+        assert r["field"] == field, r
+        assert needle in r["reason"], r
+    last = by_line[len(lines) + 1]
+    assert "truncated last line" in last["reason"]
+    # raw lines are kept so nothing is lost, invalid UTF-8 as base64
+    assert any(r.get("raw_base64") for r in rejects)
+    assert all(r.get("raw") or r.get("raw_base64") for r in rejects)
+    assert rep.exit_code() == 3
+
+
+def test_same_file_twice_adds_nothing(store: Any, tmp_path: Any) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(encode_records([make_request(i) for i in range(50)]))
+    assert _ingest(store, tmp_path, str(p)).rows["request"] == 50
+    rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 0 and rep.files[0].status == "unchanged"
+    assert _count(store, "requests") == 50
+    assert rep.exit_code() == 0
+
+
+def test_a_grown_file_is_read_from_where_it_stopped(store: Any, tmp_path: Any) -> None:
+    p = tmp_path / "grow.jsonl"
+    first = encode_records([make_request(i) for i in range(10)])
+    partial = encode_record(make_request(10))
+    p.write_bytes(first + partial[:40])  # the writer is mid-line
+    rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 10 and _count(store, "requests") == 10
+    with open(p, "ab") as f:
+        f.write(partial[40:] + encode_records([make_request(i) for i in range(11, 15)]))
+    rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 5, rep.to_json()
+    assert rep.rejected == 0
+    got = sorted(r.request_id for r in fetch_records(store, "request"))
+    assert got == sorted(f"req-{i}" for i in range(15))
+
+
+def test_rotated_and_gzipped_file_is_recognised(store: Any, tmp_path: Any) -> None:
+    p = tmp_path / "trace.jsonl"
+    body = encode_records([make_request(i) for i in range(20)])
+    p.write_bytes(body)
+    _ingest(store, tmp_path, str(p))
+    gz = tmp_path / "trace-0001.jsonl.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(body + encode_records([make_request(20)]))
+    os.unlink(p)
+    rep = _ingest(store, tmp_path, str(gz))
+    assert rep.rows["request"] == 1
+    assert _count(store, "requests") == 21
+
+
+def test_gzip_and_mixed_kinds_and_directories(store: Any, tmp_path: Any) -> None:
+    d = tmp_path / "logs"
+    (d / "sub").mkdir(parents=True)
+    recs: list[Any] = [make_request(0), make_gpu(0), make_metric(0, type="histogram", buckets={"0.1": 1.0, "+Inf": 2.0})]
+    recs.append(Finding(kind="template.double_bos", analyzer="template", severity="error", summary="two BOS",
+                        scope={"replica": "r1"}, evidence={"request_ids": ["req-0"]}))
+    with gzip.open(d / "sub" / "all.jsonl.gz", "wb") as f:
+        f.write(encode_records(recs))
+    (d / "gpu.jsonl").write_bytes(encode_records([make_gpu(i) for i in range(1, 6)]))
+    (d / "notes.txt").write_text("not a log")
+    rep = _ingest(store, tmp_path, str(d))
+    assert rep.rows == {"request": 1, "gpu": 6, "metrics": 1, "finding": 1}
+    assert len(rep.files) == 2
+    f = fetch_records(store, "finding")[0]
+    assert f.kind == "template.double_bos" and f.scope == {"replica": "r1"}
+
+
+def test_strict_mode_rejects_unknown_fields(store: Any, tmp_path: Any) -> None:
+    line = json.dumps({**json.loads(encode_record(make_request(1))), "extra_field": 1}).encode()
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(encode_record(make_request(0)) + line + b"\n")
+    rep = _ingest(store, tmp_path, str(p), strict=True)
+    assert rep.rows["request"] == 1 and rep.rejected == 1
+    assert _rejects(rep)[0]["field"] == "extra_field"
+    p2 = tmp_path / "y.jsonl"
+    p2.write_bytes(line + b"\n")
+    rep = _ingest(store, tmp_path, str(p2))
+    assert rep.rows["request"] == 1 and rep.rejected == 0
+
+
+def test_a_line_only_clickhouse_refuses_is_bisected_out(store: Any, tmp_path: Any) -> None:
+    # msgspec keeps the last of duplicated keys; ClickHouse refuses the line. The careful
+    # path narrows the failure down to that line and rejects it with ClickHouse's reason.
+    good = [encode_record(make_request(i)) for i in range(12)]
+    dup = b'{"kind":"request","request_id":"dup","request_id":"dup2","replica":"r0","t_arrival":1}\n'
+    p = tmp_path / "dup.jsonl"
+    p.write_bytes(b"".join(good[:5]) + dup + b"".join(good[5:]))
+    rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 12 and rep.rejected == 1
+    r = _rejects(rep)[0]
+    assert r["line"] == 6 and "ClickHouse refused" in r["reason"]
+    assert _count(store, "requests") == 12
+
+
+def test_missing_paths_are_reported_and_nothing_done_is_exit_2(store: Any, tmp_path: Any) -> None:
+    rep = _ingest(store, tmp_path, str(tmp_path / "nope.jsonl"), str(tmp_path / "*.jsonl"))
+    assert rep.exit_code() == 2
+    assert any("no such file" in e for e in rep.errors)
+    assert any("no file matches" in e for e in rep.errors)
+
+
+def test_a_failed_load_is_rolled_back_on_the_next_run(store: Any, tmp_path: Any) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(encode_records([make_request(i) for i in range(8)]))
+    _ingest(store, tmp_path, str(p))
+    # Simulate a process that died half way through a second file: rows with a batch that
+    # is still marked pending in ingest_state.
+    q = tmp_path / "b.jsonl"
+    q.write_bytes(encode_records([make_request(i) for i in range(100, 104)]))
+    shutil.copy(q, tmp_path / "b_copy.jsonl")
+    from infdebug.collectors.jsonl import Ingestor, RejectSink, _State
+
+    ing = Ingestor(store, rejects=RejectSink(str(tmp_path / "r.jsonl")))
+    head = q.read_bytes().split(b"\n", 1)[0] + b"\n"
+    import hashlib
+
+    cid = hashlib.sha256(head).hexdigest()[:32]
+    ing._save_state(_State(cid, pending_batch=777), str(q))
+    store.insert_jsonl(__import__("infdebug.store.ddl", fromlist=["TABLES"]).TABLES["request"], str(q), str(q), 777,
+                       ing._settings)
+    assert _count(store, "requests") == 12
+    rep = _ingest(store, tmp_path, str(q))
+    assert rep.rows["request"] == 4
+    assert _count(store, "requests") == 12  # the half-done load was rolled back, then redone

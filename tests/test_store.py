@@ -1,0 +1,121 @@
+"""The store on real ClickHouse (chDB; a server too where INFDEBUG_TEST_CLICKHOUSE_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from conftest import make_request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import records
+
+from infdebug.collectors.jsonl import ingest_paths
+from infdebug.schema import encode_records, kind_of
+from infdebug.store import StoreBusy, StoreError, open_store, schema_version
+from infdebug.store.ddl import MIGRATIONS, TABLES
+from infdebug.store.queries import fetch_records
+
+
+def test_migrations_apply_once_and_tables_exist(store_factory: Any) -> None:
+    st = store_factory()
+    assert schema_version(st) == MIGRATIONS[-1].version
+    _, rows = st.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    names = {r[0] for r in rows}
+    assert {t.name for t in TABLES.values()} | {"ingest_state", "otel_traces", "schema_migrations"} <= names
+    st.close()
+    st = store_factory()  # reopening applies nothing twice
+    _, rows = st.query("SELECT count() FROM schema_migrations")
+    assert rows[0][0] == len(MIGRATIONS)
+
+
+def test_parameters_are_bound_not_formatted(store: Any) -> None:
+    hostile = "x'); DROP TABLE requests; --"
+    cols, rows = store.query("SELECT {s:String} AS s, {n:UInt32} + 1 AS n", {"s": hostile, "n": 41})
+    assert cols == ["s", "n"] and rows == [(hostile, 42)]
+    _, rows = store.query("SELECT count() FROM system.tables WHERE name = 'requests' AND database = currentDatabase()")
+    assert rows[0][0] == 1
+
+
+def test_otel_traces_has_the_collector_exporter_layout(store: Any) -> None:
+    _, rows = store.query(
+        "SELECT name, type FROM system.columns WHERE table = 'otel_traces' AND database = currentDatabase()"
+    )
+    cols = dict(rows)
+    for name in ("Timestamp", "TraceId", "SpanId", "ParentSpanId", "SpanName", "SpanKind", "ServiceName",
+                 "ResourceAttributes", "SpanAttributes", "Duration", "StatusCode", "Events.Timestamp", "Links.TraceId"):
+        assert name in cols
+    assert cols["Timestamp"] == "DateTime64(9)"
+    assert cols["SpanAttributes"] == "Map(LowCardinality(String), String)"
+
+
+def _reset(st: Any) -> None:
+    for t in [*(t.name for t in TABLES.values()), "ingest_state"]:
+        st.command(f"TRUNCATE TABLE {t}")
+
+
+@given(st.lists(records, min_size=1, max_size=12))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_every_kind_round_trips_through_the_store(store: Any, tmp_path: Any, recs: list[Any]) -> None:
+    _reset(store)
+    path = os.path.join(tmp_path, "in.jsonl")
+    with open(path, "wb") as f:
+        f.write(encode_records(recs))
+    rep = ingest_paths(store, [path], rejects_path=os.path.join(tmp_path, "rej.jsonl"))
+    assert rep.rejected == 0, rep.to_json()
+    for kind in ("request", "gpu", "metrics", "finding"):
+        want = sorted((r for r in recs if kind_of(r) == kind), key=lambda r: encode_records([r]))
+        got = sorted(fetch_records(store, kind), key=lambda r: encode_records([r]))
+        assert got == want
+
+
+def test_second_process_gets_one_line_naming_the_holder(store_factory: Any) -> None:
+    if store_factory.backend != "chdb":
+        pytest.skip("locking concerns the embedded store only")
+    st = store_factory()
+    env = {**os.environ, "INFDEBUG_HOME": store_factory.home}
+    env.pop("INFDEBUG_CLICKHOUSE_URL", None)
+    p = subprocess.run(
+        [sys.executable, "-m", "infdebug.cli", "stats"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2
+    assert f"process {os.getpid()}" in p.stderr
+    assert "--clickhouse" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 3  # one message, wrapped at most
+    st.close()
+
+
+def test_same_process_second_open_is_refused_while_held(tmp_path: Any) -> None:
+    home = str(tmp_path / "h")
+    st = open_store(home=home)
+    try:
+        with pytest.raises(StoreBusy):
+            open_store(home=home)
+    finally:
+        st.close()
+    st = open_store(home=home)  # free again after close
+    st.close()
+
+
+def test_store_persists_between_opens(tmp_path: Any) -> None:
+    home = str(tmp_path / "h")
+    st = open_store(home=home)
+    path = str(tmp_path / "a.jsonl")
+    with open(path, "wb") as f:
+        f.write(encode_records([make_request(i) for i in range(5)]))
+    ingest_paths(st, [path], rejects_path=str(tmp_path / "r.jsonl"))
+    st.close()
+    st = open_store(home=home)
+    _, rows = st.query("SELECT count() FROM requests")
+    assert rows[0][0] == 5
+    st.close()
+
+
+def test_bad_sql_is_a_store_error(store: Any) -> None:
+    with pytest.raises(StoreError) as e:
+        store.query("SELEKT 1")
+    assert "Syntax error" in str(e.value) or "SYNTAX_ERROR" in str(e.value)
