@@ -83,10 +83,11 @@ _WORD_TEXT = (
 )
 WORDS = _WORD_TEXT.split()
 
-METHODS: tuple[str, ...] = ("read_lines", "json_loads", "duckdb", "infdebug", "pandas")
+METHODS: tuple[str, ...] = ("read_lines", "json_loads", "duckdb", "duckdb_file", "infdebug", "pandas")
 LABELS: dict[str, str] = {
     "infdebug": "infdebug ingest",
     "duckdb": "duckdb read_json",
+    "duckdb_file": "duckdb read_json → file",
     "pandas": "pandas read_json",
     "json_loads": "json.loads loop",
     "read_lines": "read lines only",
@@ -313,17 +314,23 @@ def run_infdebug(
     res.extra["via"] = sorted(via)
 
 
-def run_duckdb(path: str, rows: int, repeat: int, res: MethodResult) -> None:
+def run_duckdb(path: str, rows: int, repeat: int, res: MethodResult, tmpdir: str | None = None,
+               persistent: bool = False) -> None:
+    """The baseline: an in-memory DuckDB table (``persistent``: a database file, checkpointed,
+    which is what infdebug's store does: data on disk, compressed, surviving the process)."""
     import duckdb
 
     quoted = path.replace("'", "''")
     for _ in range(repeat):
-        con = duckdb.connect(":memory:")
+        d = tempfile.mkdtemp(prefix="duckdb-bench-", dir=tmpdir) if persistent else None
+        con = duckdb.connect(os.path.join(d, "db.duckdb") if d else ":memory:")
         try:
             t = time.perf_counter()
             con.execute(
                 f"CREATE TABLE t AS SELECT * FROM read_json('{quoted}', format='newline_delimited')"
             )
+            if persistent:
+                con.execute("CHECKPOINT")
             res.times.append(time.perf_counter() - t)
             row = con.execute("SELECT count(*) FROM t").fetchone()
             got = row[0] if row else None
@@ -333,6 +340,8 @@ def run_duckdb(path: str, rows: int, repeat: int, res: MethodResult) -> None:
             res.extra["threads"] = threads[0] if threads else None
         finally:
             con.close()
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def run_pandas(path: str, rows: int, repeat: int, res: MethodResult) -> None:
@@ -411,6 +420,8 @@ def child_main(args: argparse.Namespace) -> int:
             run_infdebug(path, rows, args.repeat, args.tmpdir, res)
         elif args.method == "duckdb":
             run_duckdb(path, rows, args.repeat, res)
+        elif args.method == "duckdb_file":
+            run_duckdb(path, rows, args.repeat, res, args.tmpdir, persistent=True)
         elif args.method == "pandas":
             run_pandas(path, rows, args.repeat, res)
         elif args.method == "json_loads":

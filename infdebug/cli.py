@@ -13,6 +13,7 @@ import decimal
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,59 +164,74 @@ def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | N
 
 
 class _Progress:
-    """A rich progress bar with MB/s that appears only once work has taken a second."""
+    """A rich progress bar with MB/s that appears once work has taken a second.
+
+    ClickHouse loads a file on the fast path in one statement, so bytes advance per file;
+    the bar keeps moving (elapsed time, current file) in between.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and err_console.is_terminal
-        self.t0 = time.monotonic()
         self.total = 0
         self.done = 0
+        self._name = ""
         self._bar: Any = None
         self._task: Any = None
-        self._name = ""
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(1.0, self._start)
+        self._timer.daemon = True
 
     def __enter__(self) -> _Progress:
+        if self.enabled:
+            self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        self._timer.cancel()
+        with self._lock:
+            if self._bar is not None:
+                self._refresh()
+                self._bar.stop()
+                self._bar = None
 
-    def file(self, path: str, size: int) -> None:
-        self.total += size
-        self._name = os.path.basename(path)
-        self._update()
+    def _start(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
 
-    def advance(self, n: int) -> None:
-        self.done += n
-        self._update()
-
-    def _update(self) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            if time.monotonic() - self.t0 < 1.0:
-                return
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
+        with self._lock:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
-                TimeRemainingColumn(),
+                TimeElapsedColumn(),
                 console=err_console,
+                transient=False,
             )
             self._bar.start()
-            self._task = self._bar.add_task("ingest", total=self.total)
-        self._bar.update(self._task, completed=self.done, total=self.total, description=self._name)
+            self._task = self._bar.add_task(self._name, total=self.total or None)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, total=self.total or None, description=self._name)
+
+    def file(self, path: str, size: int) -> None:
+        with self._lock:
+            self.total += size
+            self._name = os.path.basename(path)
+            self._refresh()
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            self._refresh()
 
 
 def _print_ingest(report: Any) -> None:

@@ -152,28 +152,24 @@ def is_finding_kind(kind: str) -> bool:
 # --- decoders -----------------------------------------------------------------------------
 
 
-def _variant(base: type[msgspec.Struct], *, strict: bool, raw_arrays: bool) -> type[msgspec.Struct]:
-    """A decoding twin of a record type: strict (unknown fields rejected) and/or with the big
-    numeric arrays kept as ``msgspec.Raw`` (syntax-checked, not materialised)."""
-    fields = []
+def _strict_twin(base: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """A decoding twin of a record type that rejects unknown fields."""
+    fields: list[Any] = []
     for f in msgspec.structs.fields(base):
-        typ: Any = f.type
-        if raw_arrays and f.name in _ARRAY_FIELDS.get(base.__name__, ()) and f.name != "throttle_reasons":
-            typ = msgspec.Raw
-        default = f.default if f.default is not msgspec.NODEFAULT else msgspec.NODEFAULT
-        if typ is msgspec.Raw:
-            default = msgspec.Raw(b"null")
-        fields.append((f.name, typ) if default is msgspec.NODEFAULT else (f.name, typ, default))
+        if f.default is msgspec.NODEFAULT and f.default_factory is msgspec.NODEFAULT:
+            fields.append((f.name, f.type))
+        else:
+            fields.append((f.name, f.type, f.default))
     cfg = base.__struct_config__
     extra: dict[str, Any] = {}
     if cfg.tag_field is not None:
         extra = {"tag_field": cfg.tag_field, "tag": cfg.tag}
     return msgspec.defstruct(
-        base.__name__ + ("Strict" if strict else "") + ("Shape" if raw_arrays else ""),
+        base.__name__ + "Strict",
         fields,
         kw_only=True,
         frozen=True,
-        forbid_unknown_fields=strict,
+        forbid_unknown_fields=True,
         module=__name__,
         **extra,
     )
@@ -211,30 +207,30 @@ def _field_of(msg: str) -> str | None:
 class RecordDecoder:
     """Decodes one JSON line into a record, raising LineError with the field named.
 
-    ``shape=True`` decodes the large arrays as raw JSON (checked for syntax only): the
-    ingest path uses it to validate at several hundred MB/s and lets ClickHouse parse the
-    arrays themselves, strictly.
+    ``strict=True`` validates with twins that reject unknown fields, then decodes into the
+    contract classes (strict is an opt-in check, not the hot path).
     """
 
     strict: bool = False
-    shape: bool = False
+    # Set in __post_init__: the msgspec decoder of the tagged union (request|gpu|metrics)
+    # and the class each kind decodes to.
+    union: Any = None
+    types: Any = None
 
     def __post_init__(self) -> None:
-        # Without shape or strict, decode straight into the contract's own classes; a
-        # strict decode validates with a twin that forbids unknown fields, then decodes
-        # into the contract class (strict is an opt-in check, not the hot path).
-        if self.shape or self.strict:
-            types = [_variant(t, strict=self.strict, raw_arrays=self.shape) for t in RECORD_TYPES.values()]
-            finding: type = _variant(Finding, strict=self.strict, raw_arrays=False)
+        if self.strict:
+            types = [_strict_twin(t) for t in RECORD_TYPES.values()]
+            finding: type = _strict_twin(Finding)
         else:
             types, finding = list(RECORD_TYPES.values()), Finding
         union: Any = types[0] | types[1] | types[2]
-        object.__setattr__(self, "_union", msgspec.json.Decoder(union))
+        object.__setattr__(self, "types", dict(zip(RECORD_TYPES, types, strict=True)))
+        object.__setattr__(self, "union", msgspec.json.Decoder(union))
         object.__setattr__(self, "_finding", msgspec.json.Decoder(finding))
 
     def decode(self, line: bytes | str) -> Any:
         try:
-            return self._union.decode(line)  # type: ignore[attr-defined]
+            return self.union.decode(line)
         except msgspec.ValidationError as e:
             msg = str(e)
             if msg.startswith("Invalid value '") and "- at `$.kind`" in msg:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
 from conftest import make_gpu, make_metric, make_request
 
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.jsonl import Ingestor, RejectSink, _State, ingest_paths
 from infdebug.schema import Finding, encode_record, encode_records
+from infdebug.store.ddl import TABLES
 from infdebug.store.queries import fetch_records
 
 
@@ -170,22 +171,33 @@ def test_a_failed_load_is_rolled_back_on_the_next_run(store: Any, tmp_path: Any)
     p = tmp_path / "a.jsonl"
     p.write_bytes(encode_records([make_request(i) for i in range(8)]))
     _ingest(store, tmp_path, str(p))
-    # Simulate a process that died half way through a second file: rows with a batch that
+    # A process that died half way through loading a second file leaves rows whose batch
     # is still marked pending in ingest_state.
     q = tmp_path / "b.jsonl"
     q.write_bytes(encode_records([make_request(i) for i in range(100, 104)]))
-    shutil.copy(q, tmp_path / "b_copy.jsonl")
-    from infdebug.collectors.jsonl import Ingestor, RejectSink, _State
-
     ing = Ingestor(store, rejects=RejectSink(str(tmp_path / "r.jsonl")))
-    head = q.read_bytes().split(b"\n", 1)[0] + b"\n"
-    import hashlib
-
-    cid = hashlib.sha256(head).hexdigest()[:32]
+    cid = hashlib.sha256(q.read_bytes().split(b"\n", 1)[0] + b"\n").hexdigest()[:32]
     ing._save_state(_State(cid, pending_batch=777), str(q))
-    store.insert_jsonl(__import__("infdebug.store.ddl", fromlist=["TABLES"]).TABLES["request"], str(q), str(q), 777,
-                       ing._settings)
+    store.insert_jsonl(TABLES["request"], str(q), str(q), 777, ing._settings, guarded=False)
     assert _count(store, "requests") == 12
     rep = _ingest(store, tmp_path, str(q))
     assert rep.rows["request"] == 4
     assert _count(store, "requests") == 12  # the half-done load was rolled back, then redone
+
+
+def test_fast_path_doubts_send_files_down_the_careful_path(store: Any, tmp_path: Any) -> None:
+    # Text that looks like JSON, a quoted number: the fast path's checks doubt or accept
+    # them; either way the result is what the contract says.
+    a = make_request(1, prompt_text='{"looks": "like json"}', output_text="[1, 2]")
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(encode_records([make_request(0), a]))
+    rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 2 and rep.rejected == 0 and rep.files[0].path_taken == "careful"
+    got = {r.request_id: r for r in fetch_records(store, "request")}
+    assert got["req-1"] == a
+    # an object where text belongs is a wrong type, not text
+    q = tmp_path / "b.jsonl"
+    q.write_bytes(b'{"kind":"request","request_id":{"a":1},"replica":"r","t_arrival":1}\n' + encode_record(make_request(5)))
+    rep = _ingest(store, tmp_path, str(q))
+    assert rep.rows["request"] == 1 and rep.rejected == 1
+    assert _rejects(rep)[0]["field"] == "request_id"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,8 +33,11 @@ class Store(Protocol):
         """Column names and rows (Python values)."""
         ...
 
-    def insert_jsonl(self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any]) -> None:
-        """Load a JSONL file of one record kind into ``table`` through ClickHouse's own parser."""
+    def insert_jsonl(
+        self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any], *, guarded: bool
+    ) -> None:
+        """Load a JSONL file of one record kind into ``table`` through ClickHouse's own parser
+        (``guarded``: with the fast-path checks of ``Table.guard``)."""
         ...
 
     def close(self) -> None: ...
@@ -46,11 +48,21 @@ def query_dicts(store: Store, sql: str, params: Params = None) -> list[dict[str,
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
-def insert_select(table: Table, source: str) -> str:
-    """``INSERT INTO table … SELECT … FROM source`` with provenance columns bound as params."""
+FAST_PATH_DOUBT = "INFDEBUG_FAST_PATH_DOUBT"
+
+
+def insert_select(table: Table, source: str, *, guarded: bool) -> str:
+    """``INSERT INTO table … SELECT … FROM source`` with provenance columns bound as params.
+
+    ``guarded`` adds the table's fast-path checks: the first row that fails them aborts the
+    insert with ``FAST_PATH_DOUBT`` in the message.
+    """
+    batch = "{batch:UInt64}"
+    if guarded:
+        batch += f" + throwIf(NOT ifNull({table.guard()}, 0), '{FAST_PATH_DOUBT}')"
     return (
         f"INSERT INTO {table.name} ({table.insert_columns()}) "
-        f"SELECT {table.select_list()}, {{file_tag:String}}, {{batch:UInt64}} FROM {source}"
+        f"SELECT {table.select_list()}, {{file_tag:String}}, {batch} FROM {source}"
     )
 
 
@@ -82,16 +94,22 @@ def table_for_kind(kind: str) -> Table:
     return TABLES[kind]
 
 
-def wait_for(predicate: Any, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def as_rows(names: Sequence[str], table: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Convert a pyarrow Table into names and Python row tuples."""
-    cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    cols = [_pylist(table.column(i)) for i in range(table.num_columns)]
     return list(names), list(zip(*cols, strict=True)) if cols else []
+
+
+def _pylist(col: Any) -> list[Any]:
+    try:
+        out: list[Any] = col.to_pylist()
+        return out
+    except UnicodeDecodeError:
+        # Bytes that are not UTF-8 (written by something other than infdebug's ingest):
+        # show them with replacement characters rather than fail the query.
+        import pyarrow as pa
+
+        out = []
+        for v in col.cast(pa.large_binary()).to_pylist():
+            out.append(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+        return out

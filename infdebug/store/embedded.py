@@ -106,12 +106,14 @@ class EmbeddedStore:
     def query_arrow(self, sql: str, params: Params = None) -> Any:
         return self._run(sql, "ArrowTable", params, None)
 
-    def insert_jsonl(self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any]) -> None:
+    def insert_jsonl(
+        self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any], *, guarded: bool
+    ) -> None:
         src = "file({path:String}, 'JSONEachRow', {structure:String})"
         s = dict(settings)
         s.setdefault("storage_file_read_method", "pread")  # RSS stays bounded for large files
         self._run(
-            insert_select(table, src),
+            insert_select(table, src, guarded=guarded),
             "CSV",
             {"path": os.path.abspath(path), "structure": table.structure(), "file_tag": file_tag, "batch": batch},
             s,

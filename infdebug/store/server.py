@@ -78,9 +78,11 @@ class ServerStore:
         except Exception as e:
             raise StoreError(str(e).strip()) from None
 
-    def insert_jsonl(self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any]) -> None:
+    def insert_jsonl(
+        self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any], *, guarded: bool
+    ) -> None:
         # The server cannot read our files: stream them as the body of INSERT … FROM input().
-        sql = insert_select(table, "input({structure:String})") + " FORMAT JSONEachRow"
+        sql = insert_select(table, "input({structure:String})", guarded=guarded) + " FORMAT JSONEachRow"
         params = {"structure": table.structure(), "file_tag": file_tag, "batch": batch}
         for piece in _pieces(path):
             try:
