@@ -378,7 +378,7 @@ def stats_table(res: list[Any]) -> Table:
         t.add_column(metric, justify="right")
 
     def ms(x: float | None) -> str:
-        return "—" if x is None else (f"{x * 1000:.1f}" if x < 10 else f"{x * 1000:.0f}")
+        return "—" if x is None else (f"{x * 1000:.1f}" if x < 0.1 else f"{x * 1000:.0f}")
 
     for r in res:
         cells = [r.replica, str(r.requests), str(r.errors)]
