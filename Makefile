@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and
 # installs what it needs; re-running skips what is already installed.
 PYTHON ?= python3
+# The CPU build of torch (a local wheel here); a bare range would pull a CUDA build.
+TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 export INFDEBUG_HOME ?= $(CURDIR)/.infdebug
@@ -16,10 +18,12 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@ $(VENV)/.core
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	@touch $@ $(VENV)/.test $(VENV)/.core
 

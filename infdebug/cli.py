@@ -7,28 +7,21 @@ reason is one line on stderr), 3 done with some input set aside (ingest's reject
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 import json
 import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from infdebug import __version__
+from infdebug.console import err_console, fail, out_console, print_json, to_jsonable
 from infdebug.store import Store, StoreError, default_home, open_store
-
-err_console = Console(stderr=True)
-out_console = Console()
 
 
 class Ctx:
@@ -46,36 +39,6 @@ class Ctx:
             yield st
         finally:
             st.close()
-
-
-def fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]infdebug:[/] {msg}", highlight=False, soft_wrap=True)
-    sys.exit(code)
-
-
-def to_jsonable(v: Any) -> Any:
-    if isinstance(v, dt.datetime | dt.date):
-        return v.isoformat()
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if isinstance(v, bytes):
-        try:
-            return v.decode("utf-8")
-        except UnicodeDecodeError:
-            return base64.b64encode(v).decode("ascii")
-    if isinstance(v, dict):
-        return {str(k): to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [to_jsonable(x) for x in v]
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return None
-    return v
-
-
-def print_json(obj: Any) -> None:
-    click.echo(json.dumps(to_jsonable(obj), ensure_ascii=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -386,6 +349,17 @@ def stats_table(res: list[Any]) -> Table:
             cells.append(f"{ms(s.p50)} {ms(s.p90)} {ms(s.p99)}\n[dim]n={s.n}[/]")
         t.add_row(*cells)
     return t
+
+
+def _register_commands() -> None:
+    # Commands of other parts live beside their code; they import heavy libraries lazily.
+    from infdebug import cli_engine, cli_text
+
+    cli_engine.register(cli)
+    cli_text.register(cli)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -1,0 +1,101 @@
+"""``infdebug make-model`` and ``infdebug serve``: the reference engine's commands.
+
+torch is imported only when one of these runs, so the core CLI stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from infdebug.console import err_console, fail, print_json
+
+
+@click.command("make-model")
+@click.argument("out_dir", metavar="DIR")
+@click.option("--preset", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True,
+              help="tiny: 2 layers, d=64 (tests); small: 4 layers, d=256, vocab ≈ 8k (benchmarks).")
+@click.option("--arch", type=click.Choice(["llama", "mistral", "qwen2"]), default="llama", show_default=True)
+@click.option("--chat-format", type=click.Choice(["chatml", "llama3"]), default="chatml", show_default=True,
+              help="Special tokens and chat template of the trained tokenizer.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed: int, as_json: bool) -> None:
+    """Write a random-weight checkpoint with a real tokenizer and chat template to DIR.
+
+    The tokenizer is trained here, in process, on text shipped with infdebug; nothing is
+    downloaded. The result is an ordinary Hugging Face model directory (config.json,
+    model.safetensors, tokenizer.json, tokenizer_config.json with a chat template).
+    """
+    from infdebug.tracer.engine.make_model import make_model
+
+    path = make_model(out_dir, preset=preset, arch=arch, chat_format=chat_format, seed=seed)
+    if as_json:
+        print_json({"model_dir": os.path.abspath(path), "preset": preset, "arch": arch, "chat_format": chat_format})
+    else:
+        click.echo(f"wrote a {preset} {arch} checkpoint ({chat_format}) to {path}")
+        click.echo(f"serve it: infdebug serve --model {path} --port 8000")
+
+
+@click.command("serve")
+@click.option("--model", "model_dir", required=True, metavar="DIR", help="A local Hugging Face checkpoint directory.")
+@click.option("--replica", default="replica-0", show_default=True, help="This replica's name in traces and metrics.")
+@click.option("--deployment", default=None, help="Revision or canary label recorded with every request.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--served-model-name", default=None, help="The model name clients use (default: the directory name).")
+@click.option("--trace-dir", default=None, metavar="DIR", envvar="INFDEBUG_TRACE_DIR",
+              help="Write one contract `request` record per finished request as JSONL here.")
+@click.option("--inject", "injects", multiple=True, metavar="FAULT",
+              help="Inject a fault: double-bos, template=FILE, tokenizer=DIR, ignore-eos=ID, slow=FACTOR, "
+              "dtype=float16. Repeatable; listed in /health.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--max-batch", default=32, show_default=True, help="Running requests per decode step.")
+@click.option("--max-model-len", default=2048, show_default=True, help="Context length (prompt + output).")
+@click.option("--log-level", default="warning", show_default=True)
+def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, port: int,
+              served_model_name: str | None, trace_dir: str | None, injects: tuple[str, ...], device: str | None,
+              max_batch: int, max_model_len: int, log_level: str) -> None:
+    """Serve a checkpoint with an OpenAI-compatible API (completions, chat, streaming).
+
+    \b
+    Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health.
+    Works with the official openai client:
+      client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    """
+    from infdebug.tracer.engine.replica import InjectionError, Injections, Replica
+    from infdebug.tracer.engine.server import serve
+
+    if not os.path.isdir(model_dir):
+        fail(f"--model {model_dir}: not a directory (make one with: infdebug make-model DIR)")
+    try:
+        inj = Injections.parse(list(injects))
+        rep = Replica(model_dir, name=replica, deployment=deployment, served_model_name=served_model_name,
+                      injections=inj, device=device, max_batch=max_batch, max_model_len=max_model_len,
+                      trace_dir=trace_dir)
+    except (InjectionError, ValueError, OSError) as e:
+        fail(str(e))
+    err_console.print(
+        f"[bold]infdebug serve[/]: {rep.model_name} as {replica} on http://{host}:{port}/v1"
+        + (f" · injected: {', '.join(inj.raw)}" if inj.raw else "")
+        + (f" · trace: {rep.trace.path}" if rep.trace else ""),
+        highlight=False,
+    )
+
+    def _term(signum: int, frame: Any) -> None:  # SIGTERM: shut down cleanly, flush the trace
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(rep, host=host, port=port, log_level=log_level)
+    sys.exit(0)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(make_model_cmd)
+    group.add_command(serve_cmd)

@@ -1,0 +1,1 @@
+"""The reference engine: a Llama-family model in torch, checkpoints, and the serving loop."""
