@@ -159,9 +159,43 @@ def transformers_decode_tokens_per_s(
     return _summary("transformers", transformers.__version__, dev, batch, prompt_len, new_tokens, runs)
 
 
+def infdebug_decode_tokens_per_s(
+    model_dir: str, batch: int, prompt_len: int, new_tokens: int, repeat: int,
+    *, device: str | None = None,
+) -> dict[str, Any]:
+    """infdebug's engine loop (continuous batching, prefix cache on) driven step by step."""
+    from infdebug import __version__
+    from infdebug.tracer.engine.checkpoint import load_checkpoint
+    from infdebug.tracer.engine.engine import Engine, EngineConfig, SamplingParams
+
+    dev = _device(device)
+    model, _ = load_checkpoint(model_dir, device=dev, max_len=prompt_len + new_tokens + 8)
+    engine = Engine(model, eos_ids=[], decode_text=lambda ids: "",
+                    config=EngineConfig(max_batch=max(batch, 1), max_model_len=prompt_len + new_tokens + 8))
+    prompts = random_prompts(model_dir, batch, prompt_len)
+
+    def generate(n: int) -> float:
+        done: list[int] = []
+        params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+        engine.prefix.blocks.clear()  # every repetition prefills from scratch, as HF does
+        _sync(dev)
+        t0 = time.perf_counter()
+        for p in prompts:
+            engine.submit(p, params, lambda ev: ev.finish_reason and done.append(1))
+        while len(done) < batch:
+            engine.step()
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    generate(min(new_tokens, 4))  # warm-up
+    runs = [(generate(1), generate(new_tokens)) for _ in range(repeat)]
+    return _summary("infdebug", __version__, dev, batch, prompt_len, new_tokens, runs)
+
+
 EngineBench = Callable[[str, int, int, int, int], dict[str, Any]]
 ENGINES: dict[str, EngineBench] = {
     "transformers": transformers_decode_tokens_per_s,
+    "infdebug": infdebug_decode_tokens_per_s,
 }
 
 

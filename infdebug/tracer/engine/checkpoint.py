@@ -189,6 +189,7 @@ def load_checkpoint(
         model.lm_head.weight = model.model.embed_tokens.weight
     model.requires_grad_(False)
     model.eval()
+    model.fuse()
     model.setup_rope(max_len)
     return model, cfg
 
@@ -196,7 +197,8 @@ def load_checkpoint(
 def save_checkpoint(model: LlamaForCausalLM, cfg: ModelConfig, model_dir: str) -> None:
     """Write ``config.json`` and ``model.safetensors`` (tied weights once, as HF does)."""
     os.makedirs(model_dir, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # clone: fused projections are views of one tensor, and safetensors refuses shared storage
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     dtype = next(iter(state.values())).dtype

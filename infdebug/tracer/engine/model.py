@@ -167,6 +167,30 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.kv * self.d, bias=b)
         # HF's Llama puts ``attention_bias`` on o_proj as well; Qwen2 biases only q/k/v.
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=b and cfg.arch == "llama")
+        self.qkv_w: torch.Tensor | None = None  # set by fuse(): one matmul instead of three
+        self.qkv_b: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Put q/k/v weights (and biases) in one tensor; the projections become views of it,
+        so the state dict keeps Hugging Face's names and no memory is duplicated."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        w = torch.cat([p.weight.data for p in projs])
+        b = torch.cat([p.bias.data for p in projs]) if self.q_proj.bias is not None else None
+        at = 0
+        for p in projs:
+            n = p.weight.shape[0]
+            p.weight.data = w[at : at + n]
+            if b is not None and p.bias is not None:
+                p.bias.data = b[at : at + n]
+            at += n
+        self.qkv_w, self.qkv_b = w, b
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_w is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        out = F.linear(x, self.qkv_w, self.qkv_b)
+        hq, hk = self.h * self.d, self.kv * self.d
+        return out[..., :hq], out[..., hq : hq + hk], out[..., hq + hk :]
 
 
 class MLP(nn.Module):
@@ -175,9 +199,19 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_w: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        w = torch.cat([self.gate_proj.weight.data, self.up_proj.weight.data])
+        n = self.gate_proj.weight.shape[0]
+        self.gate_proj.weight.data, self.up_proj.weight.data = w[:n], w[n:]
+        self.gate_up_w = w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_w is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g, u = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
+        return self.down_proj(F.silu(g) * u)
 
 
 class DecoderLayer(nn.Module):
@@ -232,6 +266,13 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
 
+    def fuse(self) -> None:
+        """Fuse q/k/v and gate/up projections (fewer, larger matmuls per layer); call once
+        after the weights are loaded."""
+        for layer in cast(list[DecoderLayer], self.model.layers):
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+
     def setup_rope(self, max_len: int) -> None:
         inv = rope_inv_freq(self.cfg).to(self.lm_head.weight.device)
         t = torch.arange(max_len, device=inv.device, dtype=torch.float32)
@@ -242,14 +283,15 @@ class LlamaForCausalLM(nn.Module):
         self.rope_len = max_len
 
     def _attend(
-        self, layer: int, attn: Attention, x: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+        self, layer: int, attn: Attention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache,
         slots: slice | int, mask: torch.Tensor | None, kv_len: int, write: Any,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = attn.q_proj(x).view(B, T, attn.h, attn.d).transpose(1, 2)
-        k = attn.k_proj(x).view(B, T, attn.kv, attn.d).transpose(1, 2)
-        v = attn.v_proj(x).view(B, T, attn.kv, attn.d).transpose(1, 2)
-        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # [B, 1, T, D]
+        qx, kx, vx = attn.qkv(x)
+        q = qx.reshape(B, T, attn.h, attn.d).transpose(1, 2)
+        k = kx.reshape(B, T, attn.kv, attn.d).transpose(1, 2)
+        v = vx.reshape(B, T, attn.kv, attn.d).transpose(1, 2)
+        cos, sin = rope
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         write(cache.k[layer], k)
@@ -267,8 +309,9 @@ class LlamaForCausalLM(nn.Module):
              mask: torch.Tensor | None, kv_len: int, write: Any) -> torch.Tensor:
         m = self.model
         h = m.embed_tokens(tokens)
+        rope = (self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1))  # [B, 1, T, D], once for all layers
         for i, layer in enumerate(cast(list[DecoderLayer], m.layers)):
-            h = h + self._attend(i, layer.self_attn, layer.input_layernorm(h), pos, cache, slots, mask, kv_len, write)
+            h = h + self._attend(i, layer.self_attn, layer.input_layernorm(h), rope, cache, slots, mask, kv_len, write)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return m.norm(h)
 
