@@ -75,6 +75,21 @@ _LLAMA3_NAMED = {
 }
 
 
+def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], *, ignore_merges: bool = False) -> models.BPE:
+    """A plain byte-level BPE model: no unknown token, no prefixes or suffixes, no byte fallback."""
+    return models.BPE(
+        vocab=vocab,
+        merges=merges,
+        dropout=None,
+        unk_token=None,
+        continuing_subword_prefix="",
+        end_of_word_suffix="",
+        fuse_unk=False,
+        byte_fallback=False,
+        ignore_merges=ignore_merges,
+    )
+
+
 def llama3_special_tokens(revision: str = "3.1") -> list[str]:
     """The 256 special tokens that follow Llama-3's 128,000 ranks, in ID order."""
     named = _LLAMA3_NAMED.get(revision)
@@ -177,16 +192,7 @@ def byte_level_bpe(directory: str, flavour: str) -> Tokenizer:
     """
     vocab = read_vocab(os.path.join(directory, "vocab.json"))
     merges = read_merges(os.path.join(directory, "merges.txt"))
-    model = models.BPE(
-        vocab=vocab,
-        merges=merges,
-        dropout=None,
-        unk_token=None,
-        continuing_subword_prefix="",
-        end_of_word_suffix="",
-        fuse_unk=False,
-        byte_fallback=False,
-    )
+    model = _byte_level_bpe(vocab, merges)
     tok = Tokenizer(model)
     if flavour == "qwen2":
         tok.normalizer = normalizers.NFC()
@@ -270,17 +276,7 @@ def llama3_from_ranks(path: str, revision: str = "3.1") -> tuple[Tokenizer, list
             "not in the file. Pass a tokenizer.json for other tiktoken models"
         )
     vocab = {_bytes_to_piece(tok): rank for tok, rank in ranks.items()}
-    model = models.BPE(
-        vocab=vocab,
-        merges=merges_from_ranks(ranks),
-        dropout=None,
-        unk_token=None,
-        continuing_subword_prefix="",
-        end_of_word_suffix="",
-        fuse_unk=False,
-        byte_fallback=False,
-        ignore_merges=True,  # tiktoken takes a piece that is in the table whole
-    )
+    model = _byte_level_bpe(vocab, merges_from_ranks(ranks), ignore_merges=True)  # tiktoken: a piece in the table is taken whole
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
