@@ -4,7 +4,7 @@ Records are frozen ``msgspec.Struct``s written as JSON Lines. Every line carries
 tag and a schema version ``v``. Changes are additive only: readers ignore unknown fields
 (``strict=True`` rejects them).
 
-Kinds: ``request``, ``gpu``, ``metrics`` and ``finding``. A finding's ``kind`` field is its
+Kinds: ``request``, ``gpu``, ``metrics``, ``event`` (replica lifecycle) and ``finding``. A finding's ``kind`` field is its
 dotted finding kind (``template.double_bos``): any kind with a dot in it is a finding, so
 the contract's field names stay as specified and the tag still tells every line apart.
 
@@ -108,6 +108,21 @@ class MetricSample(_Record, frozen=True, tag="metrics"):
     count: float | None = None
 
 
+class Event(_Record, frozen=True, tag="event"):
+    """A replica lifecycle event (additive kind): process_start, weights_loaded, warmup_done,
+    ready, drain, shutdown — so start-up time, which decides how fast a fleet scales out, is
+    measured per replica."""
+
+    t: float  # unix seconds
+    replica: str
+    name: str
+    duration_s: float | None = None  # how long the phase that this event ends took
+    since_start_s: float | None = None  # since the process started
+    deployment: str | None = None
+    pid: UInt32 | None = None
+    detail: dict[str, Any] | None = None
+
+
 class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     """What an analyzer found, with the evidence to act on it.
 
@@ -130,14 +145,15 @@ _ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
     "GpuSample": ("throttle_reasons",),
 }
 
-Record = Request | GpuSample | MetricSample | Finding
-TaggedRecord = Request | GpuSample | MetricSample
+Record = Request | GpuSample | MetricSample | Event | Finding
+TaggedRecord = Request | GpuSample | MetricSample | Event
 RECORD_TYPES: dict[str, type[TaggedRecord]] = {
     "request": Request,
     "gpu": GpuSample,
     "metrics": MetricSample,
+    "event": Event,
 }
-KINDS: tuple[str, ...] = ("request", "gpu", "metrics", "finding")
+KINDS: tuple[str, ...] = ("request", "gpu", "metrics", "event", "finding")
 
 
 def kind_of(record: Record) -> str:
@@ -223,7 +239,7 @@ class RecordDecoder:
             finding: type = _strict_twin(Finding)
         else:
             types, finding = list(RECORD_TYPES.values()), Finding
-        union: Any = types[0] | types[1] | types[2]
+        union: Any = types[0] | types[1] | types[2] | types[3]
         object.__setattr__(self, "types", dict(zip(RECORD_TYPES, types, strict=True)))
         object.__setattr__(self, "union", msgspec.json.Decoder(union))
         object.__setattr__(self, "_finding", msgspec.json.Decoder(finding))

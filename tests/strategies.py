@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from infdebug.schema import UINT32_MAX, Finding, GpuSample, MetricSample, Request
+from infdebug.schema import UINT32_MAX, Event, Finding, GpuSample, MetricSample, Request
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 opt_text = st.none() | text
@@ -96,4 +96,16 @@ findings = st.builds(
     t=st.none() | times,
 )
 
-records: Any = st.one_of(requests, gpus, metrics, findings)
+events = st.builds(
+    Event,
+    t=times,
+    replica=text,
+    name=st.sampled_from(["process_start", "weights_loaded", "warmup_done", "ready", "drain", "shutdown"]),
+    duration_s=opt_float,
+    since_start_s=opt_float,
+    deployment=opt_text,
+    pid=st.none() | st.integers(0, UINT32_MAX),
+    detail=st.none() | json_object,
+)
+
+records: Any = st.one_of(requests, gpus, metrics, events, findings)

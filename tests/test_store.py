@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from strategies import records
 
 from infdebug.collectors.jsonl import ingest_paths
-from infdebug.schema import encode_records, kind_of
+from infdebug.schema import KINDS, encode_records, kind_of
 from infdebug.store import StoreBusy, StoreError, open_store, schema_version
 from infdebug.store.ddl import MIGRATIONS, TABLES
 from infdebug.store.queries import fetch_records
@@ -66,7 +66,7 @@ def test_every_kind_round_trips_through_the_store(store: Any, tmp_path: Any, rec
         f.write(encode_records(recs))
     rep = ingest_paths(store, [path], rejects_path=os.path.join(tmp_path, "rej.jsonl"))
     assert rep.rejected == 0, rep.to_json()
-    for kind in ("request", "gpu", "metrics", "finding"):
+    for kind in KINDS:
         want = sorted((r for r in recs if kind_of(r) == kind), key=lambda r: encode_records([r]))
         got = sorted(fetch_records(store, kind), key=lambda r: encode_records([r]))
         assert got == want

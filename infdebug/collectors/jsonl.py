@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from infdebug.schema import Finding, LineError, RecordDecoder, open_bytes
+from infdebug.schema import KINDS, Finding, LineError, RecordDecoder, open_bytes
 from infdebug.store.base import Store, StoreError
 from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
 
@@ -499,7 +499,7 @@ class IngestReport:
 
     @property
     def rows(self) -> Counter[str]:
-        c: Counter[str] = Counter({k: 0 for k in ("request", "gpu", "metrics", "finding")})
+        c: Counter[str] = Counter({k: 0 for k in KINDS})
         for f in self.files:
             c.update(f.rows)
         return c

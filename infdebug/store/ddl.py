@@ -172,6 +172,18 @@ METRIC_COLUMNS: tuple[Column, ...] = (
     uint("v", 16, default=1),
 )
 
+EVENT_COLUMNS: tuple[Column, ...] = (
+    real("t", required=True),
+    text("replica", required=True, lc=True),
+    text("name", required=True, lc=True),
+    real("duration_s"),
+    real("since_start_s"),
+    text("deployment", lc=True),
+    uint("pid", 32),
+    json_text("detail", "{"),
+    uint("v", 16, default=1),
+)
+
 FINDING_COLUMNS: tuple[Column, ...] = (
     text("kind", required=True, lc=True),
     text("analyzer", required=True, lc=True),
@@ -245,6 +257,7 @@ TABLES: dict[str, Table] = {
     "finding": Table(
         "findings", "finding", FINDING_COLUMNS, "severity, kind, _ingested_at", "_ingested_at"
     ),
+    "event": Table("events", "event", EVENT_COLUMNS, "replica, t", _clamped_time("t")),
 }
 
 INGEST_STATE_DDL = """
@@ -319,8 +332,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "initial tables: requests, gpu_samples, metric_samples, findings, ingest_state, otel_traces",
-        tuple(t.ddl() for t in TABLES.values()) + (INGEST_STATE_DDL, OTEL_TRACES_DDL),
+        tuple(t.ddl() for k, t in TABLES.items() if k != "event") + (INGEST_STATE_DDL, OTEL_TRACES_DDL),
     ),
+    Migration(2, "events: replica lifecycle (process start … shutdown)", (TABLES["event"].ddl(),)),
 )
 
 MIGRATIONS_DDL = """
