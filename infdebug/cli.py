@@ -353,10 +353,11 @@ def stats_table(res: list[Any]) -> Table:
 
 def _register_commands() -> None:
     # Commands of other parts live beside their code; they import heavy libraries lazily.
-    from infdebug import cli_engine, cli_text
+    from infdebug import cli_engine, cli_profile, cli_text
 
     cli_engine.register(cli)
     cli_text.register(cli)
+    cli_profile.register(cli)
 
 
 _register_commands()

@@ -4,7 +4,8 @@ Records are frozen ``msgspec.Struct``s written as JSON Lines. Every line carries
 tag and a schema version ``v``. Changes are additive only: readers ignore unknown fields
 (``strict=True`` rejects them).
 
-Kinds: ``request``, ``gpu``, ``metrics``, ``event`` (replica lifecycle) and ``finding``. A finding's ``kind`` field is its
+Kinds: ``request``, ``gpu``, ``metrics``, ``event`` (replica lifecycle), ``profile`` (host
+stack samples) and ``finding``. A finding's ``kind`` field is its
 dotted finding kind (``template.double_bos``): any kind with a dot in it is a finding, so
 the contract's field names stay as specified and the tag still tells every line apart.
 
@@ -123,6 +124,22 @@ class Event(_Record, frozen=True, tag="event"):
     detail: dict[str, Any] | None = None
 
 
+class ProfileSample(_Record, frozen=True, tag="profile"):
+    """One collapsed host stack sampled by py-spy from a replica process (additive kind):
+    ``count`` samples of ``stack`` (root;…;leaf) on ``thread``, classified by ``category``."""
+
+    t: float  # when the recording started (unix seconds)
+    replica: str
+    profile_id: str
+    thread: str
+    category: str
+    stack: str
+    count: UInt32
+    pid: UInt32 | None = None
+    rate_hz: float | None = None
+    duration_s: float | None = None
+
+
 class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     """What an analyzer found, with the evidence to act on it.
 
@@ -145,15 +162,16 @@ _ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
     "GpuSample": ("throttle_reasons",),
 }
 
-Record = Request | GpuSample | MetricSample | Event | Finding
-TaggedRecord = Request | GpuSample | MetricSample | Event
+Record = Request | GpuSample | MetricSample | Event | ProfileSample | Finding
+TaggedRecord = Request | GpuSample | MetricSample | Event | ProfileSample
 RECORD_TYPES: dict[str, type[TaggedRecord]] = {
     "request": Request,
     "gpu": GpuSample,
     "metrics": MetricSample,
     "event": Event,
+    "profile": ProfileSample,
 }
-KINDS: tuple[str, ...] = ("request", "gpu", "metrics", "event", "finding")
+KINDS: tuple[str, ...] = ("request", "gpu", "metrics", "event", "profile", "finding")
 
 
 def kind_of(record: Record) -> str:
@@ -239,7 +257,9 @@ class RecordDecoder:
             finding: type = _strict_twin(Finding)
         else:
             types, finding = list(RECORD_TYPES.values()), Finding
-        union: Any = types[0] | types[1] | types[2] | types[3]
+        union: Any = types[0]
+        for t in types[1:]:
+            union = union | t
         object.__setattr__(self, "types", dict(zip(RECORD_TYPES, types, strict=True)))
         object.__setattr__(self, "union", msgspec.json.Decoder(union))
         object.__setattr__(self, "_finding", msgspec.json.Decoder(finding))

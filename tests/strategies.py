@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from infdebug.schema import UINT32_MAX, Event, Finding, GpuSample, MetricSample, Request
+from infdebug.schema import UINT32_MAX, Event, Finding, GpuSample, MetricSample, ProfileSample, Request
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 opt_text = st.none() | text
@@ -108,4 +108,18 @@ events = st.builds(
     detail=st.none() | json_object,
 )
 
-records: Any = st.one_of(requests, gpus, metrics, events, findings)
+profiles = st.builds(
+    ProfileSample,
+    t=times,
+    replica=text,
+    profile_id=text,
+    thread=text,
+    category=text,
+    stack=text,
+    count=st.integers(0, UINT32_MAX),
+    pid=st.none() | st.integers(0, UINT32_MAX),
+    rate_hz=opt_float,
+    duration_s=opt_float,
+)
+
+records: Any = st.one_of(requests, gpus, metrics, events, profiles, findings)

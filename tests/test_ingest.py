@@ -127,7 +127,7 @@ def test_gzip_and_mixed_kinds_and_directories(store: Any, tmp_path: Any) -> None
     (d / "gpu.jsonl").write_bytes(encode_records([make_gpu(i) for i in range(1, 6)]))
     (d / "notes.txt").write_text("not a log")
     rep = _ingest(store, tmp_path, str(d))
-    assert rep.rows == {"request": 1, "gpu": 6, "metrics": 1, "event": 0, "finding": 1}
+    assert rep.rows == {"request": 1, "gpu": 6, "metrics": 1, "event": 0, "profile": 0, "finding": 1}
     assert len(rep.files) == 2
     f = fetch_records(store, "finding")[0]
     assert f.kind == "template.double_bos" and f.scope == {"replica": "r1"}

@@ -184,6 +184,21 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     uint("v", 16, default=1),
 )
 
+PROFILE_COLUMNS: tuple[Column, ...] = (
+    real("t", required=True),
+    text("replica", required=True, lc=True),
+    text("profile_id", required=True, lc=True),
+    text("thread", required=True, lc=True),
+    text("category", required=True, lc=True),
+    text("stack", required=True),
+    Column("count", "UInt32", "Nullable(Int64)", "CAST(assumeNotNull({c}), 'UInt32')",
+           f"({{c}} IS NOT NULL AND {{c}} BETWEEN 0 AND {U32})"),
+    uint("pid", 32),
+    real("rate_hz"),
+    real("duration_s"),
+    uint("v", 16, default=1),
+)
+
 FINDING_COLUMNS: tuple[Column, ...] = (
     text("kind", required=True, lc=True),
     text("analyzer", required=True, lc=True),
@@ -258,6 +273,7 @@ TABLES: dict[str, Table] = {
         "findings", "finding", FINDING_COLUMNS, "severity, kind, _ingested_at", "_ingested_at"
     ),
     "event": Table("events", "event", EVENT_COLUMNS, "replica, t", _clamped_time("t")),
+    "profile": Table("profile_samples", "profile", PROFILE_COLUMNS, "replica, profile_id, thread", _clamped_time("t")),
 }
 
 INGEST_STATE_DDL = """
@@ -332,9 +348,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "initial tables: requests, gpu_samples, metric_samples, findings, ingest_state, otel_traces",
-        tuple(t.ddl() for k, t in TABLES.items() if k != "event") + (INGEST_STATE_DDL, OTEL_TRACES_DDL),
+        tuple(t.ddl() for k, t in TABLES.items() if k not in ("event", "profile")) + (INGEST_STATE_DDL, OTEL_TRACES_DDL),
     ),
     Migration(2, "events: replica lifecycle (process start … shutdown)", (TABLES["event"].ddl(),)),
+    Migration(3, "profile_samples: py-spy host stacks per replica", (TABLES["profile"].ddl(),)),
 )
 
 MIGRATIONS_DDL = """
