@@ -353,11 +353,12 @@ def stats_table(res: list[Any]) -> Table:
 
 def _register_commands() -> None:
     # Commands of other parts live beside their code; they import heavy libraries lazily.
-    from infdebug import cli_engine, cli_profile, cli_text
+    from infdebug import cli_engine, cli_fleet, cli_profile, cli_text
 
     cli_engine.register(cli)
     cli_text.register(cli)
     cli_profile.register(cli)
+    cli_fleet.register(cli)
 
 
 _register_commands()

@@ -6,7 +6,15 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from infdebug.schema import UINT32_MAX, Event, Finding, GpuSample, MetricSample, ProfileSample, Request
+from infdebug.schema import (
+    UINT32_MAX,
+    Event,
+    Finding,
+    GpuSample,
+    MetricSample,
+    ProfileSample,
+    Request,
+)
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 opt_text = st.none() | text
