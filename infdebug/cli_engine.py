@@ -51,20 +51,36 @@ def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed:
 @click.option("--served-model-name", default=None, help="The model name clients use (default: the directory name).")
 @click.option("--trace-dir", default=None, metavar="DIR", envvar="INFDEBUG_TRACE_DIR",
               help="Write one contract `request` record per finished request as JSONL here.")
+@click.option("--otlp-endpoint", default=None, metavar="URL", envvar="INFDEBUG_OTLP_ENDPOINT",
+              help="Send one OpenTelemetry span per request over OTLP/HTTP here (a base URL gets /v1/traces). "
+              "Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT when set, else off.")
+@click.option("--redact", type=click.Choice(["none", "prompts", "all"]), default="none", show_default=True,
+              envvar="INFDEBUG_REDACT",
+              help="prompts: no prompt/message/output text in any trace (token IDs stay); all: no token IDs either.")
+@click.option("--trace-max-mb", default=256.0, show_default=True, envvar="INFDEBUG_TRACE_MAX_MB",
+              help="Rotate the JSONL trace (and gzip the old file) past this size.")
+@click.option("--trace-max-age", default=0.0, show_default=True, metavar="SECONDS", envvar="INFDEBUG_TRACE_MAX_AGE",
+              help="Rotate the JSONL trace after this many seconds (0: never by age).")
 @click.option("--inject", "injects", multiple=True, metavar="FAULT",
               help="Inject a fault: double-bos, template=FILE, tokenizer=DIR, ignore-eos=ID, slow=FACTOR, "
               "dtype=float16. Repeatable; listed in /health.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--max-batch", default=32, show_default=True, help="Running requests per decode step.")
 @click.option("--max-model-len", default=2048, show_default=True, help="Context length (prompt + output).")
+@click.option("--simulate-gpu", is_flag=True, envvar="INFDEBUG_SIMULATE_GPU",
+              help="Without a GPU: emit a synthetic GPU signal (labelled simulated) that follows the engine's load; "
+              "--inject throttle makes it overheat and throttle.")
+@click.option("--gpu-hz", default=4.0, show_default=True, help="GPU samples per second (NVML or simulated).")
 @click.option("--log-level", default="warning", show_default=True)
 def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, port: int,
-              served_model_name: str | None, trace_dir: str | None, injects: tuple[str, ...], device: str | None,
-              max_batch: int, max_model_len: int, log_level: str) -> None:
+              served_model_name: str | None, trace_dir: str | None, otlp_endpoint: str | None, redact: str,
+              trace_max_mb: float, trace_max_age: float, injects: tuple[str, ...], device: str | None,
+              max_batch: int, max_model_len: int, simulate_gpu: bool, gpu_hz: float, log_level: str) -> None:
     """Serve a checkpoint with an OpenAI-compatible API (completions, chat, streaming).
 
     \b
-    Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health.
+    Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+    GET /metrics (Prometheus, always on).
     Works with the official openai client:
       client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     """
@@ -77,13 +93,17 @@ def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, p
         inj = Injections.parse(list(injects))
         rep = Replica(model_dir, name=replica, deployment=deployment, served_model_name=served_model_name,
                       injections=inj, device=device, max_batch=max_batch, max_model_len=max_model_len,
-                      trace_dir=trace_dir)
+                      trace_dir=trace_dir, otlp_endpoint=otlp_endpoint, redact=redact,  # type: ignore[arg-type]
+                      trace_max_bytes=int(trace_max_mb * 1024 * 1024) if trace_max_mb > 0 else None,
+                      trace_max_age_s=trace_max_age or None, simulate_gpu=simulate_gpu, gpu_hz=gpu_hz)
     except (InjectionError, ValueError, OSError) as e:
         fail(str(e))
     err_console.print(
         f"[bold]infdebug serve[/]: {rep.model_name} as {replica} on http://{host}:{port}/v1"
         + (f" · injected: {', '.join(inj.raw)}" if inj.raw else "")
-        + (f" · trace: {rep.trace.path}" if rep.trace else ""),
+        + (f" · trace: {rep.trace.path}" if rep.trace else "")
+        + (f" · otlp: {rep.otlp_endpoint}" if rep.otlp_endpoint else "")
+        + (f" · redact: {redact}" if redact != "none" else ""),
         highlight=False,
     )
 

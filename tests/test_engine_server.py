@@ -245,10 +245,15 @@ def test_openai_client_streams_from_infdebug_serve(chatml_dir: str, tmp_path: An
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    files = list(trace.glob("*.jsonl"))
-    assert files
-    from infdebug.schema import Request, read_records
+    from infdebug.schema import Event, Request, read_records
 
+    files = list(trace.glob("*.requests.jsonl"))
+    assert len(files) == 1
     recs = [r for _, r in read_records(str(files[0]))]
     assert len(recs) == 2 and all(isinstance(r, Request) for r in recs)
     assert all(r.replica == "r1" and r.prompt_ids and r.output_ids and r.ttft_s is not None for r in recs)
+    # the replica's lifecycle, start to shutdown, with the duration of each phase
+    events = [r for f in trace.glob("*.events.jsonl") for _, r in read_records(str(f))]
+    assert [e.name for e in events if isinstance(e, Event)] == [
+        "process_start", "weights_loaded", "warmup_done", "ready", "drain", "shutdown"]
+    assert all(isinstance(e, Event) and e.replica == "r1" and (e.duration_s or 0) >= 0 for e in events)

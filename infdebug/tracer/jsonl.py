@@ -1,116 +1,171 @@
-"""The engine's trace: one contract ``request`` record per finished request, written as
-JSONL by a background thread.
+"""The JSONL exporter: contract ``request`` records written by a background thread.
 
-The engine thread only builds the record and puts it on a bounded queue; when the queue
-is full the oldest record is dropped and counted. Writing never raises into the engine.
+``export`` (called on the tracer's background thread, never the engine's) encodes the record
+and puts the line on a bounded queue (the oldest line is dropped and counted when it is
+full), so encoding overlaps the writer's system calls, which release the GIL. The writer
+thread writes each drained batch and flushes it to the OS, so a process that is killed loses nothing it had finished writing;
+``close`` drains, flushes and fsyncs. Files rotate by size (``max_bytes``) and age
+(``max_age_s``); a rotated file is gzipped by the writer thread
+(``NAME.requests.jsonl`` → ``NAME.requests.jsonl.gz``). Writing never raises into the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import logging
 import os
-import queue
+import shutil
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
-from infdebug.schema import FinishReason, Request, encode_record
-from infdebug.tracer.engine.engine import NoHooks, Sequence
+from infdebug.schema import Record, Request, encode_record
+from infdebug.tracer.tracer import DropOldestQueue
 
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
+_log = logging.getLogger("infdebug.tracer.jsonl")
 
 
-class JsonlTraceWriter(NoHooks):
-    """Engine hooks that write one ``request`` record per finished request."""
-
+class JsonlExporter:
     def __init__(
         self,
         trace_dir: str,
         *,
         replica: str,
-        deployment: str | None,
-        model: str,
-        engine_version: str,
-        tokenizer_fp: str | None,
-        template_fp: str | None,
         max_queue: int = 10_000,
+        max_bytes: int | None = 256 * 1024 * 1024,
+        max_age_s: float | None = None,
+        on_drop: Callable[[int], None] | None = None,
+        start: bool = True,
+        suffix: str = "requests",
     ) -> None:
         os.makedirs(trace_dir, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self.path = os.path.join(trace_dir, f"{replica}-{stamp}-{os.getpid()}.requests.jsonl")
-        self.replica, self.deployment, self.model = replica, deployment, model
-        self.engine_version = engine_version
-        self.tokenizer_fp, self.template_fp = tokenizer_fp, template_fp
-        self.dropped = 0
+        self.trace_dir = trace_dir
+        self.replica = replica
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
         self.written = 0
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
-        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed by close()
-        self._thread = threading.Thread(target=self._run, name="infdebug-trace-writer", daemon=True)
-        self._thread.start()
+        self.write_errors = 0
+        self.rotated: list[str] = []  # gzipped files, oldest first
+        self.suffix = suffix  # NAME.<suffix>.jsonl: requests, gpu
+        self._stem = f"{replica}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        self._segment = 0
+        self._q: DropOldestQueue[bytes] = DropOldestQueue(max_queue, on_drop)
+        self.path = ""
+        self._fh: IO[bytes] | None = None
+        self._opened = 0.0
+        self._size = 0
+        self._open_segment()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        if start:
+            self.start()
 
-    def finished(self, seq: Sequence) -> None:
-        try:
-            line = encode_record(self.record(seq))
-        except Exception:
-            self.dropped += 1
-            return
-        while True:
-            try:
-                self._q.put_nowait(line)
-                return
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._q.get_nowait()
-                    self.dropped += 1
+    @property
+    def dropped(self) -> int:
+        return self._q.dropped
 
-    def record(self, seq: Sequence) -> Request:
-        t = seq.timing()
-        p = seq.params
-        sampling: dict[str, Any] = p.to_json()
-        sampling["stop_ids"] = sorted(seq.stop_ids)
-        return Request(
-            request_id=seq.request_id,
-            replica=self.replica,
-            t_arrival=t["t_arrival"],
-            deployment=self.deployment,
-            model=self.model,
-            engine="infdebug",
-            engine_version=self.engine_version,
-            tokenizer_fp=self.tokenizer_fp,
-            template_fp=self.template_fp,
-            queue_s=t["queue_s"],
-            prefill_s=t["prefill_s"],
-            ttft_s=t["ttft_s"],
-            e2e_s=t["e2e_s"],
-            token_times_s=t["token_times_s"],
-            messages=seq.messages,
-            prompt_text=seq.prompt_text,
-            prompt_ids=seq.prompt_ids,
-            output_text=seq.text,
-            output_ids=seq.output_ids,
-            cached_prompt_tokens=seq.cached_tokens,
-            finish_reason=_FINISH.get(seq.finish_reason or ""),
-            sampling=sampling,
-        )
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="infdebug-jsonl-writer", daemon=True)
+            self._thread.start()
+
+    # -- producer side -------------------------------------------------------------------
+    def export(self, record: Request, seq: Any = None) -> None:
+        self._q.put(encode_record(record))
+
+    def put(self, record: Record) -> None:
+        """Queue any contract record (GPU samples use this, from the sampler's thread)."""
+        self._q.put(encode_record(record))
+
+    # -- writer thread -------------------------------------------------------------------
+    def _open_segment(self) -> None:
+        seg = "" if self._segment == 0 else f".{self._segment}"
+        name = f"{self._stem}{seg}.{self.suffix}.jsonl"
+        self.path = os.path.join(self.trace_dir, name)
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed by _rotate()/close()
+        self._size = self._fh.tell()
+        self._opened = time.monotonic()
 
     def _run(self) -> None:
+        wait = min(1.0, self.max_age_s) if self.max_age_s else 1.0
         while True:
-            line = self._q.get()
-            if line is None:
+            batch = self._q.get_batch(timeout=wait)
+            if batch:
+                self._write(batch)
+            elif self._q.closed:
                 return
-            try:
-                self._fh.write(line)
-                # flush each batch the queue holds, so a killed process loses at most that
-                if self._q.empty():
-                    self._fh.flush()
-                self.written += 1
-            except OSError:
-                self.dropped += 1
+            if self._due_by_age():
+                self._rotate()
+
+    def _write(self, batch: list[bytes]) -> None:
+        data = b"".join(batch)
+        try:
+            assert self._fh is not None
+            self._fh.write(data)
+            self._fh.flush()  # per drained batch: a killed process loses at most the queue
+            self._size += len(data)
+            self.written += len(batch)
+        except (OSError, ValueError):
+            _log.exception("could not write %d trace records to %s", len(batch), self.path)
+            self.write_errors += len(batch)
+            return
+        if self.max_bytes is not None and self._size >= self.max_bytes:
+            self._rotate()
+
+    def _due_by_age(self) -> bool:
+        return self.max_age_s is not None and self._size > 0 and time.monotonic() - self._opened >= self.max_age_s
+
+    def _rotate(self) -> None:
+        old = self.path
+        try:
+            self._close_file()
+            self._segment += 1
+            self._open_segment()
+        except OSError:
+            _log.exception("could not rotate the trace file %s", old)
+            return
+        try:
+            self.rotated.append(_gzip_file(old))
+        except OSError:
+            _log.exception("could not gzip the rotated trace file %s (left uncompressed)", old)
+
+    def _close_file(self) -> None:
+        if self._fh is None:
+            return
+        fh, self._fh = self._fh, None
+        with contextlib.suppress(OSError, ValueError):
+            fh.flush()
+            os.fsync(fh.fileno())
+        fh.close()
 
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join(timeout=10)
+        """Write what is queued, flush, fsync, close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.close()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        else:  # never started: write what is queued here
+            batch = self._q.get_batch(timeout=0)
+            if batch:
+                self._write(batch)
         with contextlib.suppress(OSError):
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            self._close_file()
+
+
+def _gzip_file(path: str) -> str:
+    """Compress ``path`` to ``path.gz`` (written under a temporary name, then renamed) and
+    remove the original."""
+    out = path + ".gz"
+    tmp = out + ".tmp"
+    with open(path, "rb") as src, open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, filename=os.path.basename(path)) as gz:
+            shutil.copyfileobj(src, gz, 1 << 20)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, out)
+    os.remove(path)
+    return out

@@ -35,7 +35,11 @@ from infdebug.tracer.engine.engine import (
     Sequence,
     TokenEvent,
 )
-from infdebug.tracer.jsonl import JsonlTraceWriter
+from infdebug.tracer.gpu import GpuSampler, make_probe
+from infdebug.tracer.jsonl import JsonlExporter
+from infdebug.tracer.lifecycle import Lifecycle
+from infdebug.tracer.prom import PromExporter, ReplicaMetrics
+from infdebug.tracer.tracer import Exporter, Redact, ReplicaInfo, Tracer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -111,8 +115,15 @@ class Replica:
         max_batch: int = 32,
         max_model_len: int = 2048,
         trace_dir: str | None = None,
+        otlp_endpoint: str | None = None,
+        redact: Redact = "none",
+        trace_max_bytes: int | None = 256 * 1024 * 1024,
+        trace_max_age_s: float | None = None,
+        simulate_gpu: bool = False,
+        gpu_hz: float = 4.0,
         hooks: EngineHooks | None = None,
     ) -> None:
+        self.lifecycle = Lifecycle(name, deployment=deployment, trace_dir=trace_dir)
         self.model_dir = model_dir
         self.name = name
         self.deployment = deployment
@@ -124,6 +135,8 @@ class Replica:
         self.template = self._load_template()
         dtype = DTYPES[self.inj.dtype] if self.inj.dtype else None
         self.model, self.model_cfg = load_checkpoint(model_dir, device=dev, dtype=dtype, max_len=max_model_len)
+        self.lifecycle.mark("weights_loaded", device=dev, dtype=str(next(self.model.parameters()).dtype),
+                            params=sum(p.numel() for p in self.model.parameters()))
         eos = set(self.tokenizer.eos_ids) | set(_config_eos(model_dir))
         eos -= set(self.inj.ignore_eos)
         self.eos_ids = sorted(eos)
@@ -131,13 +144,28 @@ class Replica:
         self.vocab_size = self.model_cfg.vocab_size
         self.tokenizer_fp = self.tokenizer.fingerprint
         self.template_fp = template_fingerprint(self.template) if self.template else None
-        self.trace: JsonlTraceWriter | None = None
+        # The tracer: metrics always (served at /metrics), JSONL with --trace-dir, OTLP spans
+        # with --otlp-endpoint (or OTEL_EXPORTER_OTLP_*ENDPOINT in the environment).
+        self.metrics = ReplicaMetrics(name, self.model_name)
+        exporters: list[Exporter] = [PromExporter(self.metrics)]
+        self.trace: JsonlExporter | None = None
         if trace_dir:
-            self.trace = JsonlTraceWriter(
-                trace_dir, replica=name, deployment=deployment, model=self.model_name,
-                engine_version=__version__, tokenizer_fp=self.tokenizer_fp, template_fp=self.template_fp,
-            )
-            hooks = hooks or self.trace
+            self.trace = JsonlExporter(trace_dir, replica=name, max_bytes=trace_max_bytes, max_age_s=trace_max_age_s,
+                                       on_drop=self.metrics.dropped("jsonl"))
+            exporters.append(self.trace)
+        self.otlp_endpoint = (otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                              or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        if self.otlp_endpoint:
+            from infdebug.tracer.otel import OtelExporter
+
+            exporters.append(OtelExporter(replica=name, model=self.model_name, deployment=deployment,
+                                          endpoint=otlp_endpoint, token_ids=redact != "all"))
+        self.tracer = Tracer(
+            ReplicaInfo(replica=name, model=self.model_name, deployment=deployment, engine_version=__version__,
+                        tokenizer_fp=self.tokenizer_fp, template_fp=self.template_fp),
+            exporters, redact=redact, on_drop=self.metrics.dropped("tracer"), on_error=self.metrics.tracer_errors.inc,
+        )
+        hooks = hooks or self.tracer
         self.engine = Engine(
             self.model,
             eos_ids=self.eos_ids,
@@ -145,6 +173,19 @@ class Replica:
             config=EngineConfig(max_batch=max_batch, max_model_len=max_model_len, slow_factor=self.inj.slow),
             hooks=hooks,
         )
+        self.metrics.watch_load(lambda: self.engine.load)
+        # GPU telemetry: NVML when there is a GPU; with simulate_gpu a labelled synthetic signal
+        # that follows this engine's load (and --inject throttle).
+        self.gpu_trace: JsonlExporter | None = None
+        self.gpu_sampler: GpuSampler | None = None
+        probe = make_probe(simulate_gpu, load_fn=lambda: self.engine.load[0] / max(1, self.engine.cfg.max_batch),
+                           throttle=self.inj.throttle)
+        if probe is not None:
+            if trace_dir:
+                self.gpu_trace = JsonlExporter(trace_dir, replica=name, suffix="gpu", max_bytes=trace_max_bytes,
+                                               max_age_s=trace_max_age_s, on_drop=self.metrics.dropped("gpu"))
+            emit = self.gpu_trace.put if self.gpu_trace is not None else (lambda rec: None)
+            self.gpu_sampler = GpuSampler(probe, name, emit=emit, hz=gpu_hz, gauges=self.metrics.registry)
 
     def _load_template(self) -> str | None:
         if self.inj.template:
@@ -195,16 +236,35 @@ class Replica:
         *,
         prompt_text: str | None = None,
         messages: list[dict[str, Any]] | None = None,
+        request_id: str | None = None,
     ) -> Sequence:
-        return self.engine.submit(ids, params, on_event, prompt_text=prompt_text, messages=messages)
+        return self.engine.submit(ids, params, on_event, request_id, prompt_text=prompt_text, messages=messages)
+
+    def warm_up(self) -> None:
+        """One prefill and one decode step outside the engine loop (no trace record), so the
+        first request does not pay for lazy initialisation."""
+        ids = torch.tensor(self.tokenizer.encode("warm up", add_special_tokens=True) or [0],
+                           device=self.engine.device)
+        with torch.inference_mode():
+            logits = self.model.prefill(ids, 0, 0, self.engine.cache)
+            self.model.decode(logits.argmax(-1)[:1], torch.tensor([len(ids)], device=self.engine.device),
+                              self.engine.cache)
+        self.lifecycle.mark("warmup_done")
 
     def start(self) -> None:
+        self.warm_up()
         self.engine.start()
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.start()
 
     def stop(self) -> None:
         self.engine.stop()
-        if self.trace is not None:
-            self.trace.close()
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.stop()
+        self.tracer.close()  # exports what is queued; JSONL flushed + fsynced, spans flushed
+        if self.gpu_trace is not None:
+            self.gpu_trace.close()
+        self.lifecycle.mark("shutdown")
 
 
 def _config_eos(model_dir: str) -> list[int]:

@@ -1,7 +1,7 @@
 """An OpenAI-compatible HTTP server around the engine (Starlette + uvicorn).
 
 ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE streaming or not),
-``GET /v1/models``, ``GET /health``. ``return_token_ids`` returns prompt and output token
+``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus). ``return_token_ids`` returns prompt and output token
 IDs as vLLM does; ``logprobs`` as OpenAI does. Bad requests get a 4xx with an OpenAI-style
 error body and the server keeps serving. Binds 127.0.0.1 unless told otherwise.
 """
@@ -9,6 +9,7 @@ error body and the server keeps serving. Binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -130,14 +131,22 @@ class App:
         self.engine: Engine = replica.engine
         routes = [
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
         ]
         self.app = Starlette(routes=routes, exception_handlers={ApiError: self._api_error, 404: self._not_found,
-                                                                405: self._not_allowed})
+                                                                405: self._not_allowed},
+                             lifespan=self._lifespan)
         self.app.state.infdebug = self
         self.extra_routes = routes
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.replica.lifecycle.mark("ready")
+        yield
+        self.replica.lifecycle.mark("drain")  # the server stopped accepting and finished in-flight requests
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -162,6 +171,13 @@ class App:
             "tokenizer_fp": self.replica.tokenizer_fp,
             "template_fp": self.replica.template_fp,
         })
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus exposition of this replica's registry (vLLM-compatible names, prefix
+        ``infdebug_``)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.replica.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -217,11 +233,11 @@ class App:
     async def _generate(self, body: dict[str, Any], ids: list[int], params: SamplingParams, *, chat: bool,
                         prompt_text: str | None, messages: list[dict[str, Any]] | None = None) -> Response:
         stream = _Stream(asyncio.get_running_loop())
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]  # also the trace's request_id
         try:
-            seq = self.replica.submit(ids, params, stream, prompt_text=prompt_text, messages=messages)
+            seq = self.replica.submit(ids, params, stream, prompt_text=prompt_text, messages=messages, request_id=rid)
         except ValueError as e:
             raise ApiError(400, str(e), "messages" if chat else "prompt", "context_length_exceeded") from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         want_ids = bool(body.get("return_token_ids"))
         if body.get("stream"):
@@ -304,7 +320,8 @@ class App:
                 yield chunk(c)
             if include_usage:
                 usage = {"prompt_tokens": len(seq.prompt_ids), "completion_tokens": n_out,
-                         "total_tokens": len(seq.prompt_ids) + n_out}
+                         "total_tokens": len(seq.prompt_ids) + n_out,
+                         "prompt_tokens_details": {"cached_tokens": seq.cached_tokens}}
                 d = {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage}
                 yield b"data: " + json.dumps(d).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
