@@ -20,23 +20,22 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[test]'
-	@touch $@ $(VENV)/.core
+	@touch $@ $(VENV)/.core $(VENV)/.engine
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	@touch $@ $(VENV)/.test $(VENV)/.core
 
-demo: $(VENV)/.core
-	@echo "== ingesting sample_logs/ into the embedded ClickHouse store at $(INFDEBUG_HOME)"
-	$(BIN)/infdebug ingest sample_logs/
-	@echo
-	$(BIN)/infdebug stats
-	@echo
-	@echo "Next:"
-	@echo "  $(BIN)/infdebug query \"SELECT replica, max(temp_c), groupUniqArrayArray(throttle_reasons) FROM gpu_samples GROUP BY replica\""
-	@echo "  $(BIN)/infdebug stats --json"
-	@echo "  $(BIN)/infdebug --help"
+$(VENV)/.engine: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q '$(TORCH)'
+	$(BIN)/python -m pip install -q -e '.[engine]'
+	@touch $@ $(VENV)/.core
+
+# make a model, start a 3-replica fleet with one injected fault, replay the Azure LLM trace
+# for about a minute (INFDEBUG_DEMO_SECONDS), ingest the traces into chDB, print stats.
+demo: $(VENV)/.engine
+	$(BIN)/python -m infdebug.demo
 
 test: $(VENV)/.test lint typecheck unit
 
@@ -52,8 +51,12 @@ unit: $(VENV)/.test
 bench: $(VENV)/.bench
 	$(BIN)/python bench/ingest.py
 
-sample-logs: $(VENV)/.core
-	$(BIN)/python sample_logs/generate.py
+sample-logs: $(VENV)/.engine
+	$(BIN)/python -m infdebug.demo --seconds 40 --clean --deployment-of r1=baseline --deployment-of r2=baseline \
+		--deployment-of r3=baseline --out sample_logs/baseline --no-ingest
+	$(BIN)/python -m infdebug.demo --seconds 40 --inject r2:slow=1.5 --inject r3:double-bos --deployment-of r1=canary \
+		--deployment-of r2=canary --deployment-of r3=canary --out sample_logs/canary --no-ingest --base-port 8200
+	rm -rf sample_logs/*/logs
 
 clean:
 	rm -rf $(VENV) .infdebug .pytest_cache .mypy_cache .ruff_cache
