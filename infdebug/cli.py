@@ -85,12 +85,19 @@ def cli(ctx: click.Context, home: str | None, clickhouse: str | None) -> None:
     help="Where rejected lines go (JSONL: file, line, field, reason, raw). "
     "Default: HOME/rejects/ingest-<time>.jsonl",
 )
+@click.option("--format", "fmt", type=click.Choice(["auto", "contract", "vllm", "sglang", "openai"]), default="auto",
+              show_default=True, help="Input format; auto-detected per file.")
+@click.option("--replica", default=None, help="Replica name for engine logs that do not carry one (default: file name).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 @click.pass_obj
-def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | None, as_json: bool) -> None:
-    """Load JSONL logs (files, directories, globs; .jsonl and .jsonl.gz) into the store.
+def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | None, fmt: str, replica: str | None,
+           as_json: bool) -> None:
+    """Load logs (files, directories, globs; .jsonl and .jsonl.gz) into the store.
 
-    Every record kind of the contract (request, gpu, metrics, finding) goes to its table.
+    Contract JSONL (request, gpu, metrics, event, profile, finding records) goes to its
+    tables; engine logs — vLLM request log lines and RequestOutput reprs, SGLang
+    --log-requests lines, OpenAI-style {"request", "response"} JSONL — are converted to
+    request records on the way (format detected per file, or --format).
     Ingesting is idempotent: a file already loaded adds nothing, a file that grew is read
     from where it stopped (also after it was renamed or gzipped).
 
@@ -115,6 +122,8 @@ def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | N
             rejects_path=rejects_path,
             progress=prog.advance,
             on_file=prog.file,
+            fmt=fmt,
+            replica=replica,
         )
     if as_json:
         print_json(report.to_json())
@@ -353,8 +362,9 @@ def stats_table(res: list[Any]) -> Table:
 
 def _register_commands() -> None:
     # Commands of other parts live beside their code; they import heavy libraries lazily.
-    from infdebug import cli_engine, cli_fleet, cli_profile, cli_text
+    from infdebug import cli_analyze, cli_engine, cli_fleet, cli_profile, cli_text
 
+    cli_analyze.register(cli)
     cli_engine.register(cli)
     cli_text.register(cli)
     cli_profile.register(cli)

@@ -201,3 +201,21 @@ def test_fast_path_doubts_send_files_down_the_careful_path(store: Any, tmp_path:
     rep = _ingest(store, tmp_path, str(q))
     assert rep.rows["request"] == 1 and rep.rejected == 1
     assert _rejects(rep)[0]["field"] == "request_id"
+
+
+def test_engine_logs_are_converted_on_ingest(store: Any, tmp_path: Any) -> None:
+    logs = os.path.join(os.path.dirname(__file__), "data", "engine_logs")
+    (tmp_path / "not-a-request-log.log").write_text("INFO uvicorn started\nINFO shutting down\n")
+    rep = _ingest(store, tmp_path, logs, str(tmp_path))
+    by_file = {os.path.basename(f.path): f for f in rep.files}
+    assert by_file["vllm-0.8.log"].path_taken.startswith("vllm log")
+    assert by_file["sglang-replica-b.log"].path_taken.startswith("sglang log")
+    assert by_file["openai-replica-c.jsonl"].path_taken.startswith("openai log")
+    assert by_file["not-a-request-log.log"].status == "unchanged"  # found in a directory, not an engine log
+    _, rows = store.query("SELECT engine, count() FROM requests GROUP BY engine ORDER BY engine")
+    assert dict(rows) == {"openai": 4, "sglang": 4, "vllm": 10}
+    rejects = _rejects(rep)
+    assert len(rejects) == rep.rejected == 4
+    assert all(r["file"].startswith(logs) and r["line"] > 0 and r["reason"] for r in rejects)
+    again = _ingest(store, tmp_path, logs)
+    assert again.rows["request"] == 0  # converted logs are idempotent too

@@ -44,6 +44,7 @@ from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
 
 CHUNK_BYTES = 64 << 20
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json.gz")
+LOG_SUFFIXES = (".log", ".log.gz")  # engine logs, read when their format is recognised
 
 _FULL = RecordDecoder()
 _FULL_STRICT = RecordDecoder(strict=True)
@@ -203,6 +204,7 @@ class Ingestor:
         # by the contract decoder on every line before ClickHouse sees it.
         self._settings = dict(JSONL_READ_SETTINGS)
         self._settings["input_format_skip_unknown_fields"] = 1
+        self._label = ""
 
     # -- state ---------------------------------------------------------------------------
     def _load_state(self, content_id: str) -> _State:
@@ -244,8 +246,11 @@ class Ingestor:
             )
 
     # -- one file ------------------------------------------------------------------------
-    def ingest_file(self, path: str) -> FileResult:
-        res = FileResult(path)
+    def ingest_file(self, path: str, label: str | None = None) -> FileResult:
+        """Load one contract JSONL file; ``label`` names it in results and rows (``_file``)
+        when ``path`` is a converted copy of another file."""
+        res = FileResult(label or path)
+        self._label = label or path
         try:
             st_os = os.stat(path)
             head = _first_line(path)
@@ -273,7 +278,7 @@ class Ingestor:
             return res
         batch = random.getrandbits(63) or 1
         prev = _State(**state.__dict__)
-        self._save_state(_State(**{**prev.__dict__, "pending_batch": batch}), path)
+        self._save_state(_State(**{**prev.__dict__, "pending_batch": batch}), self._label)
         state.size, state.mtime = st_os.st_size, st_os.st_mtime
         try:
             if state.offset == 0:
@@ -290,11 +295,11 @@ class Ingestor:
             # next run roll it back before reading the file again.
             with contextlib.suppress(Exception):
                 self._rollback(batch)
-                self._save_state(prev, path)
+                self._save_state(prev, self._label)
             raise
         state.rows += sum(res.rows.values())
         state.rejected += res.rejected
-        self._save_state(state, path)
+        self._save_state(state, self._label)
         return res
 
     def _peek_kind(self, head: bytes) -> str | None:
@@ -312,7 +317,7 @@ class Ingestor:
             settings["input_format_skip_unknown_fields"] = 0
         before = os.stat(path)
         try:
-            self.store.insert_jsonl(table, path, path, batch, settings, guarded=True)
+            self.store.insert_jsonl(table, path, self._label, batch, settings, guarded=True)
         except StoreError:
             return False  # a bad line, another kind, an unknown field: the careful path names it
         after = os.stat(path)
@@ -362,7 +367,7 @@ class Ingestor:
                                 # Maybe still being written: report it, leave it to be re-read.
                                 self.rejects.add(
                                     Reject(
-                                        path,
+                                        self._label,
                                         line_no,
                                         "truncated last line (no newline at end of file): "
                                         f"{e.reason}; it is read again if the file grows",
@@ -377,7 +382,7 @@ class Ingestor:
                             reason = e.reason
                             if last_partial:
                                 reason = f"truncated last line (no newline at end of file): {reason}"
-                            self.rejects.add(Reject(path, line_no, reason, e.field, line))
+                            self.rejects.add(Reject(self._label, line_no, reason, e.field, line))
                             res.rejected += 1
                             continue
                         k = _kind(obj)
@@ -408,7 +413,7 @@ class Ingestor:
     def _load_spill(self, path: str, kind: str, spill: str, line_nos: list[int], batch: int, res: FileResult) -> None:
         table = TABLES[kind]
         try:
-            self.store.insert_jsonl(table, spill, path, batch, self._settings, guarded=False)
+            self.store.insert_jsonl(table, spill, self._label, batch, self._settings, guarded=False)
             return
         except StoreError:
             pass
@@ -430,12 +435,12 @@ class Ingestor:
                 f.write(line + b"\n")
         try:
             try:
-                self.store.insert_jsonl(TABLES[kind], f.name, path, batch, self._settings, guarded=False)
+                self.store.insert_jsonl(TABLES[kind], f.name, self._label, batch, self._settings, guarded=False)
                 return
             except StoreError as e:
                 if len(pairs) == 1:
                     n, line = pairs[0]
-                    self.rejects.add(Reject(path, n, f"ClickHouse refused the line: {_first_sentence(str(e))}", None, line))
+                    self.rejects.add(Reject(self._label, n, f"ClickHouse refused the line: {_first_sentence(str(e))}", None, line))
                     res.rejected += 1
                     res.rows[kind] -= 1
                     return
@@ -466,7 +471,7 @@ def expand_paths(args: list[str]) -> tuple[list[str], list[str]]:
                 os.path.join(d, n)
                 for d, _, names in os.walk(a)
                 for n in names
-                if n.endswith(JSONL_SUFFIXES) and not n.startswith(".")
+                if n.endswith(JSONL_SUFFIXES + LOG_SUFFIXES) and not n.startswith(".")
             )
             if not found:
                 errors.append(f"{a}: directory has no .jsonl or .jsonl.gz files")
@@ -553,18 +558,53 @@ def ingest_paths(
     rejects_path: str,
     progress: Progress | None = None,
     on_file: Callable[[str, int], None] | None = None,
+    fmt: str = "auto",
+    replica: str | None = None,
 ) -> IngestReport:
+    """Ingest files of contract JSONL, or engine logs (vLLM, SGLang, OpenAI request/response
+    JSONL; ``fmt`` auto-detected per file) converted to contract records on the way."""
     t0 = time.perf_counter()
     files, errors = expand_paths(paths)
     sink = RejectSink(rejects_path)
     ing = Ingestor(store, strict=strict, rejects=sink, progress=progress)
     results = []
     try:
-        for f in files:
-            if on_file:
-                with contextlib.suppress(OSError):
-                    on_file(f, os.path.getsize(f))
-            results.append(ing.ingest_file(f))
+        with tempfile.TemporaryDirectory(prefix="infdebug-convert-") as tmp:
+            for i, f in enumerate(files):
+                if on_file:
+                    with contextlib.suppress(OSError):
+                        on_file(f, os.path.getsize(f))
+                res = _ingest_one(ing, f, fmt, replica, sink, os.path.join(tmp, f"{i}.jsonl"))
+                if res.status == "error" and f not in paths and f.endswith(LOG_SUFFIXES):
+                    res.status = "unchanged"  # a log found in a directory that is not an engine log
+                    res.message = "skipped: not an engine request log"
+                results.append(res)
     finally:
         sink.close()
     return IngestReport(results, errors, sink.path if sink.count else None, time.perf_counter() - t0)
+
+
+def _ingest_one(ing: Ingestor, path: str, fmt: str, replica: str | None, sink: RejectSink, tmp: str) -> FileResult:
+    from infdebug.collectors.readers import convert_to_contract, detect_format
+
+    kind = fmt
+    if fmt == "auto":
+        try:
+            kind = detect_format(path)
+        except (OSError, EOFError) as e:
+            return FileResult(path, status="error", message=f"cannot read {path}: {e}")
+        if kind == "unknown" and path.endswith(JSONL_SUFFIXES):
+            kind = "contract"  # its lines are judged one by one (and rejected with reasons)
+    if kind == "contract":
+        return ing.ingest_file(path)
+    if kind == "unknown":
+        return FileResult(path, status="error", message=(
+            f"{path}: not contract JSONL, and no vLLM, SGLang or OpenAI request/response log lines in its "
+            "first lines; pass --format"))
+    report = convert_to_contract(path, tmp, kind, replica, rejects=sink)
+    if report.error:
+        return FileResult(path, status="error", message=report.error)
+    res = ing.ingest_file(tmp, label=path)
+    res.rejected += len(report.rejects)
+    res.path_taken = f"{kind} log → {res.path_taken or 'contract'}"
+    return res

@@ -92,7 +92,7 @@ class EmbeddedStore:
         if settings:
             sql = sql + " SETTINGS " + ", ".join(f"{k} = {_literal(v)}" for k, v in settings.items())
         try:
-            return self._sess.query(sql, fmt, params=dict(params or {}))
+            return self._sess.query(sql, fmt, params={k: _param(v) for k, v in (params or {}).items()})
         except Exception as e:
             raise StoreError(_clean(str(e))) from None
 
@@ -142,6 +142,22 @@ def _literal(v: Any) -> str:
         return repr(v)
     s = str(v).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{s}'"
+
+
+def _param(v: Any) -> Any:
+    """chDB binds a parameter from its text form: a list becomes a ClickHouse array literal
+    (strings quoted and escaped), still bound as a value, never spliced into the SQL."""
+    if isinstance(v, list | tuple):
+        parts = []
+        for x in v:
+            if isinstance(x, str):
+                parts.append("'" + x.replace("\\", "\\\\").replace("'", "\\'") + "'")
+            elif isinstance(x, bool):
+                parts.append("1" if x else "0")
+            else:
+                parts.append(repr(x))
+        return "[" + ",".join(parts) + "]"
+    return v
 
 
 def _clean(msg: str) -> str:

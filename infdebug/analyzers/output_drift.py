@@ -1,0 +1,373 @@
+"""Output analyzers: stop-token drift and degenerate outputs.
+
+``stop`` (kinds ``stop.end_of_turn_ignored``, ``stop.runaway_rate``) and ``repetition``
+(kind ``output.repetition``).
+
+Which IDs end a turn: the reference tokenizer's EOS IDs plus the well-known end-of-turn
+tokens it has (``<|eot_id|>``, ``<|im_end|>``, …) when ``--tokenizer`` is given; without one,
+the IDs found in the stop sets (``sampling.stop_ids``) of at least a quarter of the model's
+requests that were sent with a stop set. The quorum keeps a user's own stop token (a newline
+one client asks for) from turning every other request's newline into a finding.
+
+Severities for ``stop.end_of_turn_ignored``: a single occurrence on a replica is ``info``
+(one request may have been sent with a custom stop set we cannot see); two or more are a
+``warning``; ``error`` once they are ≥ 1 % of the replica's requests.
+
+Replica-vs-fleet comparisons (runaway rate, repetition rate) use a one-sided Fisher exact
+test (this replica's rate above the rest of the fleet's), Holm-corrected over the replicas
+compared, with a minimum sample (30 requests per replica and in the rest) and a minimum
+effect, so that a large fleet does not turn tiny differences into findings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from infdebug.analyzers.base import AnalysisContext, analyzer, finding
+from infdebug.schema import Finding
+from infdebug.store import q_outputs as q
+
+MIN_REQUESTS = 30
+ALPHA = 0.01
+EOT_QUORUM = 0.25  # share of a model's stop sets an ID must be in to count as end-of-turn
+WELL_KNOWN_EOT = (
+    "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "</s>", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>", "[/INST]",
+)
+EVIDENCE_IDS = 10
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
+    """One-sided Fisher exact p-value that group 1's rate (k1/n1) exceeds group 2's:
+    P(X ≥ k1) for X hypergeometric with the margins of the 2×2 table."""
+    n, k = n1 + n2, k1 + k2
+    hi = min(n1, k)
+    if k1 <= 0:
+        return 1.0
+    log_denom = _log_comb(n, n1)
+    total = 0.0
+    for x in range(k1, hi + 1):
+        term = math.exp(_log_comb(k, x) + _log_comb(n - k, n1 - x) - log_denom)
+        total += term
+        if x > k1 + 10 and term < total * 1e-16:
+            break  # terms past the mode only shrink
+    return min(1.0, total)
+
+
+def z_two_proportions(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-proportion z statistic with Yates' continuity correction (signed: + when group 1
+    is higher)."""
+    p = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2)) if 0 < p < 1 else 0.0
+    d = k1 / n1 - k2 / n2
+    if se == 0:
+        return 0.0
+    cc = 0.5 * (1 / n1 + 1 / n2)
+    return math.copysign(max(abs(d) - cc, 0.0) / se, d)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input's order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adj = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adj[i] = running
+    return adj
+
+
+@dataclass(frozen=True)
+class RateTest:
+    replica: str
+    k: int
+    n: int
+    rest_k: int
+    rest_n: int
+    z: float
+    p_value: float
+    p_holm: float
+    flagged: bool
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n if self.n else 0.0
+
+    @property
+    def rest_rate(self) -> float:
+        return self.rest_k / self.rest_n if self.rest_n else 0.0
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "rate": round(self.rate, 6),
+            "rest_rate": round(self.rest_rate, 6),
+            "count": self.k,
+            "requests": self.n,
+            "rest_count": self.rest_k,
+            "rest_requests": self.rest_n,
+            "test": "fisher_exact_one_sided+holm",
+            "z": round(self.z, 4),
+            "p_value": self.p_value,
+            "p_holm": self.p_holm,
+        }
+
+
+def compare_rates(
+    counts: dict[str, tuple[int, int]], *, min_diff: float, min_ratio: float, min_n: int = MIN_REQUESTS
+) -> list[RateTest]:
+    """Each replica's rate (k, n) against the rest of the fleet pooled; flagged when Holm's
+    p < ALPHA and the effect is at least ``min_diff`` (absolute) and ``min_ratio`` × the rest."""
+    total_k = sum(k for k, _ in counts.values())
+    total_n = sum(n for _, n in counts.values())
+    tested: list[tuple[str, int, int, int, int, float, float]] = []
+    for rep in sorted(counts):
+        k, n = counts[rep]
+        rk, rn = total_k - k, total_n - n
+        if n < min_n or rn < min_n:
+            continue
+        tested.append((rep, k, n, rk, rn, z_two_proportions(k, n, rk, rn), fisher_greater(k, n, rk, rn)))
+    adj = holm([t[6] for t in tested])
+    out = []
+    for (rep, k, n, rk, rn, z, p), pa in zip(tested, adj, strict=True):
+        rate, rest = k / n, rk / rn
+        big = rate - rest >= min_diff and rate >= min_ratio * rest
+        out.append(RateTest(rep, k, n, rk, rn, z, p, pa, pa < ALPHA and big))
+    return out
+
+
+# --- stop.* ---------------------------------------------------------------------------------
+
+
+def _piece(ctx: AnalysisContext, tid: int) -> str | None:
+    if ctx.tokenizer is None:
+        return None
+    try:
+        p: str | None = ctx.tokenizer.piece(tid)
+        return p
+    except Exception:
+        return None
+
+
+def tokenizer_eot_ids(tok: Any) -> set[int]:
+    """EOS IDs of a TokenizerBundle plus the well-known end-of-turn tokens in its vocabulary."""
+    ids = {int(i) for i in (getattr(tok, "eos_ids", None) or [])}
+    inner = getattr(tok, "tok", None)
+    if inner is not None:
+        for name in WELL_KNOWN_EOT:
+            tid = inner.token_to_id(name)
+            if tid is not None:
+                ids.add(int(tid))
+    return ids
+
+
+def _eot_ids(ctx: AnalysisContext, shares: dict[int, float]) -> tuple[set[int], str]:
+    if ctx.tokenizer is not None:
+        return tokenizer_eot_ids(ctx.tokenizer), "tokenizer"
+    return {i for i, s in shares.items() if s >= EOT_QUORUM}, "fleet stop sets"
+
+
+@analyzer("stop")
+def stop_analyzer(ctx: AnalysisContext) -> list[Finding]:
+    w = ctx.window()
+    out: list[Finding] = []
+    shares = q.stop_id_shares(ctx.store, w)
+    finishes = q.finish_counts(ctx.store, w)
+    models = sorted({f.model for f in finishes} | set(shares))
+    for model in models:
+        eot, source = _eot_ids(ctx, shares.get(model, {}))
+        if eot:
+            out.extend(_eot_ignored(ctx, w, model, eot, source))
+        out.extend(_runaway(ctx, model, [f for f in finishes if f.model == model]))
+    return out
+
+
+def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[int], source: str) -> list[Finding]:
+    counts = q.eot_counts(ctx.store, w, model, sorted(eot))
+    hits = q.eot_hits(ctx.store, w, model, sorted(eot), per_replica=EVIDENCE_IDS)
+    out: list[Finding] = []
+    for c in counts:
+        if c.hits == 0:
+            continue
+        mine = [h for h in hits if h.replica == c.replica]
+        share = c.hits / c.requests
+        severity = "info" if c.hits == 1 else ("error" if share >= 0.01 else "warning")
+        ids = Counter(h.eot_id for h in mine)
+        top_id = ids.most_common(1)[0][0] if ids else None
+        first = mine[0] if mine else None
+        stop_sets = Counter(tuple(h.stop_ids) for h in mine)
+        stop_set = list(stop_sets.most_common(1)[0][0]) if stop_sets else []
+        piece = _piece(ctx, top_id) if top_id is not None else None
+        missing = top_id is not None and top_id not in stop_set
+        tok_txt = f"{top_id}" + (f" {piece!r}" if piece else "")
+        why = "is not in the stop set in force" if missing else "is in the stop set yet generation went on"
+        summary = (
+            f"replica {c.replica}: end-of-turn ID {tok_txt} inside {c.hits} of {c.requests} outputs "
+            f"({share:.1%}) that did not stop there; it {why}"
+        )
+        out.append(
+            finding(
+                "stop",
+                "stop.end_of_turn_ignored",
+                severity,
+                summary,
+                replica=c.replica,
+                t_start=c.first_seen,
+                values={
+                    "count": c.hits,
+                    "requests": c.requests,
+                    "share": round(share, 6),
+                    "model": model,
+                    "eot_ids": sorted(eot),
+                    "eot_source": source,
+                },
+                evidence={
+                    "request_ids": [h.request_id for h in mine],
+                    "first_seen": c.first_seen,
+                    "eot_id": top_id,
+                    "eot_piece": piece,
+                    "first_eot_position": first.position if first else None,
+                    "output_len": first.output_len if first else None,
+                    "finish_reason": first.finish_reason if first else None,
+                    "stop_ids_in_force": stop_set,
+                    "eot_in_stop_set": not missing,
+                    "examples": [
+                        {"request_id": h.request_id, "position": h.position, "eot_id": h.eot_id,
+                         "finish_reason": h.finish_reason, "output_len": h.output_len}
+                        for h in mine[:5]
+                    ],
+                },
+            )
+        )
+    return out
+
+
+def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -> list[Finding]:
+    counts = {f.replica: (f.length, f.requests) for f in finishes}
+    first = {f.replica: f.first_seen for f in finishes}
+    out: list[Finding] = []
+    for t in compare_rates(counts, min_diff=0.10, min_ratio=2.0):
+        if not t.flagged:
+            continue
+        severity = "error" if t.rate - t.rest_rate >= 0.30 else "warning"
+        out.append(
+            finding(
+                "stop",
+                "stop.runaway_rate",
+                severity,
+                f"replica {t.replica}: {t.rate:.1%} of requests ran to the length cap vs "
+                f"{t.rest_rate:.1%} on the rest of the fleet (p={t.p_holm:.2g}, Holm)",
+                replica=t.replica,
+                t_start=first.get(t.replica),
+                values={**t.values(), "model": model},
+                evidence={"first_seen": first.get(t.replica), "hint": "look for a missing end-of-turn ID "
+                          "in this replica's stop set (stop.end_of_turn_ignored) or a max_tokens change"},
+            )
+        )
+    return out
+
+
+# --- output.repetition ----------------------------------------------------------------------
+
+MAX_PERIOD = 8
+MIN_REPEATS = 10
+
+
+@dataclass(frozen=True)
+class Loop:
+    ids: list[int]
+    period: int
+    repeats: int
+
+
+def tail_loop(ids: list[int], max_period: int = MAX_PERIOD, min_repeats: int = MIN_REPEATS) -> Loop | None:
+    """The shortest loop (period ≤ max_period) the sequence ends in, repeated ≥ min_repeats
+    times; a single trailing token (an EOS after the loop) is allowed."""
+    for seq in (ids, ids[:-1]):
+        for p in range(1, max_period + 1):
+            if len(seq) < p * min_repeats:
+                break
+            unit = seq[-p:]
+            if p > 1 and len(set(unit)) == 1:
+                continue  # a shorter period already covers it
+            r = 1
+            while (r + 1) * p <= len(seq) and seq[-(r + 1) * p : -r * p] == unit:
+                r += 1
+            if r >= min_repeats:
+                return Loop(list(unit), p, r)
+    return None
+
+
+@analyzer("repetition")
+def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
+    cands = q.repetition_candidates(ctx.store, ctx.window())
+    cases: dict[str, list[tuple[str, float, Loop]]] = {}
+    for rc in cands:
+        hits: list[tuple[str, float, Loop]] = []
+        for rid, t_arr, tail in rc.candidates:
+            loop = tail_loop(tail)
+            if loop is not None:
+                hits.append((rid, t_arr, loop))
+        cases[rc.replica] = hits
+    counts = {rc.replica: (len(cases[rc.replica]), rc.requests) for rc in cands}
+    tests = {t.replica: t for t in compare_rates(counts, min_diff=0.02, min_ratio=2.0)}
+    capped = {rc.replica: rc.capped for rc in cands}
+    out: list[Finding] = []
+    for rep in sorted(cases):
+        found = cases[rep]
+        if not found:
+            continue
+        k, n = counts[rep]
+        rate = k / n if n else 0.0
+        t = tests.get(rep)
+        absolute = rate >= 0.05 and k >= 3
+        vs_fleet = t is not None and t.flagged
+        severity = ("error" if rate >= 0.20 else "warning") if (absolute or vs_fleet) else "info"
+        loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found)
+        (top_ids, top_period), top_n = loops.most_common(1)[0]
+        top_piece = [_piece(ctx, i) for i in top_ids] if ctx.tokenizer is not None else None
+        why = []
+        if absolute:
+            why.append("≥ 5 % of its outputs")
+        if vs_fleet and t is not None:
+            why.append(f"vs {t.rest_rate:.1%} on the rest of the fleet, p={t.p_holm:.2g} Holm")
+        values: dict[str, Any] = {"count": k, "requests": n, "rate": round(rate, 6),
+                                  "max_period": MAX_PERIOD, "min_repeats": MIN_REPEATS,
+                                  "candidates_capped": capped.get(rep, False)}
+        if t is not None:
+            values.update({f"fleet_{key}": v for key, v in t.values().items() if key not in ("count", "requests")})
+        out.append(
+            finding(
+                "repetition",
+                "output.repetition",
+                severity,
+                f"replica {rep}: {k} of {n} outputs ({rate:.1%}) end in a loop of period ≤ {MAX_PERIOD} "
+                f"repeated ≥ {MIN_REPEATS}×; most common {list(top_ids)}" + (f" ({'; '.join(why)})" if why else ""),
+                replica=rep,
+                t_start=found[0][1],
+                values=values,
+                evidence={
+                    "request_ids": [rid for rid, _, _ in found[:EVIDENCE_IDS]],
+                    "first_seen": found[0][1],
+                    "loop_ids": list(top_ids),
+                    "loop_pieces": top_piece,
+                    "period": top_period,
+                    "loop_count": top_n,
+                    "examples": [
+                        {"request_id": rid, "loop_ids": lp.ids, "period": lp.period, "repeats": lp.repeats}
+                        for rid, _, lp in found[:5]
+                    ],
+                },
+            )
+        )
+    return out

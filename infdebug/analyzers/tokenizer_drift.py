@@ -1,0 +1,486 @@
+"""Tokenizer drift: the fleet encodes or decodes text other than the way the model expects.
+
+Kinds (analyzer ``tokenizer``):
+
+- ``tokenizer.fingerprint_mismatch`` — one model served with more than one tokenizer fingerprint.
+- ``tokenizer.cross_replica_ids`` — one prompt text logged with other IDs on other replicas
+  (no reference needed).
+- ``tokenizer.reencode_mismatch`` — the reference tokenizer encodes a logged prompt text to
+  other IDs than logged; the cause is classified.
+- ``tokenizer.decode_mismatch`` — logged output IDs decode to other text than logged.
+- ``tokenizer.out_of_vocab`` — token IDs outside the vocabulary.
+
+Options (``ctx.options``): ``tokenizer_sample`` (distinct prompts / outputs checked per
+replica, default 5,000: re-encoding runs at the tokenizer's own speed, about 1k
+512-token prompts/s on 2 cores with ``tokenizers``, and 5,000 finds a 0.1% rate with
+~99% probability), ``model`` (restrict the reference checks to one model's requests).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from infdebug.analyzers.base import AnalysisContext, analyzer, finding
+from infdebug.schema import Finding
+from infdebug.store import q_tokenizer as q
+
+NAME = "tokenizer"
+DEFAULT_SAMPLE = 5_000
+ERROR_SHARE = 0.01  # mismatches on ≥ 1% of a replica's requests are errors
+MAX_IDS = 10
+CONTEXT_CHARS = 30
+# Without a reference, an ID counts as out of range when it exceeds the largest ID the
+# model's other replicas logged by this factor plus this margin.
+OOV_FACTOR = 1.25
+OOV_MARGIN = 1024
+OOV_MIN_PEER_REQUESTS = 100
+
+
+def _severity(affected: int, total: int) -> str:
+    return "error" if total and affected / total >= ERROR_SHARE else "warning"
+
+
+def _first_diff(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _side(ids: list[int], i: int, tok: Any) -> dict[str, Any]:
+    window = ids[max(0, i - 2) : i + 3]
+    out: dict[str, Any] = {"id": ids[i] if i < len(ids) else None, "ids_around": window, "length": len(ids)}
+    if tok is not None:
+        out["piece"] = tok.piece(ids[i]) if i < len(ids) else None
+        out["pieces_around"] = [tok.piece(x) for x in window]
+    return out
+
+
+def _options(ctx: AnalysisContext) -> tuple[int, str]:
+    return int(ctx.options.get("tokenizer_sample", DEFAULT_SAMPLE)), str(ctx.options.get("model") or "")
+
+
+# --- fingerprints ---------------------------------------------------------------------------
+
+
+def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
+    by_model: dict[str, list[q.FingerprintVariant]] = defaultdict(list)
+    for v in q.fingerprint_variants(ctx.store, ctx.window()):
+        by_model[v.model].append(v)
+    out = []
+    for model, variants in sorted(by_model.items()):
+        fps: dict[str, list[q.FingerprintVariant]] = defaultdict(list)
+        for v in variants:
+            fps[v.fp].append(v)
+        if len(fps) < 2:
+            continue
+        # the majority fingerprint: most replicas, then most requests, then the one whose first
+        # replica name sorts first (the tie-break cross_replica_ids uses, so both agree)
+        ranked = sorted(
+            fps.items(),
+            key=lambda kv: (
+                -len({v.replica for v in kv[1]}),
+                -sum(v.requests for v in kv[1]),
+                min(v.replica for v in kv[1]),
+                kv[0],
+            ),
+        )
+        minority_replicas = sorted({v.replica for fp, vs in ranked[1:] for v in vs})
+        scope_replica = minority_replicas[0] if len(minority_replicas) == 1 else None
+        by_fp = {
+            fp: {
+                "replicas": sorted({v.replica for v in vs}),
+                "deployments": sorted({d for v in vs for d in v.deployments}),
+                "requests": sum(v.requests for v in vs),
+                "first_seen": min(v.first_seen for v in vs),
+                "last_seen": max(v.last_seen for v in vs),
+                "request_ids": sorted({i for v in vs for i in v.request_ids})[:MAX_IDS],
+            }
+            for fp, vs in ranked
+        }
+        first = min(v.first_seen for fp, vs in ranked[1:] for v in vs)
+        n_min = sum(v.requests for fp, vs in ranked[1:] for v in vs)
+        total = sum(v.requests for v in variants)
+        out.append(
+            finding(
+                NAME, "tokenizer.fingerprint_mismatch", "error",
+                f"model {model or '(unnamed)'} is served with {len(fps)} tokenizer fingerprints; "
+                f"{', '.join(minority_replicas)} {'differs' if len(minority_replicas) == 1 else 'differ'} "
+                f"from the majority ({ranked[0][0]})",
+                replica=scope_replica,
+                t_start=first,
+                values={
+                    "fingerprints": len(fps),
+                    "requests_off_majority": n_min,
+                    "requests": total,
+                    "share_off_majority": n_min / total if total else 0.0,
+                },
+                evidence={
+                    "model": model,
+                    "majority_fingerprint": ranked[0][0],
+                    "by_fingerprint": by_fp,
+                    "replicas_off_majority": minority_replicas,
+                    "first_seen": first,
+                    "request_ids": by_fp[ranked[1][0]]["request_ids"],
+                },
+            )
+        )
+    return out
+
+
+# --- the same text, other IDs, across replicas ------------------------------------------------
+
+
+def _cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
+    w = ctx.window()
+    conflicts = q.cross_replica_conflicts(ctx.store, w)
+    if not conflicts:
+        return []
+    totals = q.replica_totals(ctx.store, w)
+    out = []
+    for c in conflicts:
+        total = totals.get(c.replica, 0)
+        ex = q.prompt_variants(ctx.store, w, c.example_text_hash, [c.example_ids_hash, c.reference_ids_hash])
+        evidence: dict[str, Any] = {
+            "model": c.model,
+            "reference_replicas": c.reference_replicas,
+            "request_ids": c.request_ids[:MAX_IDS],
+            "first_seen": c.first_seen,
+        }
+        if c.example_ids_hash in ex and c.reference_ids_hash in ex:
+            ids, rid, _rep, text = ex[c.example_ids_hash]
+            ref_ids, ref_rid, ref_rep, _ = ex[c.reference_ids_hash]
+            i = _first_diff(ids, ref_ids)
+            if i is not None:
+                evidence["example"] = {
+                    "prompt_text": text[:200],
+                    "first_diverging_index": i,
+                    "this": {"replica": c.replica, "request_id": rid, **_side(ids, i, ctx.tokenizer)},
+                    "reference": {"replica": ref_rep, "request_id": ref_rid, **_side(ref_ids, i, ctx.tokenizer)},
+                }
+        out.append(
+            finding(
+                NAME, "tokenizer.cross_replica_ids", _severity(c.requests, total),
+                f"{c.replica}: {c.prompts} prompt text(s) encoded to other IDs than on "
+                f"{', '.join(c.reference_replicas)} ({c.requests} of {total} requests)",
+                replica=c.replica,
+                t_start=c.first_seen,
+                values={
+                    "prompts_differing": c.prompts,
+                    "requests_affected": c.requests,
+                    "requests": total,
+                    "share": c.requests / total if total else 0.0,
+                },
+                evidence=evidence,
+            )
+        )
+    return out
+
+
+# --- re-encoding with the reference ---------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    requests_checked: int = 0
+    prompts_checked: int = 0
+    affected: int = 0
+    prompts_affected: int = 0
+    first_seen: float | None = None
+    causes: dict[str, int] | None = None
+    request_ids: list[str] | None = None
+    example: dict[str, Any] | None = None
+
+
+def _strip_bos(ids: list[int], bos: int | None) -> list[int]:
+    i = 0
+    while bos is not None and i < len(ids) and ids[i] == bos:
+        i += 1
+    return ids[i:]
+
+
+def _lead_space(piece: str | None) -> str | None:
+    if piece and piece[0] in "▁Ġ":
+        return piece[0]
+    return None
+
+
+def classify_reencode(
+    tok: Any, text: str, logged: list[int], ref: list[int], added: set[int] | None = None
+) -> tuple[str, int]:
+    """The likely cause of ``logged`` ≠ ``ref`` for ``text``, and the first diverging index
+    (after any leading BOS run, which is compared separately). ``added``: the tokenizer's
+    added/special IDs (computed when not given)."""
+    bos = getattr(tok, "bos_id", None)
+    a, b = _strip_bos(logged, bos), _strip_bos(ref, bos)
+    if a == b:
+        return "bos", _first_diff(logged, ref) or 0
+    offset = len(logged) - len(a)
+    i = _first_diff(a, b)
+    idx = offset + (i or 0)
+    for form in ("NFC", "NFKC"):
+        norm = unicodedata.normalize(form, text)
+        if norm != text and _strip_bos(tok.encode(norm), bos) == a:
+            return "normalization", idx
+    if i is None:
+        return "other", idx
+    if added is None:
+        added = added_ids(tok)
+    near = {x for s in (a, b) for x in s[max(0, i - 1) : i + 1]}
+    if near & added:
+        return "special_tokens", idx
+    pa = tok.piece(a[i]) if i < len(a) else None
+    pb = tok.piece(b[i]) if i < len(b) else None
+    la, lb = _lead_space(pa), _lead_space(pb)
+    if la != lb or (pa in ("▁", "Ġ")) != (pb in ("▁", "Ġ")):
+        return ("sentencepiece_legacy" if "▁" in (la, lb) else "prefix_space"), idx
+    return "other", idx
+
+
+def added_ids(tok: Any) -> set[int]:
+    """IDs of the tokenizer's added tokens, BOS and EOS/end-of-turn."""
+    inner = getattr(tok, "tok", None)
+    ids: set[int] = set(inner.get_added_tokens_decoder().keys()) if inner is not None else set()
+    for i in (getattr(tok, "bos_id", None), *(getattr(tok, "eos_ids", None) or [])):
+        if i is not None:
+            ids.add(int(i))
+    return ids
+
+
+def _encode_many(tok: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    inner = getattr(tok, "tok", None)
+    if inner is not None and hasattr(inner, "encode_batch"):
+        # encode_batch_fast (tokenizers ≥ 0.20) skips the offsets we do not need
+        batch = getattr(inner, "encode_batch_fast", None) or inner.encode_batch
+        return [list(e.ids) for e in batch(texts, add_special_tokens=add_special_tokens)]
+    return [tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+
+
+def _decode_many(tok: Any, seqs: list[list[int]]) -> list[str]:
+    inner = getattr(tok, "tok", None)
+    if inner is not None and hasattr(inner, "decode_batch"):
+        return [str(s) for s in inner.decode_batch(seqs, skip_special_tokens=True)]
+    return [tok.decode(s, skip_special_tokens=True) for s in seqs]
+
+
+def _reencode_findings(ctx: AnalysisContext) -> list[Finding]:
+    tok = ctx.tokenizer
+    n, model = _options(ctx)
+    w = ctx.window()
+    sample = q.prompt_sample(ctx.store, w, n, model)
+    if not sample:
+        return []
+    texts = sorted({s.text for s in sample})
+    plain = dict(zip(texts, _encode_many(tok, texts, False), strict=True))
+    bos: int | None = getattr(tok, "bos_id", None)
+    bos_token: str | None = getattr(tok, "bos_token", None)
+    add_bos = bool(getattr(tok, "add_bos", False))
+
+    def prompt_ids(text: str) -> list[int]:  # encode_prompt semantics, from the batch
+        ids = plain[text]
+        if add_bos and bos is not None and bos_token is not None and not text.startswith(bos_token):
+            return [bos, *ids]
+        return ids
+
+    missing = [s for s in sample if s.ids != plain[s.text] and s.ids != prompt_ids(s.text)]
+    with_special: dict[str, list[int]] = {}
+    if missing:
+        mt = sorted({s.text for s in missing})
+        with_special = dict(zip(mt, _encode_many(tok, mt, True), strict=True))
+    added = added_ids(tok)
+    tallies: dict[str, _Tally] = defaultdict(_Tally)
+    for s in sample:
+        t = tallies[s.replica]
+        t.requests_checked += s.requests
+        t.prompts_checked += 1
+    for s in missing:
+        if s.ids == with_special[s.text]:
+            continue
+        ref = prompt_ids(s.text)
+        cause, i = classify_reencode(tok, s.text, s.ids, ref, added)
+        t = tallies[s.replica]
+        t.affected += s.requests
+        t.prompts_affected += 1
+        t.first_seen = s.first_seen if t.first_seen is None else min(t.first_seen, s.first_seen)
+        t.causes = t.causes or {}
+        t.causes[cause] = t.causes.get(cause, 0) + s.requests
+        t.request_ids = sorted({*(t.request_ids or []), *s.request_ids})[:MAX_IDS]
+        if t.example is None or s.first_seen < t.example["first_seen"]:
+            t.example = {
+                "first_seen": s.first_seen,
+                "request_id": min(s.request_ids) if s.request_ids else None,
+                "prompt_text": s.text[:200],
+                "cause": cause,
+                "first_diverging_index": i,
+                "logged": _side(s.ids, i, tok),
+                "reference": _side(ref, i, tok),
+            }
+    totals = q.replica_totals(ctx.store, w, model)
+    out = []
+    for rep, t in sorted(tallies.items()):
+        if not t.affected:
+            continue
+        total = totals.get(rep, t.requests_checked)
+        share = t.affected / t.requests_checked if t.requests_checked else 0.0
+        causes = dict(sorted((t.causes or {}).items(), key=lambda kv: -kv[1]))
+        main = next(iter(causes))
+        out.append(
+            finding(
+                NAME, "tokenizer.reencode_mismatch",
+                "error" if share >= ERROR_SHARE else "warning",
+                f"{rep}: {t.affected} of {t.requests_checked} checked requests re-encode to other IDs "
+                f"with the reference tokenizer (cause: {main})",
+                replica=rep,
+                t_start=t.first_seen,
+                values={
+                    "requests_affected": t.affected,
+                    "requests_checked": t.requests_checked,
+                    "prompts_affected": t.prompts_affected,
+                    "prompts_checked": t.prompts_checked,
+                    "share": share,
+                    "requests": total,
+                    "sampled": t.requests_checked < total,
+                    "sample_limit_per_replica": n,
+                    "causes": causes,
+                },
+                evidence={
+                    "cause": main,
+                    "reference_fingerprint": getattr(tok, "fingerprint", None),
+                    "request_ids": t.request_ids or [],
+                    "first_seen": t.first_seen,
+                    "example": t.example,
+                },
+            )
+        )
+    return out
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
+    tok = ctx.tokenizer
+    n, model = _options(ctx)
+    w = ctx.window()
+    sample = q.output_sample(ctx.store, w, n, model)
+    if not sample:
+        return []
+    decoded = _decode_many(tok, [s.ids for s in sample])
+    checked: dict[str, int] = defaultdict(int)
+    bad: dict[str, list[tuple[q.OutputSample, str, int]]] = defaultdict(list)
+    for s, d in zip(sample, decoded, strict=True):
+        checked[s.replica] += 1
+        if d == s.text:
+            continue
+        # a stop string is cut from the text but its tokens stay in the IDs
+        if s.finish_reason == "stop" and d.startswith(s.text):
+            continue
+        # engines that decode the first SentencePiece token alone drop its leading space
+        if d == " " + s.text or s.text == " " + d:
+            continue
+        i = next((k for k, (x, y) in enumerate(zip(d, s.text, strict=False)) if x != y), min(len(d), len(s.text)))
+        bad[s.replica].append((s, d, i))
+    totals = q.replica_totals(ctx.store, w, model)
+    out = []
+    for rep, items in sorted(bad.items()):
+        items.sort(key=lambda x: (x[0].t_arrival, x[0].request_id))
+        s, d, i = items[0]
+        # the token that produced character i of the decoded text
+        tok_index, acc = 0, 0
+        for k in range(len(s.ids)):
+            acc = len(tok.decode(s.ids[: k + 1], skip_special_tokens=True))
+            if acc > i:
+                tok_index = k
+                break
+        else:
+            tok_index = len(s.ids) - 1
+        lo = max(0, i - CONTEXT_CHARS)
+        n_checked = checked[rep]
+        share = len(items) / n_checked
+        out.append(
+            finding(
+                NAME, "tokenizer.decode_mismatch", "error" if share >= ERROR_SHARE else "warning",
+                f"{rep}: {len(items)} of {n_checked} checked outputs decode to other text than logged",
+                replica=rep,
+                t_start=s.t_arrival,
+                values={
+                    "requests_affected": len(items),
+                    "requests_checked": n_checked,
+                    "share": share,
+                    "requests": totals.get(rep, n_checked),
+                    "sample_limit_per_replica": n,
+                },
+                evidence={
+                    "request_ids": sorted(x[0].request_id for x in items)[:MAX_IDS],
+                    "first_seen": s.t_arrival,
+                    "example": {
+                        "request_id": s.request_id,
+                        "first_differing_char": i,
+                        "decoded": d[lo : i + CONTEXT_CHARS],
+                        "logged": s.text[lo : i + CONTEXT_CHARS],
+                        "token_index": tok_index,
+                        "token_id": s.ids[tok_index],
+                        "token_piece": tok.piece(s.ids[tok_index]),
+                    },
+                },
+            )
+        )
+    return out
+
+
+# --- IDs out of the vocabulary ----------------------------------------------------------------
+
+
+def _oov_finding(r: q.IdRange, limit: int, severity: str, basis: str) -> Finding:
+    return finding(
+        NAME, "tokenizer.out_of_vocab", severity,
+        f"{r.replica}: {r.bad} of {r.requests} requests hold token IDs ≥ {limit} ({basis}); largest {r.max_id}",
+        replica=r.replica,
+        t_start=r.first_bad,
+        values={"requests_affected": r.bad, "requests": r.requests, "share": r.bad / r.requests if r.requests else 0.0,
+                "limit": limit, "max_id": r.max_id},
+        evidence={"model": r.model, "basis": basis, "request_ids": sorted(r.bad_request_ids)[:MAX_IDS],
+                  "first_seen": r.first_bad},
+    )
+
+
+def _oov_findings(ctx: AnalysisContext) -> list[Finding]:
+    w = ctx.window()
+    _, model = _options(ctx)
+    if ctx.tokenizer is not None:
+        vocab = int(ctx.tokenizer.vocab_size)
+        return [
+            _oov_finding(r, vocab, "error", "reference vocabulary size")
+            for r in q.id_ranges(ctx.store, w, vocab, model)
+            if r.bad
+        ]
+    ranges = q.id_ranges(ctx.store, w)
+    by_model: dict[str, list[q.IdRange]] = defaultdict(list)
+    for r in ranges:
+        by_model[r.model].append(r)
+    out = []
+    for m, rs in sorted(by_model.items()):
+        for r in rs:
+            peers = [p for p in rs if p.replica != r.replica]
+            if sum(p.requests for p in peers) < OOV_MIN_PEER_REQUESTS:
+                continue
+            peer_max = max(p.max_id for p in peers)
+            if r.max_id <= peer_max * OOV_FACTOR + OOV_MARGIN:
+                continue
+            limit = peer_max + 1
+            for hit in q.id_ranges(ctx.store, {**w, "replicas": [r.replica]}, limit, m):
+                if hit.bad:
+                    out.append(_oov_finding(hit, limit, "warning", "largest ID on the model's other replicas"))
+    return out
+
+
+@analyzer(NAME)
+def tokenizer_drift(ctx: AnalysisContext) -> list[Finding]:
+    """Every tokenizer-drift check; the reference checks run only with ``ctx.tokenizer``."""
+    out = _fingerprint_findings(ctx) + _cross_replica_findings(ctx) + _oov_findings(ctx)
+    if ctx.tokenizer is not None:
+        out += _reencode_findings(ctx) + _decode_findings(ctx)
+    return out

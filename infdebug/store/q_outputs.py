@@ -1,0 +1,238 @@
+"""Queries behind the output analyzers (stop-token drift, runaway generations, repetition).
+
+Every function takes the store and the window parameters of ``AnalysisContext.window()``
+(``since``, ``until``, ``replicas``) and binds them; nothing is formatted into SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from infdebug.store.base import Store
+
+# Rows the analyzers see: the analysis window and replica filter.
+_WINDOW = """
+t_arrival >= {since:Float64} AND t_arrival < {until:Float64}
+AND (empty({replicas:Array(String)}) OR has({replicas:Array(String)}, replica))
+"""
+
+# The stop token IDs a request was sent with, and whether it asked to ignore EOS.
+_STOP_IDS = "JSONExtract(ifNull(sampling, '{}'), 'stop_ids', 'Array(UInt32)')"
+_IGNORE_EOS = "JSONExtractBool(ifNull(sampling, '{}'), 'ignore_eos')"
+
+
+def _array_literal(values: list[Any] | tuple[Any, ...]) -> str:
+    quoted = (
+        "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        if isinstance(v, str)
+        else str(int(v))
+        for v in values
+    )
+    return "[" + ",".join(quoted) + "]"
+
+
+def _window(w: Mapping[str, Any]) -> dict[str, Any]:
+    return {"since": float(w["since"]), "until": float(w["until"]), "replicas": list(w["replicas"])}
+
+
+def _bind(store: Store, params: dict[str, Any]) -> dict[str, Any]:
+    """chDB's ``Session.query(params=…)`` writes a Python list unquoted (``[r0]``), which
+    ClickHouse cannot parse as ``Array(String)``: give the embedded store array literals.
+    (clickhouse-connect formats lists itself.)"""
+    if type(store).__name__ != "EmbeddedStore":
+        return params
+    return {k: _array_literal(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
+
+
+def _q(store: Store, sql: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    return store.query(sql, _bind(store, params))
+
+
+@dataclass(frozen=True)
+class FinishCounts:
+    model: str
+    replica: str
+    requests: int
+    length: int  # finish_reason = 'length'
+    first_seen: float
+    last_seen: float
+
+
+def count_requests(store: Store, window: Mapping[str, Any]) -> int:
+    """Requests in the window."""
+    _, rows = _q(store, f"SELECT count() FROM requests WHERE {_WINDOW}", _window(window))
+    return int(rows[0][0]) if rows else 0
+
+
+def finish_counts(store: Store, window: Mapping[str, Any]) -> list[FinishCounts]:
+    """Per (model, replica): requests with a known finish reason and how many hit the length cap."""
+    _, rows = _q(
+        store,
+        f"""
+        SELECT ifNull(model, '') AS m, replica, count(), countIf(finish_reason = 'length'),
+               min(t_arrival), max(t_arrival)
+        FROM requests
+        WHERE {_WINDOW} AND finish_reason IN ('stop', 'length')
+        GROUP BY m, replica
+        ORDER BY m, replica
+        """,
+        _window(window),
+    )
+    return [
+        FinishCounts(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]))
+        for r in rows
+    ]
+
+
+def stop_id_shares(store: Store, window: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    """Per model: each stop token ID → the share of the model's requests (those sent with a
+    stop set at all) whose stop set holds it."""
+    _, rows = _q(
+        store,
+        f"""
+        SELECT m, sid, uniqExact(request_id) / any(total) AS share
+        FROM (
+            SELECT ifNull(model, '') AS m, request_id, {_STOP_IDS} AS sids,
+                   count() OVER (PARTITION BY ifNull(model, '')) AS total
+            FROM requests
+            WHERE {_WINDOW} AND notEmpty({_STOP_IDS})
+        )
+        ARRAY JOIN sids AS sid
+        GROUP BY m, sid
+        ORDER BY m, sid
+        """,
+        _window(window),
+    )
+    out: dict[str, dict[int, float]] = {}
+    for m, sid, share in rows:
+        out.setdefault(str(m), {})[int(sid)] = float(share)
+    return out
+
+
+@dataclass(frozen=True)
+class EotCounts:
+    replica: str
+    requests: int  # requests of the model on this replica (not sent with ignore_eos)
+    hits: int  # outputs with an end-of-turn ID inside that did not stop there
+    first_seen: float | None
+
+
+@dataclass(frozen=True)
+class EotHit:
+    replica: str
+    request_id: str
+    t_arrival: float
+    finish_reason: str | None
+    position: int  # 0-based index of the first end-of-turn ID in the output
+    eot_id: int
+    output_len: int
+    stop_ids: list[int]
+
+
+# An end-of-turn ID inside the output that generation did not stop at: it is followed by
+# more tokens, or the request still finished on the length cap.
+_EOT_POS = "arrayFirstIndex(x -> has({eot:Array(UInt32)}, x), output_ids)"
+_EOT_HIT = f"({_EOT_POS} > 0 AND ({_EOT_POS} < length(output_ids) OR finish_reason = 'length'))"
+
+
+def eot_counts(
+    store: Store, window: Mapping[str, Any], model: str, eot_ids: list[int]
+) -> list[EotCounts]:
+    params = {**_window(window), "model": model, "eot": sorted(set(eot_ids))}
+    _, rows = _q(
+        store,
+        f"""
+        SELECT replica, count(), countIf({_EOT_HIT}), minIf(t_arrival, {_EOT_HIT})
+        FROM requests
+        WHERE {_WINDOW} AND ifNull(model, '') = {{model:String}} AND NOT {_IGNORE_EOS}
+        GROUP BY replica
+        ORDER BY replica
+        """,
+        params,
+    )
+    return [
+        EotCounts(str(r[0]), int(r[1]), int(r[2]), float(r[3]) if int(r[2]) else None) for r in rows
+    ]
+
+
+def eot_hits(
+    store: Store, window: Mapping[str, Any], model: str, eot_ids: list[int], per_replica: int = 10
+) -> list[EotHit]:
+    """The earliest ``per_replica`` outputs per replica with an ignored end-of-turn ID."""
+    params = {**_window(window), "model": model, "eot": sorted(set(eot_ids)), "k": per_replica}
+    _, rows = _q(
+        store,
+        f"""
+        SELECT replica, request_id, t_arrival, finish_reason, {_EOT_POS} - 1 AS pos,
+               output_ids[{_EOT_POS}] AS eot_id, length(output_ids), {_STOP_IDS}
+        FROM requests
+        WHERE {_WINDOW} AND ifNull(model, '') = {{model:String}} AND NOT {_IGNORE_EOS} AND {_EOT_HIT}
+        ORDER BY replica, t_arrival, request_id
+        LIMIT {{k:UInt32}} BY replica
+        """,
+        params,
+    )
+    return [
+        EotHit(
+            str(r[0]),
+            str(r[1]),
+            float(r[2]),
+            r[3],
+            int(r[4]),
+            int(r[5]),
+            int(r[6]),
+            [int(x) for x in r[7]],
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class RepetitionCandidates:
+    replica: str
+    requests: int  # requests with an output on this replica
+    candidates: list[tuple[str, float, list[int]]]  # (request_id, t_arrival, output tail)
+    capped: bool  # more candidates than the cap: the rest were not examined
+
+
+def repetition_candidates(
+    store: Store, window: Mapping[str, Any], *, tail: int = 160, cap: int = 2000
+) -> list[RepetitionCandidates]:
+    """Per replica: outputs whose last tokens are few distinct IDs (≤ 8 among the last 10, or
+    the 10 before a final token) — the only outputs that can end in a short loop — with the
+    last ``tail`` IDs of each, the earliest ``cap`` per replica."""
+    params = {**_window(window), "tail": tail, "cap": cap}
+    w = _window(window)
+    _, totals = _q(
+        store,
+        f"SELECT replica, count() FROM requests WHERE {_WINDOW} AND notEmpty(output_ids) GROUP BY replica",
+        w,
+    )
+    cond = (
+        "length(output_ids) >= 10 AND ("
+        "length(arrayDistinct(arraySlice(output_ids, -10))) <= 8 OR "
+        "length(arrayDistinct(arraySlice(output_ids, -11, 10))) <= 8)"
+    )
+    _, rows = _q(
+        store,
+        f"""
+        SELECT replica, request_id, t_arrival, arraySlice(output_ids, -{{tail:UInt32}}) AS t,
+               count() OVER (PARTITION BY replica) AS n_cand
+        FROM requests
+        WHERE {_WINDOW} AND {cond}
+        ORDER BY replica, t_arrival, request_id
+        LIMIT {{cap:UInt32}} BY replica
+        """,
+        params,
+    )
+    by: dict[str, RepetitionCandidates] = {
+        str(r): RepetitionCandidates(str(r), int(n), [], False) for r, n in totals
+    }
+    for rep, rid, t, ids, n_cand in rows:
+        rc = by.setdefault(str(rep), RepetitionCandidates(str(rep), 0, [], False))
+        rc.candidates.append((str(rid), float(t), [int(x) for x in ids]))
+        if int(n_cand) > cap and not rc.capped:
+            by[str(rep)] = RepetitionCandidates(rc.replica, rc.requests, rc.candidates, True)
+    return [by[k] for k in sorted(by)]
