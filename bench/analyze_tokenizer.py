@@ -56,7 +56,7 @@ def main() -> None:
 
     from infdebug.analyzers import tokenizer_drift as td
     from infdebug.analyzers.base import AnalysisContext
-    from infdebug.collectors.jsonl import ingest_paths
+    from infdebug.collectors.ingest import ingest_paths
     from infdebug.schema import Request, encode_records
     from infdebug.store import open_store
     from infdebug.text.tokenizer import load_tokenizer

@@ -95,7 +95,7 @@ class MethodResult:
 def run_infdebug(
     path: str, rows: int, repeat: int, tmp_root: str | None, res: MethodResult
 ) -> None:
-    from infdebug.collectors.jsonl import ingest_paths
+    from infdebug.collectors.ingest import ingest_paths
     from infdebug.store import open_store
 
     open_s: list[float] = []

@@ -107,7 +107,7 @@ def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | N
 
     Exit code: 0 everything loaded, 3 some lines were rejected, 2 nothing could be done.
     """
-    from infdebug.collectors.jsonl import ingest_paths
+    from infdebug.collectors.ingest import ingest_paths
 
     home = obj.home or default_home()
     if rejects_path is None:

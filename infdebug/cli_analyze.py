@@ -222,7 +222,7 @@ def analyze_cmd(
     clickhouse = getattr(obj, "clickhouse", None)
 
     if logs:
-        from infdebug.collectors.jsonl import ingest_paths
+        from infdebug.collectors.ingest import ingest_paths
 
         with _temporary_store() as (st, tmp):
             report = ingest_paths(st, list(logs), rejects_path=os.path.join(tmp, "rejects.jsonl"))

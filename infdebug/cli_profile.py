@@ -42,7 +42,7 @@ def profile_cmd(ctx: click.Context, pid: int | None, replica: str | None, durati
         with open(out_path, "wb") as f:
             f.write(encode_records(list(records)))
     if not no_store and records:
-        from infdebug.collectors.jsonl import ingest_paths
+        from infdebug.collectors.ingest import ingest_paths
 
         with tempfile.TemporaryDirectory() as d:
             path = out_path or os.path.join(d, f"{summary.profile_id}.jsonl")

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"traces in {trace_dir}", highlight=False)
     if args.no_ingest:
         return 0
-    from infdebug.collectors.jsonl import ingest_paths
+    from infdebug.collectors.ingest import ingest_paths
     from infdebug.store import open_store
     from infdebug.store.queries import replica_stats
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from infdebug.analyzers.base import AnalysisContext, run_all
 from infdebug.analyzers.output_drift import compare_rates, fisher_greater, holm, tail_loop
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.ingest import ingest_paths
 from infdebug.schema import Finding, Request, encode_records
 from infdebug.store import Store
 from infdebug.store.findings import store_findings

@@ -12,7 +12,7 @@ import pytest
 
 from infdebug.analyzers.base import AnalysisContext
 from infdebug.analyzers.template_drift import classify_mismatch, skeleton, template_drift
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.ingest import ingest_paths
 from infdebug.schema import Finding, Request, encode_records
 from infdebug.store import Store
 from infdebug.text.template import fixed_now, load_template, render_chat, template_fingerprint

@@ -12,7 +12,7 @@ from conftest import make_request
 
 from infdebug.analyzers.base import AnalysisContext
 from infdebug.analyzers.tokenizer_drift import classify_reencode, tokenizer_drift
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.ingest import ingest_paths
 from infdebug.schema import Finding, Request, encode_records
 from infdebug.store import Store
 from infdebug.text.tokenizer import TokenizerBundle, encode_prompt, load_tokenizer

@@ -10,7 +10,8 @@ from typing import Any
 
 from conftest import make_gpu, make_metric, make_request
 
-from infdebug.collectors.jsonl import Ingestor, RejectSink, _State, ingest_paths
+from infdebug.collectors.ingest import ingest_paths
+from infdebug.collectors.jsonl import Ingestor, RejectSink, _State
 from infdebug.schema import Finding, encode_record, encode_records
 from infdebug.store.ddl import TABLES
 from infdebug.store.queries import fetch_records

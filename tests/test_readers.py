@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.ingest import ingest_paths
+from infdebug.collectors.pyrepr import Call, parse_repr
 from infdebug.collectors.readers import (
-    Call,
     convert_to_contract,
     detect_format,
-    parse_repr,
     parse_timestamp,
     read_engine_log,
 )

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import records
 
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.ingest import ingest_paths
 from infdebug.schema import KINDS, encode_records, kind_of
 from infdebug.store import StoreBusy, StoreError, open_store, schema_version
 from infdebug.store.ddl import MIGRATIONS, TABLES

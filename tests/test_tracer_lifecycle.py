@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from infdebug.collectors.jsonl import ingest_paths
+from infdebug.collectors.ingest import ingest_paths
 from infdebug.schema import Event, read_records
 from infdebug.store.queries import fetch_records
 from infdebug.tracer.lifecycle import PHASES, Lifecycle, process_start_time

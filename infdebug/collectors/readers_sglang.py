@@ -16,12 +16,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from infdebug.collectors.pyrepr import Call, ReprError, ReprParser, Truncated
 from infdebug.collectors.readers import (
-    Call,
     Context,
-    ReprError,
-    ReprParser,
-    Truncated,
     as_ids,
     as_text,
     build_request,
