@@ -23,31 +23,12 @@ _STOP_IDS = "JSONExtract(ifNull(sampling, '{}'), 'stop_ids', 'Array(UInt32)')"
 _IGNORE_EOS = "JSONExtractBool(ifNull(sampling, '{}'), 'ignore_eos')"
 
 
-def _array_literal(values: list[Any] | tuple[Any, ...]) -> str:
-    quoted = (
-        "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        if isinstance(v, str)
-        else str(int(v))
-        for v in values
-    )
-    return "[" + ",".join(quoted) + "]"
-
-
 def _window(w: Mapping[str, Any]) -> dict[str, Any]:
     return {"since": float(w["since"]), "until": float(w["until"]), "replicas": list(w["replicas"])}
 
 
-def _bind(store: Store, params: dict[str, Any]) -> dict[str, Any]:
-    """chDB's ``Session.query(params=…)`` writes a Python list unquoted (``[r0]``), which
-    ClickHouse cannot parse as ``Array(String)``: give the embedded store array literals.
-    (clickhouse-connect formats lists itself.)"""
-    if type(store).__name__ != "EmbeddedStore":
-        return params
-    return {k: _array_literal(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
-
-
 def _q(store: Store, sql: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    return store.query(sql, _bind(store, params))
+    return store.query(sql, params)  # lists bind as Array literals (store/embedded.py _param)
 
 
 @dataclass(frozen=True)
