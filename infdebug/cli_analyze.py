@@ -24,7 +24,7 @@ from infdebug.store.base import migrate
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 KEY_VALUES = ("count", "requests", "share", "rate", "rest_rate", "p_value", "p_holm", "z")
 EVIDENCE_KEYS = (
-    "request_ids", "first_seen", "first_diverging_index", "first_diverging_token", "eot_id", "eot_piece",
+    "cause", "request_ids", "first_seen", "first_diverging_index", "first_diverging_token", "eot_id", "eot_piece",
     "first_eot_position", "stop_ids_in_force", "loop_ids", "loop_pieces", "period",
 )
 
@@ -131,9 +131,7 @@ def _print(findings: list[Finding], failed: dict[str, str], n_requests: int) -> 
         style = SEVERITY_STYLE[sev]
         out_console.print(f"\n[{style}]{sev.upper()}[/] ({len(group)})")
         for f in group:
-            rep = (f.scope or {}).get("replica")
-            where = f" [bold]{rep}[/]" if rep is not None else ""
-            out_console.print(f"  [{style}]{f.kind}[/]{where}: {f.summary}", highlight=False)
+            out_console.print(f"  [{style}]{f.kind}[/]: {f.summary}", highlight=False)
             vals = {k: v for k, v in (f.values or {}).items() if k in KEY_VALUES}
             if vals:
                 out_console.print("    values: " + ", ".join(f"{k}={_short(v, 40)}" for k, v in vals.items()),
@@ -141,6 +139,8 @@ def _print(findings: list[Finding], failed: dict[str, str], n_requests: int) -> 
             for k in EVIDENCE_KEYS:
                 v = (f.evidence or {}).get(k)
                 if v is not None and v != []:
+                    if k == "first_seen" and isinstance(v, int | float):
+                        v = dt.datetime.fromtimestamp(v, dt.UTC).isoformat(timespec="seconds")
                     out_console.print(f"    {k}: {_short(v)}", highlight=False)
     for name, why in sorted(failed.items()):
         err_console.print(f"[bold red]analyzer {name} failed:[/] {why}", highlight=False)

@@ -71,7 +71,8 @@ def test_phi3_revisions_give_fingerprint_and_cross_replica_findings(
     (fp,) = found["tokenizer.fingerprint_mismatch"]
     assert fp.severity == "error"
     by_fp = fp.evidence["by_fingerprint"]  # type: ignore[index]
-    assert by_fp[old.fingerprint]["replicas"] == ["a"] and by_fp[new.fingerprint]["replicas"] == ["b"]
+    # replicas are named within their deployment (make_request's default is "stable")
+    assert by_fp[old.fingerprint]["replicas"] == ["a (stable)"] and by_fp[new.fingerprint]["replicas"] == ["b (stable)"]
     assert by_fp[old.fingerprint]["requests"] == 20
 
     (ids,) = found["tokenizer.cross_replica_ids"]  # one side is the reference, the other flagged
@@ -79,7 +80,7 @@ def test_phi3_revisions_give_fingerprint_and_cross_replica_findings(
     assert ids.values["prompts_differing"] == len(QUESTIONS)  # type: ignore[index]
     ex = ids.evidence["example"]  # type: ignore[index]
     this, ref = ex["this"], ex["reference"]
-    assert {this["replica"], ref["replica"]} == {"a", "b"}
+    assert {this["replica"], ref["replica"]} == {"a (stable)", "b (stable)"}
     # old: [1 <s>, 32010 <|user|>, …]; new: [32010 <|user|>, …]: they differ at index 0 (the BOS)
     assert ex["first_diverging_index"] == 0
     assert {this["id"], ref["id"]} == {1, 32010}
@@ -99,8 +100,8 @@ def test_cross_replica_first_diverging_index_after_shared_prefix(
     _ingest(store, tmp_path, recs)
     found = _kinds(tokenizer_drift(AnalysisContext(store=store, tokenizer=old)), ("warning", "error"))
     (ids,) = found["tokenizer.cross_replica_ids"]
-    assert ids.scope == {"replica": "r0", "t_start": ids.scope["t_start"]}  # type: ignore[index]
-    assert ids.evidence["reference_replicas"] == ["r1", "r2"]  # type: ignore[index]
+    assert ids.scope == {"replica": "r0", "deployment": "stable", "t_start": ids.scope["t_start"]}  # type: ignore[index]
+    assert ids.evidence["reference_replicas"] == ["r1 (stable)", "r2 (stable)"]  # type: ignore[index]
     ex = ids.evidence["example"]  # type: ignore[index]
     assert ex["first_diverging_index"] == 1
     assert ex["this"]["piece"] == old.piece(new.encode(ex["prompt_text"])[1])

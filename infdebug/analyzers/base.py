@@ -17,6 +17,7 @@ from typing import Any
 
 from infdebug.schema import Finding
 from infdebug.store.base import Store
+from infdebug.store.q_common import split_unit
 
 Severity = str  # info | warning | error
 
@@ -62,6 +63,7 @@ def finding(
     severity: Severity,
     summary: str,
     *,
+    unit: str | None = None,
     replica: str | None = None,
     deployment: str | None = None,
     t_start: float | None = None,
@@ -69,7 +71,10 @@ def finding(
     values: dict[str, Any] | None = None,
     evidence: dict[str, Any] | None = None,
 ) -> Finding:
-    """A Finding with its scope filled in the contract's shape."""
+    """A Finding with its scope filled in the contract's shape. ``unit`` (a
+    ``store.q_common.UNIT`` value) sets both ``replica`` and ``deployment``."""
+    if unit is not None:
+        replica, deployment = split_unit(unit)
     scope: dict[str, Any] = {}
     if replica is not None:
         scope["replica"] = replica

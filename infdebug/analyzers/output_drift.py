@@ -29,6 +29,7 @@ from typing import Any
 from infdebug.analyzers.base import AnalysisContext, analyzer, finding
 from infdebug.schema import Finding
 from infdebug.store import q_outputs as q
+from infdebug.store.q_common import unit_label
 
 MIN_REQUESTS = 30
 ALPHA = 0.01
@@ -212,7 +213,7 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
         tok_txt = f"{top_id}" + (f" {piece!r}" if piece else "")
         why = "is not in the stop set in force" if missing else "is in the stop set yet generation went on"
         summary = (
-            f"replica {c.replica}: end-of-turn ID {tok_txt} inside {c.hits} of {c.requests} outputs "
+            f"{unit_label(c.replica)}: end-of-turn ID {tok_txt} inside {c.hits} of {c.requests} outputs "
             f"({share:.1%}) that did not stop there; it {why}"
         )
         out.append(
@@ -221,7 +222,7 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
                 "stop.end_of_turn_ignored",
                 severity,
                 summary,
-                replica=c.replica,
+                unit=c.replica,
                 t_start=c.first_seen,
                 values={
                     "count": c.hits,
@@ -265,9 +266,9 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
                 "stop",
                 "stop.runaway_rate",
                 severity,
-                f"replica {t.replica}: {t.rate:.1%} of requests ran to the length cap vs "
+                f"{unit_label(t.replica)}: {t.rate:.1%} of requests ran to the length cap vs "
                 f"{t.rest_rate:.1%} on the rest of the fleet (p={t.p_holm:.2g}, Holm)",
-                replica=t.replica,
+                unit=t.replica,
                 t_start=first.get(t.replica),
                 values={**t.values(), "model": model},
                 evidence={"first_seen": first.get(t.replica), "hint": "look for a missing end-of-turn ID "
@@ -332,15 +333,27 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
         t = tests.get(rep)
         absolute = rate >= 0.05 and k >= 3
         vs_fleet = t is not None and t.flagged
-        severity = ("error" if rate >= 0.20 else "warning") if (absolute or vs_fleet) else "info"
+        # A high rate the rest of the fleet shares alike is the model's (or greedy decoding's)
+        # nature, not drift on this replica: info. With no fleet to compare with, a high rate
+        # cannot be put down to the model, so it stays a warning.
+        alone = sum(m for r, (_, m) in counts.items() if r != rep) < MIN_REQUESTS
+        if vs_fleet or (absolute and alone):
+            severity = "error" if rate >= 0.20 else "warning"
+        else:
+            severity = "info"
         loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found)
         (top_ids, top_period), top_n = loops.most_common(1)[0]
         top_piece = [_piece(ctx, i) for i in top_ids] if ctx.tokenizer is not None else None
         why = []
-        if absolute:
-            why.append("≥ 5 % of its outputs")
         if vs_fleet and t is not None:
             why.append(f"vs {t.rest_rate:.1%} on the rest of the fleet, p={t.p_holm:.2g} Holm")
+        elif t is not None and absolute:
+            why.append(f"the rest of the fleet loops alike, {t.rest_rate:.1%}: the model's own behaviour, "
+                       "not this replica's")
+        elif absolute and not alone:
+            why.append(f"too few requests here (< {MIN_REQUESTS}) to compare with the fleet")
+        elif absolute:
+            why.append("≥ 5 % of its outputs, no fleet to compare with")
         values: dict[str, Any] = {"count": k, "requests": n, "rate": round(rate, 6),
                                   "max_period": MAX_PERIOD, "min_repeats": MIN_REPEATS,
                                   "candidates_capped": capped.get(rep, False)}
@@ -351,9 +364,9 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
                 "repetition",
                 "output.repetition",
                 severity,
-                f"replica {rep}: {k} of {n} outputs ({rate:.1%}) end in a loop of period ≤ {MAX_PERIOD} "
+                f"{unit_label(rep)}: {k} of {n} outputs ({rate:.1%}) end in a loop of period ≤ {MAX_PERIOD} "
                 f"repeated ≥ {MIN_REPEATS}×; most common {list(top_ids)}" + (f" ({'; '.join(why)})" if why else ""),
-                replica=rep,
+                unit=rep,
                 t_start=found[0][1],
                 values=values,
                 evidence={

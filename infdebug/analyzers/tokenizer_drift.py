@@ -26,6 +26,7 @@ from typing import Any
 from infdebug.analyzers.base import AnalysisContext, analyzer, finding
 from infdebug.schema import Finding
 from infdebug.store import q_tokenizer as q
+from infdebug.store.q_common import split_unit, unit_label
 
 NAME = "tokenizer"
 DEFAULT_SAMPLE = 5_000
@@ -88,11 +89,12 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
                 kv[0],
             ),
         )
-        minority_replicas = sorted({v.replica for fp, vs in ranked[1:] for v in vs})
-        scope_replica = minority_replicas[0] if len(minority_replicas) == 1 else None
+        minority_units = sorted({v.replica for fp, vs in ranked[1:] for v in vs})
+        minority_replicas = [unit_label(u) for u in minority_units]
+        scope_unit = minority_units[0] if len(minority_units) == 1 else None
         by_fp = {
             fp: {
-                "replicas": sorted({v.replica for v in vs}),
+                "replicas": [unit_label(u) for u in sorted({v.replica for v in vs})],
                 "deployments": sorted({d for v in vs for d in v.deployments}),
                 "requests": sum(v.requests for v in vs),
                 "first_seen": min(v.first_seen for v in vs),
@@ -110,7 +112,7 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
                 f"model {model or '(unnamed)'} is served with {len(fps)} tokenizer fingerprints; "
                 f"{', '.join(minority_replicas)} {'differs' if len(minority_replicas) == 1 else 'differ'} "
                 f"from the majority ({ranked[0][0]})",
-                replica=scope_replica,
+                unit=scope_unit,
                 t_start=first,
                 values={
                     "fingerprints": len(fps),
@@ -134,6 +136,16 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
 # --- the same text, other IDs, across replicas ------------------------------------------------
 
 
+def _leading_repeat(ids: list[int], ref_ids: list[int]) -> str | None:
+    """"doubled_first_token" when one side is the other with its first ID repeated (a
+    doubled BOS: template.double_bos names it), "dropped_first_token" the other way."""
+    if len(ids) == len(ref_ids) + 1 and ids[1:] == ref_ids and ids[:1] == ids[1:2]:
+        return "doubled_first_token"
+    if len(ref_ids) == len(ids) + 1 and ref_ids[1:] == ids and ref_ids[:1] == ref_ids[1:2]:
+        return "dropped_first_token"
+    return None
+
+
 def _cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
     w = ctx.window()
     conflicts = q.cross_replica_conflicts(ctx.store, w)
@@ -146,7 +158,7 @@ def _cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
         ex = q.prompt_variants(ctx.store, w, c.example_text_hash, [c.example_ids_hash, c.reference_ids_hash])
         evidence: dict[str, Any] = {
             "model": c.model,
-            "reference_replicas": c.reference_replicas,
+            "reference_replicas": [unit_label(u) for u in c.reference_replicas],
             "request_ids": c.request_ids[:MAX_IDS],
             "first_seen": c.first_seen,
         }
@@ -154,19 +166,23 @@ def _cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
             ids, rid, _rep, text = ex[c.example_ids_hash]
             ref_ids, ref_rid, ref_rep, _ = ex[c.reference_ids_hash]
             i = _first_diff(ids, ref_ids)
+            cause = _leading_repeat(ids, ref_ids)
+            if cause:
+                evidence["cause"] = cause
             if i is not None:
                 evidence["example"] = {
                     "prompt_text": text[:200],
                     "first_diverging_index": i,
-                    "this": {"replica": c.replica, "request_id": rid, **_side(ids, i, ctx.tokenizer)},
-                    "reference": {"replica": ref_rep, "request_id": ref_rid, **_side(ref_ids, i, ctx.tokenizer)},
+                    "this": {"replica": unit_label(c.replica), "request_id": rid, **_side(ids, i, ctx.tokenizer)},
+                    "reference": {"replica": unit_label(ref_rep), "request_id": ref_rid,
+                                  **_side(ref_ids, i, ctx.tokenizer)},
                 }
         out.append(
             finding(
                 NAME, "tokenizer.cross_replica_ids", _severity(c.requests, total),
-                f"{c.replica}: {c.prompts} prompt text(s) encoded to other IDs than on "
-                f"{', '.join(c.reference_replicas)} ({c.requests} of {total} requests)",
-                replica=c.replica,
+                f"{unit_label(c.replica)}: {c.prompts} prompt text(s) encoded to other IDs than on "
+                f"{', '.join(unit_label(u) for u in c.reference_replicas)} ({c.requests} of {total} requests)",
+                unit=c.replica,
                 t_start=c.first_seen,
                 values={
                     "prompts_differing": c.prompts,
@@ -331,9 +347,9 @@ def _reencode_findings(ctx: AnalysisContext) -> list[Finding]:
             finding(
                 NAME, "tokenizer.reencode_mismatch",
                 "error" if share >= ERROR_SHARE else "warning",
-                f"{rep}: {t.affected} of {t.requests_checked} checked requests re-encode to other IDs "
+                f"{unit_label(rep)}: {t.affected} of {t.requests_checked} checked requests re-encode to other IDs "
                 f"with the reference tokenizer (cause: {main})",
-                replica=rep,
+                unit=rep,
                 t_start=t.first_seen,
                 values={
                     "requests_affected": t.affected,
@@ -403,8 +419,8 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
         out.append(
             finding(
                 NAME, "tokenizer.decode_mismatch", "error" if share >= ERROR_SHARE else "warning",
-                f"{rep}: {len(items)} of {n_checked} checked outputs decode to other text than logged",
-                replica=rep,
+                f"{unit_label(rep)}: {len(items)} of {n_checked} checked outputs decode to other text than logged",
+                unit=rep,
                 t_start=s.t_arrival,
                 values={
                     "requests_affected": len(items),
@@ -437,8 +453,8 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
 def _oov_finding(r: q.IdRange, limit: int, severity: str, basis: str) -> Finding:
     return finding(
         NAME, "tokenizer.out_of_vocab", severity,
-        f"{r.replica}: {r.bad} of {r.requests} requests hold token IDs ≥ {limit} ({basis}); largest {r.max_id}",
-        replica=r.replica,
+        f"{unit_label(r.replica)}: {r.bad} of {r.requests} requests hold token IDs ≥ {limit} ({basis}); largest {r.max_id}",
+        unit=r.replica,
         t_start=r.first_bad,
         values={"requests_affected": r.bad, "requests": r.requests, "share": r.bad / r.requests if r.requests else 0.0,
                 "limit": limit, "max_id": r.max_id},
@@ -471,8 +487,8 @@ def _oov_findings(ctx: AnalysisContext) -> list[Finding]:
             if r.max_id <= peer_max * OOV_FACTOR + OOV_MARGIN:
                 continue
             limit = peer_max + 1
-            for hit in q.id_ranges(ctx.store, {**w, "replicas": [r.replica]}, limit, m):
-                if hit.bad:
+            for hit in q.id_ranges(ctx.store, {**w, "replicas": [split_unit(r.replica)[0]]}, limit, m):
+                if hit.bad and hit.replica == r.replica:
                     out.append(_oov_finding(hit, limit, "warning", "largest ID on the model's other replicas"))
     return out
 

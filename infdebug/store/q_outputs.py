@@ -1,7 +1,8 @@
 """Queries behind the output analyzers (stop-token drift, runaway generations, repetition).
 
 Every function takes the store and the window parameters of ``AnalysisContext.window()``
-(``since``, ``until``, ``replicas``) and binds them; nothing is formatted into SQL.
+(``since``, ``until``, ``replicas``) and binds them; nothing is formatted into SQL. Fields
+named ``replica`` hold the unit (``q_common.UNIT``: replica within deployment).
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from infdebug.store.base import Store
-
-# Rows the analyzers see: the analysis window and replica filter.
-_WINDOW = """
-t_arrival >= {since:Float64} AND t_arrival < {until:Float64}
-AND (empty({replicas:Array(String)}) OR has({replicas:Array(String)}, replica))
-"""
+from infdebug.store.q_common import UNIT as _UNIT
+from infdebug.store.q_common import WINDOW as _WINDOW
+from infdebug.store.q_common import window_params
 
 # The stop token IDs a request was sent with, and whether it asked to ignore EOS.
 _STOP_IDS = "JSONExtract(ifNull(sampling, '{}'), 'stop_ids', 'Array(UInt32)')"
@@ -24,7 +22,7 @@ _IGNORE_EOS = "JSONExtractBool(ifNull(sampling, '{}'), 'ignore_eos')"
 
 
 def _window(w: Mapping[str, Any]) -> dict[str, Any]:
-    return {"since": float(w["since"]), "until": float(w["until"]), "replicas": list(w["replicas"])}
+    return window_params(w)
 
 
 def _q(store: Store, sql: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -52,12 +50,12 @@ def finish_counts(store: Store, window: Mapping[str, Any]) -> list[FinishCounts]
     _, rows = _q(
         store,
         f"""
-        SELECT ifNull(model, '') AS m, replica, count(), countIf(finish_reason = 'length'),
+        SELECT ifNull(model, '') AS m, {_UNIT} AS unit, count(), countIf(finish_reason = 'length'),
                min(t_arrival), max(t_arrival)
         FROM requests
         WHERE {_WINDOW} AND finish_reason IN ('stop', 'length')
-        GROUP BY m, replica
-        ORDER BY m, replica
+        GROUP BY m, unit
+        ORDER BY m, unit
         """,
         _window(window),
     )
@@ -125,11 +123,11 @@ def eot_counts(
     _, rows = _q(
         store,
         f"""
-        SELECT replica, count(), countIf({_EOT_HIT}), minIf(t_arrival, {_EOT_HIT})
+        SELECT {_UNIT} AS unit, count(), countIf({_EOT_HIT}), minIf(t_arrival, {_EOT_HIT})
         FROM requests
         WHERE {_WINDOW} AND ifNull(model, '') = {{model:String}} AND NOT {_IGNORE_EOS}
-        GROUP BY replica
-        ORDER BY replica
+        GROUP BY unit
+        ORDER BY unit
         """,
         params,
     )
@@ -146,12 +144,12 @@ def eot_hits(
     _, rows = _q(
         store,
         f"""
-        SELECT replica, request_id, t_arrival, finish_reason, {_EOT_POS} - 1 AS pos,
+        SELECT {_UNIT} AS unit, request_id, t_arrival, finish_reason, {_EOT_POS} - 1 AS pos,
                output_ids[{_EOT_POS}] AS eot_id, length(output_ids), {_STOP_IDS}
         FROM requests
         WHERE {_WINDOW} AND ifNull(model, '') = {{model:String}} AND NOT {_IGNORE_EOS} AND {_EOT_HIT}
-        ORDER BY replica, t_arrival, request_id
-        LIMIT {{k:UInt32}} BY replica
+        ORDER BY unit, t_arrival, request_id
+        LIMIT {{k:UInt32}} BY unit
         """,
         params,
     )
@@ -188,7 +186,7 @@ def repetition_candidates(
     w = _window(window)
     _, totals = _q(
         store,
-        f"SELECT replica, count() FROM requests WHERE {_WINDOW} AND notEmpty(output_ids) GROUP BY replica",
+        f"SELECT {_UNIT} AS unit, count() FROM requests WHERE {_WINDOW} AND notEmpty(output_ids) GROUP BY unit",
         w,
     )
     cond = (
@@ -199,12 +197,12 @@ def repetition_candidates(
     _, rows = _q(
         store,
         f"""
-        SELECT replica, request_id, t_arrival, arraySlice(output_ids, -{{tail:UInt32}}) AS t,
-               count() OVER (PARTITION BY replica) AS n_cand
+        SELECT {_UNIT} AS unit, request_id, t_arrival, arraySlice(output_ids, -{{tail:UInt32}}) AS t,
+               count() OVER (PARTITION BY unit) AS n_cand
         FROM requests
         WHERE {_WINDOW} AND {cond}
-        ORDER BY replica, t_arrival, request_id
-        LIMIT {{cap:UInt32}} BY replica
+        ORDER BY unit, t_arrival, request_id
+        LIMIT {{cap:UInt32}} BY unit
         """,
         params,
     )

@@ -11,11 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infdebug.store.base import Store
-
-_WINDOW = """
-t_arrival >= {since:Float64} AND t_arrival < {until:Float64}
-AND (empty({replicas:Array(String)}) OR has({replicas:Array(String)}, replica))
-"""
+from infdebug.store.q_common import WINDOW as _WINDOW
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Queries behind the tokenizer-drift analyzers. SQL lives here, nowhere in the analyzers.
 
 Every function takes the analysis window (``AnalysisContext.window()``: ``since``, ``until``,
-``replicas``) as bound parameters and returns plain dataclasses / tuples.
+``replicas``) as bound parameters and returns plain dataclasses / tuples. Fields named
+``replica`` hold the unit (``q_common.UNIT``: replica within deployment).
 """
 
 from __future__ import annotations
@@ -11,20 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from infdebug.store.base import Store
-
-_WINDOW = """t_arrival >= {since:Float64} AND t_arrival < {until:Float64}
-  AND (empty({replicas:Array(String)}) OR has({replicas:Array(String)}, replica))"""
-_MODEL = "({model:String} = '' OR ifNull(model, '') = {model:String})"
-
-
-def _params(window: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "since": float(window.get("since", 0.0)),
-        "until": float(window.get("until", 1e11)),
-        "replicas": [str(r) for r in window.get("replicas") or []],
-    }
-    p.update(extra)
-    return p
+from infdebug.store.q_common import MODEL as _MODEL
+from infdebug.store.q_common import UNIT as _UNIT
+from infdebug.store.q_common import WINDOW as _WINDOW
+from infdebug.store.q_common import window_params as _params
 
 
 def _tuple(v: Any) -> list[Any]:
@@ -49,13 +40,13 @@ class FingerprintVariant:
 def fingerprint_variants(store: Store, window: Mapping[str, Any]) -> list[FingerprintVariant]:
     _, rows = store.query(
         f"""
-        SELECT ifNull(model, '') AS m, tokenizer_fp AS fp, replica, count() AS n,
+        SELECT ifNull(model, '') AS m, tokenizer_fp AS fp, {_UNIT} AS unit, count() AS n,
                min(t_arrival), max(t_arrival), groupArray(10)(request_id),
                arraySort(groupUniqArray(10)(ifNull(deployment, '')))
         FROM requests
         WHERE {_WINDOW} AND tokenizer_fp IS NOT NULL AND tokenizer_fp != ''
-        GROUP BY m, fp, replica
-        ORDER BY m, fp, replica
+        GROUP BY m, fp, unit
+        ORDER BY m, fp, unit
         """,
         _params(window),
     )
@@ -66,9 +57,9 @@ def fingerprint_variants(store: Store, window: Mapping[str, Any]) -> list[Finger
 
 
 def replica_totals(store: Store, window: Mapping[str, Any], model: str = "") -> dict[str, int]:
-    """Requests per replica in the window (of ``model`` where given)."""
+    """Requests per unit in the window (of ``model`` where given)."""
     _, rows = store.query(
-        f"SELECT replica, count() FROM requests WHERE {_WINDOW} AND {_MODEL} GROUP BY replica",
+        f"SELECT {_UNIT} AS unit, count() FROM requests WHERE {_WINDOW} AND {_MODEL} GROUP BY unit",
         _params(window, model=model),
     )
     return {str(r): int(n) for r, n in rows}
@@ -99,29 +90,29 @@ def cross_replica_conflicts(store: Store, window: Mapping[str, Any]) -> list[IdC
         f"""
         WITH per AS (
             SELECT ifNull(model, '') AS m, cityHash64(prompt_text) AS th,
-                   cityHash64(prompt_ids) AS ih, replica,
+                   cityHash64(prompt_ids) AS ih, {_UNIT} AS unit,
                    count() AS n, min(t_arrival) AS first, any(request_id) AS rid
             FROM requests
             WHERE {_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
-            GROUP BY m, th, ih, replica
+            GROUP BY m, th, ih, unit
         ),
         variants AS (
-            SELECT m, th, ih, uniqExact(replica) AS nrep, sum(n) AS nreq,
-                   arraySort(groupArray(replica)) AS reps
+            SELECT m, th, ih, uniqExact(unit) AS nrep, sum(n) AS nreq,
+                   arraySort(groupArray(unit)) AS reps
             FROM per GROUP BY m, th, ih
         ),
         ref AS (
             SELECT m, th, argMin(tuple(ih, reps), tuple(-toInt64(nrep), -toInt64(nreq), reps[1], ih)) AS r, count() AS nvar
             FROM variants GROUP BY m, th HAVING nvar > 1
         )
-        SELECT per.m, per.replica, count() AS prompts, sum(per.n) AS reqs, min(per.first),
+        SELECT per.m, per.unit, count() AS prompts, sum(per.n) AS reqs, min(per.first),
                groupArray(10)(per.rid),
                argMin(tuple(per.th, per.ih, tupleElement(ref.r, 1)), per.first) AS ex,
                arraySort(groupUniqArrayArray(20)(tupleElement(ref.r, 2))) AS ref_reps
         FROM per INNER JOIN ref ON per.m = ref.m AND per.th = ref.th
         WHERE per.ih != tupleElement(ref.r, 1)
-        GROUP BY per.m, per.replica
-        ORDER BY per.m, per.replica
+        GROUP BY per.m, per.unit
+        ORDER BY per.m, per.unit
         """,
         _params(window),
     )
@@ -144,7 +135,7 @@ def prompt_variants(
     """For one prompt text: each of ``ids_hashes`` → (prompt IDs, request ID, replica, text)."""
     _, rows = store.query(
         f"""
-        SELECT cityHash64(prompt_ids) AS ih, any(prompt_ids), min(request_id), min(replica), any(prompt_text)
+        SELECT cityHash64(prompt_ids) AS ih, any(prompt_ids), min(request_id), min({_UNIT}), any(prompt_text)
         FROM requests
         WHERE {_WINDOW} AND prompt_text IS NOT NULL
           AND cityHash64(prompt_text) = {{th:UInt64}} AND has({{hs:Array(UInt64)}}, cityHash64(prompt_ids))
@@ -172,13 +163,13 @@ def prompt_sample(
     the text's hash (deterministic, spread over the window)."""
     _, rows = store.query(
         f"""
-        SELECT replica, cityHash64(prompt_text) AS th, any(prompt_text), any(prompt_ids),
+        SELECT {_UNIT} AS unit, cityHash64(prompt_text) AS th, any(prompt_text), any(prompt_ids),
                count(), min(t_arrival), groupArray(10)(request_id)
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
-        GROUP BY replica, th, cityHash64(prompt_ids)
-        ORDER BY replica, th
-        LIMIT {{n:UInt64}} BY replica
+        GROUP BY unit, th, cityHash64(prompt_ids)
+        ORDER BY unit, th
+        LIMIT {{n:UInt64}} BY unit
         """,
         _params(window, n=per_replica, model=model),
     )
@@ -204,11 +195,11 @@ def output_sample(
     """Up to ``per_replica`` requests per replica with both output IDs and output text."""
     _, rows = store.query(
         f"""
-        SELECT replica, request_id, output_ids, output_text, t_arrival, finish_reason
+        SELECT {_UNIT} AS unit, request_id, output_ids, output_text, t_arrival, finish_reason
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND output_text IS NOT NULL AND notEmpty(output_ids)
-        ORDER BY replica, cityHash64(request_id)
-        LIMIT {{n:UInt64}} BY replica
+        ORDER BY unit, cityHash64(request_id), request_id
+        LIMIT {{n:UInt64}} BY unit
         """,
         _params(window, n=per_replica, model=model),
     )
@@ -235,18 +226,18 @@ class IdRange:
 def id_ranges(store: Store, window: Mapping[str, Any], threshold: int = 2**32 - 1, model: str = "") -> list[IdRange]:
     _, rows = store.query(
         f"""
-        SELECT m, replica, count(), max(mx), countIf(bad), minIf(t_arrival, bad),
+        SELECT m, unit, count(), max(mx), countIf(bad), minIf(t_arrival, bad),
                groupArrayIf(10)(request_id, bad)
         FROM (
-            SELECT ifNull(model, '') AS m, replica, t_arrival, request_id,
+            SELECT ifNull(model, '') AS m, {_UNIT} AS unit, t_arrival, request_id,
                    greatest(arrayMax(prompt_ids), arrayMax(output_ids)) AS mx,
                    arrayExists(x -> x >= {{vocab:UInt32}}, prompt_ids)
                      OR arrayExists(x -> x >= {{vocab:UInt32}}, output_ids) AS bad
             FROM requests
             WHERE {_WINDOW} AND {_MODEL}
         )
-        GROUP BY m, replica
-        ORDER BY m, replica
+        GROUP BY m, unit
+        ORDER BY m, unit
         """,
         _params(window, vocab=threshold, model=model),
     )
