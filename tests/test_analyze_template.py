@@ -173,6 +173,47 @@ def test_llama3_vs_llama31_is_a_new_skeleton_and_a_fingerprint_mismatch(
     assert fp.values["fleet_template_fp"] == template_fingerprint(old)
 
 
+def test_a_whole_canary_deployment_on_the_new_template_is_found_at_deployment_level(
+    store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle
+) -> None:
+    """Two canary replicas agree with each other on Llama-3.1's template: replica against
+    rest of fleet cannot see it (the rest holds their sibling); deployment against deployment
+    can, and the established skeleton (the larger baseline's) is not the one called new."""
+    old, new = template(shared_data, "llama3.jinja"), template(shared_data, "llama3.1.jinja")
+
+    def enc(s: str) -> list[int]:
+        return encode_prompt(llama3, s)
+
+    recs = fleet(llama3, {"r1": (old, enc), "r2": (old, enc), "r3": (old, enc)}, 30, deployment="baseline")
+    recs += fleet(llama3, {"r4": (new, enc), "r5": (new, enc)}, 30, deployment="canary")
+    ingest(store, tmp_path, recs)
+    found = [f for f in template_drift(AnalysisContext(store=store)) if f.kind == "template.new_skeleton"]
+    assert [(f.scope or {}).get("deployment") for f in found] == ["canary"]
+    assert "replica" not in (found[0].scope or {}) and "deployment canary" in found[0].summary
+    assert "Cutting Knowledge Date" in found[0].evidence["skeleton"]  # type: ignore[index]
+
+
+def test_a_template_change_in_the_middle_of_the_window_is_a_new_skeleton(
+    store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle
+) -> None:
+    """r3 switched templates after 70% of its requests: the new skeleton is a minority on r3
+    yet new to the fleet, and first_seen is the switch."""
+    old, new = template(shared_data, "llama3.jinja"), template(shared_data, "llama3.1.jinja")
+
+    def enc(s: str) -> list[int]:
+        return encode_prompt(llama3, s)
+
+    recs = fleet(llama3, {"r1": (old, enc), "r2": (old, enc)}, 40)
+    switched = fleet(llama3, {"r3": (old, enc)}, 40)
+    late = {r.request_id for r in fleet(llama3, {"r3": (new, enc)}, 40) if r.t_arrival >= switched[28].t_arrival}
+    newer = {r.request_id: r for r in fleet(llama3, {"r3": (new, enc)}, 40)}
+    recs += [newer[r.request_id] if r.request_id in late else r for r in switched]
+    ingest(store, tmp_path, recs)
+    found = [f for f in template_drift(AnalysisContext(store=store)) if f.kind == "template.new_skeleton"]
+    assert [(f.scope or {}).get("replica") for f in found] == ["r3"]
+    assert found[0].scope["t_start"] >= switched[28].t_arrival  # type: ignore[index]
+
+
 def test_skeleton_masks_contents_and_the_clock_date(shared_data: str) -> None:
     tpl = template(shared_data, "llama3.1.jinja")
     msgs = [{"role": "user", "content": "Hello there"}]

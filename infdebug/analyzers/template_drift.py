@@ -7,9 +7,11 @@ Kinds (analyzer ``template``):
 - ``template.render_mismatch`` — the reference template renders the logged messages into
   other text than the engine used; classified, with a diff at the level of template markers.
 - ``template.fingerprint_mismatch`` — one model served with different template fingerprints.
-- ``template.new_skeleton`` — without any reference: a replica whose prompt skeleton (message
-  contents masked, special tokens and fixed template text kept) is new to the fleet, compared
-  within families of the same message-role sequence so conversation shape is not drift.
+- ``template.new_skeleton`` — without any reference: a replica (or a whole deployment) whose
+  prompt skeleton (message contents masked, special tokens and fixed template text kept) is
+  new to the rest of the fleet (other deployments), compared within families of the same
+  message-role sequence so conversation shape is not drift; a skeleton counts as new from
+  10 % of a family's prompts, so a template changed mid-window is caught too.
 
 The unit everywhere is a replica within a deployment: replica names are reused across
 deployments (``r3`` of ``baseline`` and ``r3`` of ``canary`` are different pods).
@@ -25,8 +27,19 @@ from datetime import datetime
 from typing import Any
 
 from infdebug.analyzers.base import AnalysisContext, analyzer, finding
+from infdebug.analyzers.template_text import (
+    MARKER_RE,
+    content_text,
+    family_of,
+    marker_diff,
+    short,
+    skeleton,
+    skeleton_of_markers,
+    uses_tools,
+)
 from infdebug.schema import Finding
 from infdebug.store import q_template
+from infdebug.store.q_common import make_unit, unit_label
 from infdebug.store.q_template import PromptRow
 from infdebug.text.template import ChatTemplateError, fixed_now, render_chat
 
@@ -34,36 +47,15 @@ NAME = "template"
 ERROR_SHARE = 0.01  # a fault on ≥ 1% of a replica's requests is an error
 INFER_BOS_SHARE = 0.95  # infer the BOS only when this share of prompts start with one ID
 RARE_SHARE = 0.01  # a skeleton below this share elsewhere is "new"
+NEW_SHARE = 0.10  # … when it is at least this share of one family's prompts here
+NEW_MIN = 3  # … and at least this many of them
 EXAMPLES = 5
-SHOW = 160  # characters of a segment shown in evidence
-
-# Special-token-like template markers: <|...|>, [INST], <<SYS>>, <s>, Gemma's turn tokens, …
-MARKER_RE = re.compile(
-    r"<\|[^|<>\n]{1,48}\|>|<｜[^｜\n]{1,48}｜>|\[/?INST\]|\[/?SYS\]|<</?SYS>>|</?s>|<bos>|<eos>"
-    r"|<start_of_turn>|<end_of_turn>|<\|?(?:im_start|im_end)\|?>"
-)
-ROLE_RE = re.compile(r"^\s*(system|user|assistant|tool|ipython|developer|model|function)\s*$", re.IGNORECASE)
-# fixed template lines kept when contents are masked from markers alone
-FIXED_LINE_RE = re.compile(r"^(Cutting Knowledge Date|Today Date|Environment|Tools|Knowledge Cutoff|Current Date):")
-# dates a template writes from the clock: normalised so the daily change is no skeleton change
-DATE_RES = (
-    re.compile(r"(Today Date: )[^\n<]*"),
-    re.compile(r"((?:Current|Today's) [Dd]ate: )[^\n<]*"),
-)
 LEADING_BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>", "<｜begin▁of▁sentence｜>")
 Unit = tuple[str, str | None]  # (replica, deployment)
 
 
-def _unit_scope(unit: Unit) -> dict[str, Any]:
-    return {"replica": unit[0], "deployment": unit[1]}
-
-
 def _unit_name(unit: Unit) -> str:
-    return unit[0] if unit[1] is None else f"{unit[0]} ({unit[1]})"
-
-
-def _short(s: str, n: int = SHOW) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+    return unit_label(make_unit(*unit))
 
 
 # --- BOS ------------------------------------------------------------------------------------
@@ -168,72 +160,7 @@ def _bos_findings(ctx: AnalysisContext) -> list[Finding]:
     return out
 
 
-# --- marker-level text diff -----------------------------------------------------------------
-
-
-def split_markers(text: str) -> list[str]:
-    """``text`` cut into template markers and the text between them (no empty pieces)."""
-    parts: list[str] = []
-    pos = 0
-    for m in MARKER_RE.finditer(text):
-        if m.start() > pos:
-            parts.append(text[pos : m.start()])
-        parts.append(m.group(0))
-        pos = m.end()
-    if pos < len(text):
-        parts.append(text[pos:])
-    return parts
-
-
-def marker_diff(logged: str, reference: str) -> dict[str, Any]:
-    """The first differing marker segment on both sides, with the marker before it."""
-    a, b = split_markers(logged), split_markers(reference)
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    char = 0
-    while char < min(len(logged), len(reference)) and logged[char] == reference[char]:
-        char += 1
-    before = next((a[j] for j in range(i - 1, -1, -1) if MARKER_RE.fullmatch(a[j])), None)
-    return {
-        "segment_index": i,
-        "char_offset": char,
-        "after_marker": before,
-        "logged": _short(a[i]) if i < len(a) else None,
-        "reference": _short(b[i]) if i < len(b) else None,
-        "logged_segments": len(a),
-        "reference_segments": len(b),
-    }
-
-
-def _skeleton_of_markers(text: str) -> list[str]:
-    """Markers and the role headers right after them (a one-word first line: ``user`` in
-    ``<|im_start|>user\n…`` or ``<|start_header_id|>user<|end_header_id|>``): what
-    ``role_marker`` compares."""
-    out: list[str] = []
-    for p in split_markers(text):
-        if MARKER_RE.fullmatch(p):
-            out.append(p)
-        elif out:
-            head = p.split("\n", 1)[0].strip()
-            if head and re.fullmatch(r"[A-Za-z_][\w-]{0,31}", head):
-                out.append(head)
-    return out
-
-
 # --- render mismatch ------------------------------------------------------------------------
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
-
-
-def _uses_tools(messages: list[dict[str, Any]]) -> bool:
-    return any(m.get("role") in ("tool", "ipython") or m.get("tool_calls") for m in messages)
 
 
 def classify_mismatch(
@@ -246,13 +173,13 @@ def classify_mismatch(
         return "missing_generation_prompt"
     for m in messages:
         if m.get("role") == "system":
-            content = _content_text(m.get("content")).strip()
+            content = content_text(m.get("content")).strip()
             if content and content in reference and content not in logged:
                 return "system_dropped"
     diff = marker_diff(logged, reference)
-    if _uses_tools(messages) or re.search(r"tool|function|ipython", f"{diff['logged']}{diff['reference']}", re.I):
+    if uses_tools(messages) or re.search(r"tool|function|ipython", f"{diff['logged']}{diff['reference']}", re.I):
         return "tools"
-    if _skeleton_of_markers(logged) != _skeleton_of_markers(reference):
+    if skeleton_of_markers(logged) != skeleton_of_markers(reference):
         return "role_marker"
     return "other"
 
@@ -380,69 +307,6 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
     return out
 
 
-# --- skeletons ------------------------------------------------------------------------------
-
-
-def _normalise_dates(text: str) -> str:
-    for rx in DATE_RES:
-        text = rx.sub(lambda m: m.group(1) + "{date}", text)
-    return text
-
-
-def _mask_between_markers(text: str) -> str:
-    out: list[str] = []
-    for part in split_markers(text):
-        if MARKER_RE.fullmatch(part) or ROLE_RE.match(part):
-            out.append(part)
-            continue
-        lines = []
-        for line in part.split("\n"):
-            if FIXED_LINE_RE.match(line):
-                lines.append(line)
-            elif line.strip():
-                lead = line[: len(line) - len(line.lstrip())]
-                trail = line[len(line.rstrip()) :]
-                lines.append(f"{lead}{{content}}{trail}")
-            else:
-                lines.append(line)
-        masked = "\n".join(lines)
-        out.append(re.sub(r"\{content\}(\n*\{content\})+", "{content}", masked))
-    return "".join(out)
-
-
-def skeleton(text: str, messages: list[dict[str, Any]] | None) -> str:
-    """``text`` with message contents masked ("{role}"), special tokens and fixed template
-    text kept, and the clock's date normalised to "{date}"."""
-    if messages:
-        out: list[str] = []
-        pos = 0
-        ok = True
-        for m in messages:
-            content = _content_text(m.get("content"))
-            for candidate in (content, content.strip()):
-                if not candidate:
-                    break
-                at = text.find(candidate, pos)
-                if at >= 0:
-                    out.append(text[pos:at])
-                    out.append("{" + str(m.get("role", "?")) + "}")
-                    pos = at + len(candidate)
-                    break
-            else:
-                ok = False
-        if ok:
-            out.append(text[pos:])
-            return _normalise_dates("".join(out))
-    return _normalise_dates(_mask_between_markers(text))
-
-
-def family_of(messages: list[dict[str, Any]] | None) -> str:
-    """The message-role sequence a prompt was rendered from ("?" where none was logged)."""
-    if not messages:
-        return "?"
-    return ",".join(str(m.get("role", "?")) for m in messages)
-
-
 @dataclass
 class _Seen:
     n: int = 0
@@ -450,92 +314,127 @@ class _Seen:
     request_ids: list[str] | None = None
 
 
+def _rare_skeletons(dist: dict[Any, dict[str, dict[str, _Seen]]], min_n: int) -> dict[Any, list[dict[str, Any]]]:
+    """For each key of ``dist`` (key -> family -> skeleton -> seen): the skeletons that make
+    up a real part of one of its families (≥ NEW_SHARE and ≥ NEW_MIN requests) while the
+    other keys' prompts of that family almost never use them (< RARE_SHARE)."""
+    # the family's established skeleton: most requests, then seen first, then by its text
+    # (never by a replica's name, so renaming replicas changes nothing); it is never "new"
+    established: dict[str, str] = {}
+    totals: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for fams in dist.values():
+        for fam, sks in fams.items():
+            for sk, seen in sks.items():
+                n_first = totals[fam].setdefault(sk, [0.0, float("inf")])
+                n_first[0] += seen.n
+                n_first[1] = min(n_first[1], seen.first_seen)
+    for fam, sks_total in totals.items():
+        established[fam] = min(sks_total, key=lambda sk: (-sks_total[sk][0], sks_total[sk][1], sk))
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for key, fams in dist.items():
+        flagged: list[dict[str, Any]] = []
+        for fam, sks in fams.items():
+            n_fam = sum(s.n for s in sks.values())
+            if n_fam < min_n:
+                continue
+            rest: Counter[str] = Counter()
+            for other, ofams in dist.items():
+                if other != key:
+                    for sk, s in ofams.get(fam, {}).items():
+                        rest[sk] += s.n
+            n_rest = sum(rest.values())
+            if n_rest < min_n:
+                continue  # nothing to compare with
+            for sk, seen in sorted(sks.items(), key=lambda kv: (-kv[1].n, kv[0])):
+                if sk == established[fam] or seen.n < NEW_MIN or seen.n / n_fam < NEW_SHARE:
+                    continue
+                if rest[sk] / n_rest >= RARE_SHARE:
+                    continue
+                fleet_sk = min(rest, key=lambda x: (-rest[x], x))
+                flagged.append({
+                    "family": fam, "skeleton": sk, "seen": seen, "n_family": n_fam, "n_rest": n_rest,
+                    "share_rest": rest[sk] / n_rest, "fleet_skeleton": fleet_sk, "fleet_count": rest[fleet_sk],
+                })
+                break  # the most used new skeleton of the family speaks for it
+        if flagged:
+            out[key] = sorted(flagged, key=lambda f: (-f["seen"].n, f["family"]))
+    return out
+
+
+def _skeleton_finding(
+    flagged: list[dict[str, Any]], cap: int, *, who: str, elsewhere: str, unit: Unit | None, deployment: str | None
+) -> Finding:
+    top = flagged[0]
+    seen: _Seen = top["seen"]
+    return finding(
+        NAME,
+        "template.new_skeleton",
+        "warning",
+        f"{who} renders prompts with a template skeleton {elsewhere} does not use "
+        f"({seen.n} of {top['n_family']} sampled '{top['family']}' prompts; "
+        f"{top['share_rest']:.1%} of {top['n_rest']} elsewhere)",
+        replica=unit[0] if unit else None,
+        deployment=unit[1] if unit else deployment,
+        t_start=seen.first_seen,
+        values={
+            "families_affected": [f["family"] for f in flagged],
+            "requests": seen.n,
+            "family_requests": top["n_family"],
+            "share_elsewhere": round(top["share_rest"], 4),
+            "fleet_family_requests": top["n_rest"],
+            "sample_cap_per_replica": cap,
+        },
+        evidence={
+            "request_ids": seen.request_ids,
+            "first_seen": seen.first_seen,
+            "family": top["family"],
+            "skeleton": short(top["skeleton"], 400),
+            "fleet_skeleton": short(top["fleet_skeleton"], 400),
+            "fleet_skeleton_requests": top["fleet_count"],
+            "diff": marker_diff(top["skeleton"], top["fleet_skeleton"]),
+            "diff_sides": f"logged = {who}'s skeleton, reference = the one {elsewhere} uses most",
+        },
+    )
+
+
 def _skeleton_findings(ctx: AnalysisContext) -> list[Finding]:
     cap = int(ctx.options.get("template_sample", 2000))
     min_n = int(ctx.options.get("template_min_requests", 10))
     rows = q_template.prompt_sample(ctx.store, ctx.window(), cap)
-    # unit -> family -> skeleton -> seen
+    # unit -> family -> skeleton -> seen, and the same per deployment
     dist: dict[Unit, dict[str, dict[str, _Seen]]] = defaultdict(lambda: defaultdict(dict))
+    by_dep: dict[str | None, dict[str, dict[str, _Seen]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
         text = row.prompt_text
         if text is None and row.prompt_ids and ctx.tokenizer is not None:
             text = ctx.tokenizer.decode(row.prompt_ids)
         if text is None:
             continue
-        sk = skeleton(text, row.messages)
-        entry = dist[(row.replica, row.deployment)][family_of(row.messages)].setdefault(sk, _Seen(request_ids=[]))
-        entry.n += 1
-        entry.first_seen = min(entry.first_seen, row.t_arrival)
-        assert entry.request_ids is not None
-        if len(entry.request_ids) < EXAMPLES:
-            entry.request_ids.append(row.request_id)
+        sk, fam = skeleton(text, row.messages), family_of(row.messages)
+        for entry in (
+            dist[(row.replica, row.deployment)][fam].setdefault(sk, _Seen(request_ids=[])),
+            by_dep[row.deployment][fam].setdefault(sk, _Seen(request_ids=[])),
+        ):
+            entry.n += 1
+            entry.first_seen = min(entry.first_seen, row.t_arrival)
+            assert entry.request_ids is not None
+            if len(entry.request_ids) < EXAMPLES:
+                entry.request_ids.append(row.request_id)
     out: list[Finding] = []
-    for unit in sorted(dist, key=lambda u: (u[0], str(u[1]))):
-        flagged: list[dict[str, Any]] = []
-        for fam, sks in dist[unit].items():
-            n_fam = sum(s.n for s in sks.values())
-            if n_fam < min_n:
-                continue
-            dominant, dom_seen = sorted(sks.items(), key=lambda kv: (-kv[1].n, kv[0]))[0]
-            rest: Counter[str] = Counter()
-            for other, ofams in dist.items():
-                if other == unit:
-                    continue
-                for sk, s in ofams.get(fam, {}).items():
-                    rest[sk] += s.n
-            n_rest = sum(rest.values())
-            if n_rest < min_n:
-                continue  # nothing to compare with
-            share_rest = rest[dominant] / n_rest
-            if share_rest >= RARE_SHARE:
-                continue
-            fleet_sk = rest.most_common(1)[0][0]
-            flagged.append({
-                "family": fam,
-                "skeleton": dominant,
-                "seen": dom_seen,
-                "n_family": n_fam,
-                "n_rest": n_rest,
-                "share_rest": share_rest,
-                "fleet_skeleton": fleet_sk,
-                "fleet_count": rest[fleet_sk],
-            })
-        if not flagged:
-            continue
-        flagged.sort(key=lambda f: -f["n_family"])
-        top = flagged[0]
-        seen: _Seen = top["seen"]
-        out.append(
-            finding(
-                NAME,
-                "template.new_skeleton",
-                "warning",
-                f"{_unit_name(unit)} renders prompts with a template skeleton the rest of the fleet does not use "
-                f"({seen.n} of {top['n_family']} sampled '{top['family']}' prompts; "
-                f"{top['share_rest']:.1%} of {top['n_rest']} elsewhere)",
-                replica=unit[0],
-                deployment=unit[1],
-                t_start=seen.first_seen,
-                values={
-                    "families_affected": [f["family"] for f in flagged],
-                    "requests": seen.n,
-                    "family_requests": top["n_family"],
-                    "share_elsewhere": round(top["share_rest"], 4),
-                    "fleet_family_requests": top["n_rest"],
-                    "sample_cap_per_replica": cap,
-                },
-                evidence={
-                    "request_ids": seen.request_ids,
-                    "first_seen": seen.first_seen,
-                    "family": top["family"],
-                    "skeleton": _short(top["skeleton"], 400),
-                    "fleet_skeleton": _short(top["fleet_skeleton"], 400),
-                    "fleet_skeleton_requests": top["fleet_count"],
-                    "diff": marker_diff(top["skeleton"], top["fleet_skeleton"]),
-                    "diff_sides": "logged = this replica's skeleton, reference = the fleet's",
-                },
-            )
-        )
+    # A whole deployment on a new template (a canary rolled out with the hub's new revision):
+    # its replicas agree with each other, so only the deployment-level comparison sees it.
+    dep_flags = _rare_skeletons(by_dep, min_n) if len(by_dep) > 1 else {}
+    for dep, flagged in sorted(dep_flags.items(), key=lambda kv: str(kv[0])):
+        units = sorted(u for u in dist if u[1] == dep)
+        only = units[0] if len(units) == 1 else None
+        who = f"deployment {dep}" if dep is not None else "the replicas without a deployment label"
+        out.append(_skeleton_finding(flagged, cap, who=who + (f" ({only[0]})" if only else ""),
+                                     elsewhere="any other deployment", unit=only, deployment=dep))
+    for unit, flagged in sorted(_rare_skeletons(dist, min_n).items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        if unit[1] in dep_flags:
+            continue  # its deployment's finding names it
+        out.append(_skeleton_finding(flagged, cap, who=_unit_name(unit), elsewhere="the rest of the fleet",
+                                     unit=unit, deployment=None))
     return out
 
 
