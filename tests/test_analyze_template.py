@@ -133,6 +133,24 @@ def test_double_bos_found_on_the_replica_that_adds_special_tokens(
     assert f.evidence["share_by_replica"] == {"bad (stable)": 1.0, "good (stable)": 0.0}
 
 
+def test_bos_is_inferred_model_by_model(store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle) -> None:
+    """A second model served from the same fleet (prompts of plain text, no BOS) must neither
+    hide the first model's doubled BOS nor be blamed for missing one."""
+    tpl = template(shared_data, "llama3.1.jinja")
+    recs = fleet(llama3, {"r1": (tpl, lambda s: encode_prompt(llama3, s)),
+                          "r2": (tpl, lambda s: llama3.encode(s, add_special_tokens=True))}, 30)
+    plain = [
+        make_request(100 + i, request_id=f"plain-{i}", replica=f"r{1 + i % 2}", model="completion-model",
+                     prompt_text=f"Once upon a time {i}", prompt_ids=llama3.encode(f"Once upon a time {i}"))
+        for i in range(60)
+    ]
+    ingest(store, tmp_path, recs + plain)
+    found = above_info(template_drift(AnalysisContext(store=store)))
+    assert kinds(found) == [("template.double_bos", "r2")]
+    assert found[0].values is not None and found[0].values["model"] == "llama-3"
+    assert found[0].values["bos_id"] == 128000 and found[0].values["bos_source"] == "inferred"
+
+
 def test_missing_bos_when_the_tokenizer_adds_one(
     store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle
 ) -> None:

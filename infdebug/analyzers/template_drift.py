@@ -54,6 +54,11 @@ LEADING_BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>", "<ï½œbeginâ
 Unit = tuple[str, str | None]  # (replica, deployment)
 
 
+def _model(ctx: AnalysisContext) -> str:
+    """The served model the reference (tokenizer, template, BOS) belongs to; "" = every request."""
+    return str(ctx.options.get("model") or "")
+
+
 def _unit_name(unit: Unit) -> str:
     return unit_label(make_unit(*unit))
 
@@ -75,13 +80,13 @@ _BOS_SOURCE = {
 }
 
 
-def _resolve_bos(ctx: AnalysisContext) -> BosRef | None:
+def _resolve_bos(ctx: AnalysisContext, model: str) -> BosRef | None:
     tok = ctx.tokenizer
     if tok is not None and getattr(tok, "bos_id", None) is not None:
         return BosRef(int(tok.bos_id), "tokenizer", {"bos_token": getattr(tok, "bos_token", None)})
     if ctx.options.get("bos_id") is not None:
         return BosRef(int(ctx.options["bos_id"]), "option", {})
-    total, top = q_template.first_id_counts(ctx.store, ctx.window())
+    total, top = q_template.first_id_counts(ctx.store, ctx.window(), model=model)
     if not total or not top:
         return None
     best = top[0]
@@ -112,10 +117,19 @@ def _pieces(ctx: AnalysisContext, ids: list[int]) -> list[str | None] | None:
 
 
 def _bos_findings(ctx: AnalysisContext) -> list[Finding]:
-    ref = _resolve_bos(ctx)
+    """With a reference (tokenizer, bos_id option) or a model named: that model's requests.
+    Otherwise the BOS is inferred model by model (one fleet may serve several, with other BOS IDs)."""
+    given = _model(ctx)
+    referenced = ctx.tokenizer is not None or ctx.options.get("bos_id") is not None
+    models = [given] if given or referenced else q_template.models(ctx.store, ctx.window())
+    return [f for m in models for f in _bos_findings_of(ctx, m, several=len(models) > 1)]
+
+
+def _bos_findings_of(ctx: AnalysisContext, model: str, *, several: bool) -> list[Finding]:
+    ref = _resolve_bos(ctx, model)
     if ref is None:
         return []
-    counts = q_template.bos_counts(ctx.store, ctx.window(), ref.bos_id, EXAMPLES)
+    counts = q_template.bos_counts(ctx.store, ctx.window(), ref.bos_id, EXAMPLES, model=model)
     tok = ctx.tokenizer
     add_bos = bool(getattr(tok, "add_bos", False)) if tok is not None else bool(ctx.options.get("add_bos", False))
     out: list[Finding] = []
@@ -130,6 +144,8 @@ def _bos_findings(ctx: AnalysisContext) -> list[Finding]:
             share = k / c.n
             head: list[int] = getattr(c, f"{attr}_head")
             what = "start with the BOS twice" if attr == "double" else "do not start with the BOS"
+            if several:
+                what += f" (model {model or '(unnamed)'})"
             out.append(
                 finding(
                     NAME,
@@ -146,6 +162,7 @@ def _bos_findings(ctx: AnalysisContext) -> list[Finding]:
                         "share": round(share, 4),
                         "bos_id": ref.bos_id,
                         "bos_source": ref.source,
+                        "model": model or None,
                         **ref.values,
                     },
                     evidence={
@@ -201,7 +218,7 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
     if not ctx.template:
         return []
     cap = int(ctx.options.get("template_sample", 200))
-    rows = q_template.prompt_sample(ctx.store, ctx.window(), cap, need_messages=True)
+    rows = q_template.prompt_sample(ctx.store, ctx.window(), cap, need_messages=True, model=_model(ctx))
     population = q_template.replica_request_counts(ctx.store, ctx.window())
     checked: Counter[Unit] = Counter()
     failed: Counter[Unit] = Counter()

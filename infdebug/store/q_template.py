@@ -11,7 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from infdebug.store.base import Store
+from infdebug.store.q_common import MODEL as _MODEL
 from infdebug.store.q_common import WINDOW as _WINDOW
+
+
+def models(store: Store, window: dict[str, Any]) -> list[str]:
+    """The served models in the window ("" for requests that name none), most requests first."""
+    _, rows = store.query(
+        f"""
+        SELECT ifNull(model, '') AS m, count() AS n FROM requests WHERE {_WINDOW}
+        GROUP BY m ORDER BY n DESC, m
+        """,
+        window,
+    )
+    return [str(r[0]) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -24,18 +37,21 @@ class FirstIdCount:
     text_head: str | None
 
 
-def first_id_counts(store: Store, window: dict[str, Any], limit: int = 5) -> tuple[int, list[FirstIdCount]]:
-    """Requests with prompt IDs in the window, and the most common first prompt IDs."""
+def first_id_counts(
+    store: Store, window: dict[str, Any], limit: int = 5, model: str = ""
+) -> tuple[int, list[FirstIdCount]]:
+    """Requests with prompt IDs in the window (of ``model`` where given), and the most common
+    first prompt IDs."""
     _, rows = store.query(
         f"""
         SELECT prompt_ids[1] AS first_id, count() AS n,
                anyIf(substring(prompt_text, 1, 64), prompt_text IS NOT NULL) AS head
         FROM requests
-        WHERE {_WINDOW} AND length(prompt_ids) > 0
+        WHERE {_WINDOW} AND {_MODEL} AND length(prompt_ids) > 0
         GROUP BY first_id
         ORDER BY n DESC, first_id
         """,
-        window,
+        dict(window, model=model),
     )
     total = sum(int(r[1]) for r in rows)
     return total, [FirstIdCount(int(r[0]), int(r[1]), r[2] if r[2] else None) for r in rows[:limit]]
@@ -60,8 +76,10 @@ class BosCounts:
     missing_head: list[int]
 
 
-def bos_counts(store: Store, window: dict[str, Any], bos_id: int, examples: int = 5) -> list[BosCounts]:
-    params = dict(window, bos=bos_id, examples=examples)
+def bos_counts(
+    store: Store, window: dict[str, Any], bos_id: int, examples: int = 5, model: str = ""
+) -> list[BosCounts]:
+    params = dict(window, bos=bos_id, examples=examples, model=model)
     double = "(length(prompt_ids) >= 2 AND prompt_ids[1] = {bos:UInt32} AND prompt_ids[2] = {bos:UInt32})"
     missing = "(prompt_ids[1] != {bos:UInt32})"
     _, rows = store.query(
@@ -79,7 +97,7 @@ def bos_counts(store: Store, window: dict[str, Any], bos_id: int, examples: int 
                           1, {{examples:UInt32}}) AS missing_ids,
                argMinIf(arraySlice(prompt_ids, 1, 8), t_arrival, {missing}) AS missing_head
         FROM requests
-        WHERE {_WINDOW} AND length(prompt_ids) > 0
+        WHERE {_WINDOW} AND {_MODEL} AND length(prompt_ids) > 0
         GROUP BY replica, deployment
         ORDER BY replica, deployment
         """,
@@ -166,7 +184,7 @@ def _messages(raw: Any) -> list[dict[str, Any]] | None:
 
 
 def prompt_sample(
-    store: Store, window: dict[str, Any], per_replica: int, *, need_messages: bool = False
+    store: Store, window: dict[str, Any], per_replica: int, *, need_messages: bool = False, model: str = ""
 ) -> list[PromptRow]:
     """Up to ``per_replica`` requests of each replica (and deployment), chosen by a hash of the request ID (the
     same requests whatever order they were ingested in), with their messages and prompt."""
@@ -174,13 +192,13 @@ def prompt_sample(
         f"""
         SELECT request_id, replica, deployment, model, t_arrival, messages, prompt_text, prompt_ids, template_fp
         FROM requests
-        WHERE {_WINDOW}
+        WHERE {_WINDOW} AND {_MODEL}
           AND (prompt_text IS NOT NULL OR length(prompt_ids) > 0)
           AND (NOT {{need_messages:Bool}} OR (messages IS NOT NULL AND messages != ''))
         ORDER BY replica, deployment, cityHash64(request_id), request_id
         LIMIT {{per_replica:UInt64}} BY replica, deployment
         """,
-        dict(window, per_replica=per_replica, need_messages=need_messages),
+        dict(window, per_replica=per_replica, need_messages=need_messages, model=model),
     )
     return [
         PromptRow(
