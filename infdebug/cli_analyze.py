@@ -110,8 +110,18 @@ def _load_reference(tokenizer: str | None, template: str | None, model: str | No
 
 def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> tuple[list[Finding], dict[str, str], int]:
     from infdebug.store.q_outputs import count_requests
+    from infdebug.store.q_template import models
 
     ctx = AnalysisContext(store=st, **ctx_kw)
+    if (ctx.tokenizer is not None or ctx.template) and not ctx.options.get("model"):
+        served = [m for m in models(st, ctx.window()) if m]
+        if len(served) > 1:
+            err_console.print(
+                f"[yellow]note:[/] the reference tokenizer/template is compared with every request, yet "
+                f"{len(served)} models are served ({', '.join(served[:5])}); name the one it belongs to "
+                "with --model-name",
+                highlight=False,
+            )
     findings, failed = run_all(ctx, only or None)
     return findings, failed, count_requests(st, ctx.window())
 

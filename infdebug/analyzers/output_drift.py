@@ -172,8 +172,11 @@ def tokenizer_eot_ids(tok: Any) -> set[int]:
     return ids
 
 
-def _eot_ids(ctx: AnalysisContext, shares: dict[int, float]) -> tuple[set[int], str]:
-    if ctx.tokenizer is not None:
+def _eot_ids(ctx: AnalysisContext, model: str, shares: dict[int, float]) -> tuple[set[int], str]:
+    """The reference tokenizer's end-of-turn IDs for the model it belongs to (``--model-name``;
+    every model when none is named), else the IDs the fleet's stop sets agree on."""
+    given = str(ctx.options.get("model") or "")
+    if ctx.tokenizer is not None and (not given or given == model):
         return tokenizer_eot_ids(ctx.tokenizer), "tokenizer"
     return {i for i, s in shares.items() if s >= EOT_QUORUM}, "fleet stop sets"
 
@@ -186,7 +189,7 @@ def stop_analyzer(ctx: AnalysisContext) -> list[Finding]:
     finishes = q.finish_counts(ctx.store, w)
     models = sorted({f.model for f in finishes} | set(shares))
     for model in models:
-        eot, source = _eot_ids(ctx, shares.get(model, {}))
+        eot, source = _eot_ids(ctx, model, shares.get(model, {}))
         if eot:
             out.extend(_eot_ignored(ctx, w, model, eot, source))
         out.extend(_runaway(ctx, model, [f for f in finishes if f.model == model]))
