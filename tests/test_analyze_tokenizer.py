@@ -156,7 +156,29 @@ def test_decode_mismatch_lost_space(
     assert ex["request_id"] == "req-10" and ex["first_differing_char"] == len("The answer is")
     assert ex["token_piece"] == "▁four"
     assert f.values["requests_affected"] == 1  # type: ignore[index]
+    assert f.evidence["cause"] == "lost_space"  # type: ignore[index]
     assert set(found) == {"tokenizer.decode_mismatch"}
+
+
+def test_decode_mismatch_split_utf8_and_kept_special_tokens(
+    store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]
+) -> None:
+    """An emoji whose bytes were detokenized apart is logged as U+FFFD: a split_utf8 mismatch.
+    Text logged with the special tokens kept (skip_special_tokens=False) is no mismatch."""
+    old, _ = phi3
+    good = "Sure 🙂 here it is."
+    ids = old.encode(good)
+    assert len(ids) > len(good.split())  # the emoji is byte-fallback pieces
+    end = old.tok.token_to_id("<|end|>")
+    recs = [_req(i, old, "r0", CHAT.format(q="Smile?"), output_text=good, output_ids=ids) for i in range(8)]
+    recs.append(_req(8, old, "r0", CHAT.format(q="Smile?"), output_text="Sure \ufffd here it is.", output_ids=ids))
+    recs.append(_req(9, old, "r0", CHAT.format(q="Smile?"), output_text=good + "<|end|>", output_ids=[*ids, end],
+                     finish_reason="length"))
+    _ingest(store, tmp_path, recs)
+    found = _kinds(tokenizer_drift(AnalysisContext(store=store, tokenizer=old)))
+    (f,) = found["tokenizer.decode_mismatch"]
+    assert f.evidence["cause"] == "split_utf8" and f.values["requests_affected"] == 1  # type: ignore[index]
+    assert f.evidence["request_ids"] == ["req-8"]  # type: ignore[index]
 
 
 def test_out_of_vocab(store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]) -> None:

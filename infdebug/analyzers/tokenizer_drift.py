@@ -19,7 +19,7 @@ replica, default 5,000: re-encoding runs at the tokenizer's own speed, about 1k
 from __future__ import annotations
 
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,11 +275,28 @@ def _encode_many(tok: Any, texts: list[str], add_special_tokens: bool) -> list[l
     return [tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
 
 
-def _decode_many(tok: Any, seqs: list[list[int]]) -> list[str]:
+def _decode_many(tok: Any, seqs: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
     inner = getattr(tok, "tok", None)
     if inner is not None and hasattr(inner, "decode_batch"):
-        return [str(s) for s in inner.decode_batch(seqs, skip_special_tokens=True)]
-    return [tok.decode(s, skip_special_tokens=True) for s in seqs]
+        return [str(s) for s in inner.decode_batch(seqs, skip_special_tokens=skip_special_tokens)]
+    return [tok.decode(s, skip_special_tokens=skip_special_tokens) for s in seqs]
+
+
+def classify_decode(decoded: str, logged: str) -> str:
+    """Why logged output text differs from the decode of its IDs: ``split_utf8`` (a U+FFFD
+    where the decode has a character: bytes of one character split across detokenization
+    steps), ``lost_space`` / ``extra_space`` (equal but for whitespace: an incremental
+    detokenizer dropping or doubling the space a piece carries), ``truncated`` / ``extended``
+    (one is a prefix of the other), else ``other``."""
+    if "\ufffd" in logged and "\ufffd" not in decoded:
+        return "split_utf8"
+    if "".join(decoded.split()) == "".join(logged.split()):
+        return "lost_space" if len(logged) < len(decoded) else "extra_space"
+    if decoded.startswith(logged):
+        return "truncated"
+    if logged.startswith(decoded):
+        return "extended"
+    return "other"
 
 
 def _reencode_findings(ctx: AnalysisContext) -> list[Finding]:
@@ -399,6 +416,14 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
             continue
         i = next((k for k, (x, y) in enumerate(zip(d, s.text, strict=False)) if x != y), min(len(d), len(s.text)))
         bad[s.replica].append((s, d, i))
+    # an engine asked to keep special tokens in the text (skip_special_tokens=False) is no bug
+    suspects = [s for items in bad.values() for s, _, _ in items]
+    kept = {s.request_id for s, d in zip(suspects, _decode_many(tok, [s.ids for s in suspects], False), strict=True)
+            if d == s.text} if suspects else set()
+    for rep in list(bad):
+        bad[rep] = [x for x in bad[rep] if x[0].request_id not in kept]
+        if not bad[rep]:
+            del bad[rep]
     totals = q.replica_totals(ctx.store, w, model)
     out = []
     for rep, items in sorted(bad.items()):
@@ -416,10 +441,13 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
         lo = max(0, i - CONTEXT_CHARS)
         n_checked = checked[rep]
         share = len(items) / n_checked
+        causes = Counter(classify_decode(dd, ss.text) for ss, dd, _ in items)
+        main = causes.most_common(1)[0][0]
         out.append(
             finding(
                 NAME, "tokenizer.decode_mismatch", "error" if share >= ERROR_SHARE else "warning",
-                f"{unit_label(rep)}: {len(items)} of {n_checked} checked outputs decode to other text than logged",
+                f"{unit_label(rep)}: {len(items)} of {n_checked} checked outputs decode to other text than logged "
+                f"(cause: {main})",
                 unit=rep,
                 t_start=s.t_arrival,
                 values={
@@ -428,8 +456,10 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
                     "share": share,
                     "requests": totals.get(rep, n_checked),
                     "sample_limit_per_replica": n,
+                    "causes": dict(causes.most_common()),
                 },
                 evidence={
+                    "cause": main,
                     "request_ids": sorted(x[0].request_id for x in items)[:MAX_IDS],
                     "first_seen": s.t_arrival,
                     "example": {
