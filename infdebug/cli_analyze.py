@@ -131,7 +131,8 @@ def _short(v: Any, limit: int = 120) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _print(findings: list[Finding], failed: dict[str, str], n_requests: int) -> None:
+def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: int) -> None:
+    """Findings grouped by severity, each with its key values and evidence."""
     if not findings:
         out_console.print(f"[green]no findings[/] over {n_requests} requests")
     for sev in ("error", "warning", "info"):
@@ -272,7 +273,7 @@ def analyze_cmd(
             doc["failed"] = failed
         print_json(doc)
     else:
-        _print(findings, failed, n_requests)
+        print_findings(findings, failed, n_requests)
 
     ran = [n for n in names if not only or n in only]
     if not ran or all(n in failed for n in ran):

@@ -1,9 +1,11 @@
 """The end-to-end fleet demo behind ``make demo`` (and how ``sample_logs/`` is made).
 
 1. make a small checkpoint (random weights, a tokenizer trained here, a chat template);
-2. start a 3-replica fleet with one injected fault (r3 decodes 1.5× slower; it is the canary);
+2. start a 3-replica fleet with injected faults (r3, the canary, decodes 1.5× slower and
+   encodes its prompts with a doubled BOS);
 3. replay a real workload trace (Azure LLM 2023, scaled to this machine) for about a minute;
-4. stop the fleet (SIGTERM: every replica flushes its trace), ingest the traces, print stats.
+4. stop the fleet (SIGTERM: every replica flushes its trace), ingest the traces, print stats,
+   run the analyzers (the model directory as reference) and print their findings.
 
     python -m infdebug.demo                       # ~1 minute of load
     python -m infdebug.demo --seconds 20 --out DIR  # traces kept in DIR
@@ -63,6 +65,24 @@ def run_fleet(model_dir: str, trace_dir: str, trace_path: str, *, seconds: float
     return summarize(run)
 
 
+def _analyze(st: Any, model_dir: str) -> None:
+    """Every analyzer over what was just ingested, with the served checkpoint's tokenizer and
+    chat template as the reference; the findings are stored and printed."""
+    from infdebug.analyzers.base import AnalysisContext, run_all
+    from infdebug.cli_analyze import print_findings
+    from infdebug.store.findings import store_findings
+    from infdebug.store.q_outputs import count_requests
+    from infdebug.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    ctx = AnalysisContext(store=st, tokenizer=tok, template=tok.chat_template)
+    findings, failed = run_all(ctx)
+    if findings:
+        store_findings(st, findings)
+    out_console.print("\n[bold]infdebug analyze[/] (reference: the served checkpoint's tokenizer and template)")
+    print_findings(findings, failed, count_requests(st, ctx.window()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("INFDEBUG_DEMO_SECONDS", "60")))
@@ -71,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", default=None, help="workload trace (Azure CSV or Mooncake JSONL)")
     ap.add_argument("--out", default=None, help="keep the fleet's trace files here")
     ap.add_argument("--inject", action="append", default=None, metavar="REPLICA:FAULT",
-                    help="faults (default: r3:slow=1.5)")
+                    help="faults (default: r3:slow=1.5 and r3:double-bos)")
     ap.add_argument("--deployment-of", action="append", default=None, metavar="REPLICA=LABEL",
                     help="labels (default: r1=stable r2=stable r3=canary)")
     ap.add_argument("--clean", action="store_true", help="inject no fault (a baseline fleet)")
@@ -92,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(trace_dir, exist_ok=True)
     t0 = time.time()
     summary = run_fleet(model_dir, trace_dir, find_trace(args.trace), seconds=args.seconds, rate=args.rate,
-                        injections=[] if args.clean else (args.inject if args.inject is not None else ["r3:slow=1.5"]),
+                        injections=[] if args.clean else (args.inject if args.inject is not None else ["r3:slow=1.5", "r3:double-bos"]),
                         deployments=args.deployment_of or ["r1=stable", "r2=stable", "r3=canary"],
                         base_port=args.base_port)
     tot: dict[str, Any] = summary.get("total") or {}
@@ -117,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if rows:
             out_console.print("start-up (s): " + "; ".join(f"{r} {n} {d}" for r, n, d in rows), highlight=False)
+        _analyze(st, model_dir)
     finally:
         st.close()
     out_console.print(
         "\nNext:\n"
         "  .venv/bin/infdebug stats --deployment canary\n"
+        "  .venv/bin/infdebug analyze --json --model " + model_dir + "\n"
         "  .venv/bin/infdebug query \"SELECT replica, max(temp_c), groupUniqArrayArray(throttle_reasons) "
         "FROM gpu_samples GROUP BY replica\"\n"
         "  .venv/bin/infdebug query \"SELECT replica, name, duration_s FROM events ORDER BY replica, t\"\n"
