@@ -411,6 +411,10 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
         # a stop string is cut from the text but its tokens stay in the IDs
         if s.finish_reason == "stop" and d.startswith(s.text):
             continue
+        # an output that ended inside a character: the detokenizer holds its first bytes back
+        # (vLLM and the reference engine alike), the decode shows them as U+FFFD
+        if d.endswith("\ufffd") and d.rstrip("\ufffd") == s.text:
+            continue
         # engines that decode the first SentencePiece token alone drop its leading space
         if d == " " + s.text or s.text == " " + d:
             continue
