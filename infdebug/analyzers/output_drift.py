@@ -259,6 +259,7 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
 def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -> list[Finding]:
     counts = {f.replica: (f.length, f.requests) for f in finishes}
     first = {f.replica: f.first_seen for f in finishes}
+    ids = {f.replica: f.length_request_ids for f in finishes}
     out: list[Finding] = []
     for t in compare_rates(counts, min_diff=0.10, min_ratio=2.0):
         if not t.flagged:
@@ -274,7 +275,8 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
                 unit=t.replica,
                 t_start=first.get(t.replica),
                 values={**t.values(), "model": model},
-                evidence={"first_seen": first.get(t.replica), "hint": "look for a missing end-of-turn ID "
+                evidence={"first_seen": first.get(t.replica), "request_ids": ids.get(t.replica, []),
+                          "hint": "look for a missing end-of-turn ID "
                           "in this replica's stop set (stop.end_of_turn_ignored) or a max_tokens change"},
             )
         )

@@ -35,8 +35,9 @@ class FinishCounts:
     replica: str
     requests: int
     length: int  # finish_reason = 'length'
-    first_seen: float
+    first_seen: float  # the first request that hit the cap (the first request when none did)
     last_seen: float
+    length_request_ids: list[str]  # the earliest ones that hit the cap
 
 
 def count_requests(store: Store, window: Mapping[str, Any]) -> int:
@@ -50,8 +51,10 @@ def finish_counts(store: Store, window: Mapping[str, Any]) -> list[FinishCounts]
     _, rows = _q(
         store,
         f"""
-        SELECT ifNull(model, '') AS m, {_UNIT} AS unit, count(), countIf(finish_reason = 'length'),
-               min(t_arrival), max(t_arrival)
+        SELECT ifNull(model, '') AS m, {_UNIT} AS unit, count(), countIf(finish_reason = 'length') AS n_len,
+               if(n_len > 0, minIf(t_arrival, finish_reason = 'length'), min(t_arrival)), max(t_arrival),
+               arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id),
+                                                                    finish_reason = 'length'))), 1, 10)
         FROM requests
         WHERE {_WINDOW} AND finish_reason IN ('stop', 'length')
         GROUP BY m, unit
@@ -60,7 +63,7 @@ def finish_counts(store: Store, window: Mapping[str, Any]) -> list[FinishCounts]
         _window(window),
     )
     return [
-        FinishCounts(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]))
+        FinishCounts(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), [str(x) for x in r[6]])
         for r in rows
     ]
 
