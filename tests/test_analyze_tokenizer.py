@@ -277,4 +277,27 @@ def test_fingerprint_and_ids_blame_the_same_replica_on_a_tie(
     fs = _kinds(tokenizer_drift(AnalysisContext(store=store)))
     (fp,) = fs["tokenizer.fingerprint_mismatch"]
     (ids,) = fs["tokenizer.cross_replica_ids"]
-    assert fp.scope["replica"] == ids.scope["replica"] == "r1"  # type: ignore[index]
+    # one replica each side: nothing tells which is off, so neither is blamed (a replica's
+    # name must never decide), and both findings say so and name both sides
+    assert "replica" not in (fp.scope or {}) and "replica" not in (ids.scope or {})
+    assert "no majority" in fp.summary and "no majority" in ids.summary
+    assert ids.evidence["replicas"] == ["r0 (stable)", "r1 (stable)"]  # type: ignore[index]
+    assert ids.values["decided"] is False  # type: ignore[index]
+
+
+def test_a_tie_is_decided_by_what_other_texts_showed(
+    store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]
+) -> None:
+    """Replica c uses the other tokenizer: texts seen on a, b and c blame c; a text seen only
+    on a and c (one each) is then c's too, never a's, whatever the names."""
+    old, new = phi3
+    recs = []
+    for i in range(30):
+        rep = "abc"[i % 3]
+        recs.append(_req(i, new if rep == "c" else old, rep, CHAT.format(q=QUESTIONS[i % 5])))
+    recs.append(_req(30, old, "a", CHAT.format(q="A lone question?")))
+    recs.append(_req(31, new, "c", CHAT.format(q="A lone question?")))
+    _ingest(store, tmp_path, recs)
+    fs = _kinds(tokenizer_drift(AnalysisContext(store=store)))
+    (ids,) = fs["tokenizer.cross_replica_ids"]
+    assert ids.scope["replica"] == "c" and ids.values["prompts_differing"] == 6  # type: ignore[index]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ NAME = "template"
 ERROR_SHARE = 0.01  # a fault on ≥ 1% of a replica's requests is an error
 INFER_BOS_SHARE = 0.95  # infer the BOS only when this share of prompts start with one ID
 RARE_SHARE = 0.01  # a skeleton below this share elsewhere is "new"
+FAMILY_SEP = "\x1f"  # family key: model, separator, role sequence
 NEW_SHARE = 0.10  # … when it is at least this share of one family's prompts here
 NEW_MIN = 3  # … and at least this many of them
 EXAMPLES = 5
@@ -328,7 +329,19 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
 class _Seen:
     n: int = 0
     first_seen: float = float("inf")
-    request_ids: list[str] | None = None
+    earliest: list[tuple[float, str]] = field(default_factory=list)  # (arrival, request ID)
+
+    def add(self, t: float, request_id: str) -> None:
+        self.n += 1
+        self.first_seen = min(self.first_seen, t)
+        self.earliest.append((t, request_id))
+        if len(self.earliest) > 8 * EXAMPLES:
+            self.earliest = sorted(self.earliest)[:EXAMPLES]
+
+    @property
+    def request_ids(self) -> list[str]:
+        """The earliest few (not the first read: the choice must not depend on row order)."""
+        return [r for _, r in sorted(self.earliest)[:EXAMPLES]]
 
 
 def _rare_skeletons(dist: dict[Any, dict[str, dict[str, _Seen]]], min_n: int) -> dict[Any, list[dict[str, Any]]]:
@@ -383,18 +396,21 @@ def _skeleton_finding(
 ) -> Finding:
     top = flagged[0]
     seen: _Seen = top["seen"]
+    model, _, roles = top["family"].partition(FAMILY_SEP)
+    of_model = f" of model {model}" if model else ""
     return finding(
         NAME,
         "template.new_skeleton",
         "warning",
         f"{who} renders prompts with a template skeleton {elsewhere} does not use "
-        f"({seen.n} of {top['n_family']} sampled '{top['family']}' prompts; "
+        f"({seen.n} of {top['n_family']} sampled '{roles}' prompts{of_model}; "
         f"{top['share_rest']:.1%} of {top['n_rest']} elsewhere)",
         replica=unit[0] if unit else None,
         deployment=unit[1] if unit else deployment,
         t_start=seen.first_seen,
         values={
-            "families_affected": [f["family"] for f in flagged],
+            "families_affected": [f["family"].partition(FAMILY_SEP)[2] for f in flagged],
+            "model": model or None,
             "requests": seen.n,
             "family_requests": top["n_family"],
             "share_elsewhere": round(top["share_rest"], 4),
@@ -404,7 +420,7 @@ def _skeleton_finding(
         evidence={
             "request_ids": seen.request_ids,
             "first_seen": seen.first_seen,
-            "family": top["family"],
+            "family": roles,
             "skeleton": short(top["skeleton"], 400),
             "fleet_skeleton": short(top["fleet_skeleton"], 400),
             "fleet_skeleton_requests": top["fleet_count"],
@@ -412,6 +428,17 @@ def _skeleton_finding(
             "diff_sides": f"logged = {who}'s skeleton, reference = the one {elsewhere} uses most",
         },
     )
+
+
+def _whole_deployment(dist: dict[Unit, dict[str, dict[str, _Seen]]], dep: str | None, flag: dict[str, Any]) -> bool:
+    """Every replica of ``dep`` that served the flagged family uses its new skeleton (≥ NEW_SHARE)."""
+    fam, sk = flag["family"], flag["skeleton"]
+    shares = []
+    for unit, fams in dist.items():
+        if unit[1] == dep and fam in fams:
+            n_fam = sum(x.n for x in fams[fam].values())
+            shares.append(fams[fam][sk].n / n_fam if sk in fams[fam] else 0.0)
+    return bool(shares) and min(shares) >= NEW_SHARE
 
 
 def _skeleton_findings(ctx: AnalysisContext) -> list[Finding]:
@@ -427,20 +454,21 @@ def _skeleton_findings(ctx: AnalysisContext) -> list[Finding]:
             text = ctx.tokenizer.decode(row.prompt_ids)
         if text is None:
             continue
-        sk, fam = skeleton(text, row.messages), family_of(row.messages)
-        for entry in (
-            dist[(row.replica, row.deployment)][fam].setdefault(sk, _Seen(request_ids=[])),
-            by_dep[row.deployment][fam].setdefault(sk, _Seen(request_ids=[])),
-        ):
-            entry.n += 1
-            entry.first_seen = min(entry.first_seen, row.t_arrival)
-            assert entry.request_ids is not None
-            if len(entry.request_ids) < EXAMPLES:
-                entry.request_ids.append(row.request_id)
+        # a family is one model's conversations of one role sequence: two models are two templates
+        fam = f"{row.model or ''}{FAMILY_SEP}{family_of(row.messages)}"
+        sk = skeleton(text, row.messages)
+        dist[(row.replica, row.deployment)][fam].setdefault(sk, _Seen()).add(row.t_arrival, row.request_id)
+        by_dep[row.deployment][fam].setdefault(sk, _Seen()).add(row.t_arrival, row.request_id)
     out: list[Finding] = []
     # A whole deployment on a new template (a canary rolled out with the hub's new revision):
     # its replicas agree with each other, so only the deployment-level comparison sees it.
-    dep_flags = _rare_skeletons(by_dep, min_n) if len(by_dep) > 1 else {}
+    # It is the deployment's only when every replica of it that served the family uses the
+    # new skeleton; one replica of several is named on its own (below).
+    dep_flags: dict[str | None, list[dict[str, Any]]] = {}
+    for dep, flagged in (_rare_skeletons(by_dep, min_n) if len(by_dep) > 1 else {}).items():
+        whole = [f for f in flagged if _whole_deployment(dist, dep, f)]
+        if whole:
+            dep_flags[dep] = whole
     for dep, flagged in sorted(dep_flags.items(), key=lambda kv: str(kv[0])):
         units = sorted(u for u in dist if u[1] == dep)
         only = units[0] if len(units) == 1 else None

@@ -7,6 +7,7 @@ date normalised).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -149,8 +150,36 @@ def skeleton(text: str, messages: list[dict[str, Any]] | None) -> str:
                 ok = False
         if ok:
             out.append(text[pos:])
-            return normalise_dates("".join(out))
-    return normalise_dates(mask_between_markers(text))
+            return mask_json(normalise_dates("".join(out)))
+    return mask_json(normalise_dates(mask_between_markers(text)))
+
+
+_JSON = json.JSONDecoder()
+
+
+def mask_json(text: str) -> str:
+    """Every JSON object or array in ``text`` as ``{json}``: the tool definitions a client
+    sends and the tool calls' names and arguments are content, not template, however the
+    template lays them out (Llama-3.1, Qwen2.5, Hermes all render them with ``tojson``)."""
+    out: list[str] = []
+    pos = i = 0
+    while True:
+        i = min((k for k in (text.find("{", i), text.find("[", i)) if k >= 0), default=-1)
+        if i < 0:
+            break
+        try:
+            value, end = _JSON.raw_decode(text, i)
+        except ValueError:
+            i += 1
+            continue
+        if isinstance(value, dict | list) and value:
+            out.append(text[pos:i])
+            out.append("{json}")
+            pos = i = end
+        else:
+            i += 1
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def family_of(messages: list[dict[str, Any]] | None) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from infdebug.analyzers.base import AnalysisContext, analyzer, finding
@@ -78,20 +78,16 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
             fps[v.fp].append(v)
         if len(fps) < 2:
             continue
-        # the majority fingerprint: most replicas, then most requests, then the one whose first
-        # replica name sorts first (the tie-break cross_replica_ids uses, so both agree)
+        # the majority fingerprint: served by strictly more replicas than any other; on a tie
+        # (two replicas, one each) nothing tells which is off, and no replica is blamed
         ranked = sorted(
             fps.items(),
-            key=lambda kv: (
-                -len({v.replica for v in kv[1]}),
-                -sum(v.requests for v in kv[1]),
-                min(v.replica for v in kv[1]),
-                kv[0],
-            ),
+            key=lambda kv: (-len({v.replica for v in kv[1]}), min(v.first_seen for v in kv[1]), kv[0]),
         )
+        decided = len({v.replica for v in ranked[0][1]}) > len({v.replica for v in ranked[1][1]})
         minority_units = sorted({v.replica for fp, vs in ranked[1:] for v in vs})
         minority_replicas = [unit_label(u) for u in minority_units]
-        scope_unit = minority_units[0] if len(minority_units) == 1 else None
+        scope_unit = minority_units[0] if len(minority_units) == 1 and decided else None
         by_fp = {
             fp: {
                 "replicas": [unit_label(u) for u in sorted({v.replica for v in vs})],
@@ -110,8 +106,10 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
             finding(
                 NAME, "tokenizer.fingerprint_mismatch", "error",
                 f"model {model or '(unnamed)'} is served with {len(fps)} tokenizer fingerprints; "
-                f"{', '.join(minority_replicas)} {'differs' if len(minority_replicas) == 1 else 'differ'} "
-                f"from the majority ({ranked[0][0]})",
+                + (f"{', '.join(minority_replicas)} {'differs' if len(minority_replicas) == 1 else 'differ'} "
+                   f"from the majority ({ranked[0][0]})" if decided else
+                   "no majority to tell which is off: "
+                   + "; ".join(f"{fp} on {', '.join(unit_label(v.replica) for v in vs)}" for fp, vs in ranked)),
                 unit=scope_unit,
                 t_start=first,
                 values={
@@ -122,7 +120,7 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
                 },
                 evidence={
                     "model": model,
-                    "majority_fingerprint": ranked[0][0],
+                    "majority_fingerprint": ranked[0][0] if decided else None,
                     "by_fingerprint": by_fp,
                     "replicas_off_majority": minority_replicas,
                     "first_seen": first,
@@ -146,54 +144,184 @@ def _leading_repeat(ids: list[int], ref_ids: list[int]) -> str | None:
     return None
 
 
+@dataclass
+class _Blame:
+    """The prompt texts one unit encoded otherwise than the reference side."""
+
+    prompts: int = 0
+    requests: int = 0
+    first_seen: float = float("inf")
+    ids: list[tuple[float, str]] = field(default_factory=list)  # (first seen, request ID)
+    example: tuple[float, str, q.TextVariant, q.TextVariant] | None = None  # (first, rid, this, reference)
+    reference_units: set[str] = field(default_factory=set)
+
+    def add(self, mine: q.TextVariant, ref: q.TextVariant, ref_units: set[str]) -> None:
+        self.prompts += 1
+        self.requests += mine.requests
+        self.first_seen = min(self.first_seen, mine.first_seen)
+        self.ids = sorted({*self.ids, *((mine.first_seen, r) for r in mine.request_ids)})[:MAX_IDS]
+        key = (mine.first_seen, mine.request_id)
+        if self.example is None or key < self.example[:2]:
+            self.example = (mine.first_seen, mine.request_id, mine, ref)
+        self.reference_units |= ref_units
+
+
+def _text_sides(variants: list[q.TextVariant]) -> dict[int, dict[str, q.TextVariant]]:
+    """ids hash → unit → its group, for one prompt text."""
+    sides: dict[int, dict[str, q.TextVariant]] = defaultdict(dict)
+    for v in variants:
+        sides[v.ids_hash][v.unit] = v
+    return sides
+
+
+def _earliest(side: dict[str, q.TextVariant]) -> q.TextVariant:
+    return min(side.values(), key=lambda v: (v.first_seen, v.request_id))
+
+
+def attribute_conflicts(
+    variants: list[q.TextVariant],
+) -> tuple[dict[tuple[str, str], _Blame], dict[str, list[dict[int, dict[str, q.TextVariant]]]]]:
+    """Which unit to blame for each prompt text logged with several ID sequences.
+
+    A text whose ID sequence is shared by strictly more units than any other is decided: the
+    units of every other sequence are blamed. A tie (two replicas, one each) is decided by
+    what the decided texts showed: when exactly one of the tied sequences has no blamed unit,
+    it is the reference. Nothing is ever decided by a replica's name or by request counts, so
+    renaming replicas or replaying traffic changes nothing. Returns the blames, keyed by
+    (model, unit), and per model the texts that stay undecided."""
+    texts: dict[tuple[str, int], list[q.TextVariant]] = defaultdict(list)
+    for v in variants:
+        texts[(v.model, v.text_hash)].append(v)
+    blames: dict[tuple[str, str], _Blame] = defaultdict(_Blame)
+    ties: list[tuple[str, dict[int, dict[str, q.TextVariant]]]] = []
+    for (model, _th), vs in sorted(texts.items()):
+        sides = _text_sides(vs)
+        ranked = sorted(sides, key=lambda h: -len(sides[h]))
+        if len(sides[ranked[0]]) > len(sides[ranked[1]]):
+            _blame_all(blames, model, sides, ranked[0])
+        else:
+            ties.append((model, sides))
+    undecided: dict[str, list[dict[int, dict[str, q.TextVariant]]]] = defaultdict(list)
+    blamed = {unit for (_m, unit) in blames}
+    for model, sides in ties:
+        top = max(len(units) for units in sides.values())
+        clean = [h for h, units in sides.items() if len(units) == top and not set(units) & blamed]
+        if len(clean) == 1:
+            _blame_all(blames, model, sides, clean[0])
+        else:
+            undecided[model].append(sides)
+    return dict(blames), dict(undecided)
+
+
+def _blame_all(
+    blames: dict[tuple[str, str], _Blame], model: str, sides: dict[int, dict[str, q.TextVariant]], ref_hash: int
+) -> None:
+    ref_side = sides[ref_hash]
+    ref = _earliest(ref_side)
+    for h, units in sides.items():
+        if h == ref_hash:
+            continue
+        for unit, mine in units.items():
+            blames[(model, unit)].add(mine, ref, set(ref_side))
+
+
+def _example(
+    ctx: AnalysisContext, w: dict[str, Any], this: q.TextVariant, ref: q.TextVariant
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The first diverging token of one conflicting text, both sides, and the cause when it
+    is a doubled / dropped first token."""
+    got = q.requests_by_id(ctx.store, w, [this.request_id, ref.request_id])
+    a, b = got.get((this.unit, this.request_id)), got.get((ref.unit, ref.request_id))
+    if a is None or b is None:
+        return None, None
+    (ids, text), (ref_ids, _) = a, b
+    i = _first_diff(ids, ref_ids)
+    if i is None:
+        return None, None
+    return {
+        "prompt_text": text[:200],
+        "first_diverging_index": i,
+        "this": {"replica": unit_label(this.unit), "request_id": this.request_id, **_side(ids, i, ctx.tokenizer)},
+        "reference": {"replica": unit_label(ref.unit), "request_id": ref.request_id,
+                      **_side(ref_ids, i, ctx.tokenizer)},
+    }, _leading_repeat(ids, ref_ids)
+
+
 def _cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
     w = ctx.window()
-    conflicts = q.cross_replica_conflicts(ctx.store, w)
-    if not conflicts:
+    variants = q.conflicting_variants(ctx.store, w)
+    if not variants:
         return []
+    blames, undecided = attribute_conflicts(variants)
     totals = q.replica_totals(ctx.store, w)
     out = []
-    for c in conflicts:
-        total = totals.get(c.replica, 0)
-        ex = q.prompt_variants(ctx.store, w, c.example_text_hash, [c.example_ids_hash, c.reference_ids_hash])
+    for (model, unit), bl in sorted(blames.items()):
+        total = totals.get(unit, 0)
+        assert bl.example is not None
+        example, cause = _example(ctx, w, bl.example[2], bl.example[3])
+        refs = sorted(bl.reference_units)
         evidence: dict[str, Any] = {
-            "model": c.model,
-            "reference_replicas": [unit_label(u) for u in c.reference_replicas],
-            "request_ids": c.request_ids[:MAX_IDS],
-            "first_seen": c.first_seen,
+            "model": model,
+            "reference_replicas": [unit_label(u) for u in refs[:20]],
+            "request_ids": [r for _, r in bl.ids],
+            "first_seen": bl.first_seen,
         }
-        if c.example_ids_hash in ex and c.reference_ids_hash in ex:
-            ids, rid, _rep, text = ex[c.example_ids_hash]
-            ref_ids, ref_rid, ref_rep, _ = ex[c.reference_ids_hash]
-            i = _first_diff(ids, ref_ids)
-            cause = _leading_repeat(ids, ref_ids)
-            if cause:
-                evidence["cause"] = cause
-            if i is not None:
-                evidence["example"] = {
-                    "prompt_text": text[:200],
-                    "first_diverging_index": i,
-                    "this": {"replica": unit_label(c.replica), "request_id": rid, **_side(ids, i, ctx.tokenizer)},
-                    "reference": {"replica": unit_label(ref_rep), "request_id": ref_rid,
-                                  **_side(ref_ids, i, ctx.tokenizer)},
-                }
+        if cause:
+            evidence["cause"] = cause
+        if example:
+            evidence["example"] = example
         out.append(
             finding(
-                NAME, "tokenizer.cross_replica_ids", _severity(c.requests, total),
-                f"{unit_label(c.replica)}: {c.prompts} prompt text(s) encoded to other IDs than on "
-                f"{', '.join(unit_label(u) for u in c.reference_replicas)} ({c.requests} of {total} requests)",
-                unit=c.replica,
-                t_start=c.first_seen,
+                NAME, "tokenizer.cross_replica_ids", _severity(bl.requests, total),
+                f"{unit_label(unit)}: {bl.prompts} prompt text(s) encoded to other IDs than on "
+                f"{', '.join(unit_label(u) for u in refs[:5])}{' …' if len(refs) > 5 else ''} "
+                f"({bl.requests} of {total} requests)",
+                unit=unit,
+                t_start=bl.first_seen,
                 values={
-                    "prompts_differing": c.prompts,
-                    "requests_affected": c.requests,
+                    "prompts_differing": bl.prompts,
+                    "requests_affected": bl.requests,
                     "requests": total,
-                    "share": c.requests / total if total else 0.0,
+                    "share": bl.requests / total if total else 0.0,
                 },
                 evidence=evidence,
             )
         )
+    for model, texts in sorted(undecided.items()):
+        out.append(_undecided_finding(ctx, w, model, texts))
     return out
+
+
+def _undecided_finding(
+    ctx: AnalysisContext, w: dict[str, Any], model: str, texts: list[dict[int, dict[str, q.TextVariant]]]
+) -> Finding:
+    """Texts encoded differently with no majority to tell which side is off (a fleet of two,
+    or an even split): one fleet-level finding naming every side."""
+    units = sorted({u for sides in texts for units in sides.values() for u in units})
+    requests = sum(v.requests for sides in texts for units in sides.values() for v in units.values())
+    first_text = min(texts, key=lambda sides: min((v.first_seen, v.request_id) for u in sides.values()
+                                                  for v in u.values()))
+    a, b = sorted((_earliest(units) for units in first_text.values()), key=lambda v: (v.first_seen, v.request_id))[:2]
+    example, cause = _example(ctx, w, a, b)
+    first = min(v.first_seen for sides in texts for units in sides.values() for v in units.values())
+    ids = sorted({(v.first_seen, r) for sides in texts for units in sides.values() for v in units.values()
+                  for r in v.request_ids})[:MAX_IDS]
+    total = sum(n for u, n in q.replica_totals(ctx.store, w).items() if u in units)
+    evidence: dict[str, Any] = {"model": model, "replicas": [unit_label(u) for u in units],
+                                "request_ids": [r for _, r in ids], "first_seen": first}
+    if cause:
+        evidence["cause"] = cause
+    if example:
+        evidence["example"] = example
+    return finding(
+        NAME, "tokenizer.cross_replica_ids", _severity(requests, total),
+        f"{', '.join(unit_label(u) for u in units[:5])}: {len(texts)} prompt text(s) encoded to different IDs "
+        "with no majority to tell which side is off (give --tokenizer to check each against the reference)",
+        t_start=first,
+        values={"prompts_differing": len(texts), "requests_affected": requests, "requests": total,
+                "share": requests / total if total else 0.0, "decided": False},
+        evidence=evidence,
+    )
 
 
 # --- re-encoding with the reference ---------------------------------------------------------

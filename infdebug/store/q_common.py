@@ -20,6 +20,13 @@ _SEP = "\x1f"  # ASCII unit separator: never part of a replica or deployment nam
 UNIT = r"concat(replica, '\x1F', ifNull(deployment, ''))"
 
 
+def earliest_ids(n: int, cond: str | None = None) -> str:
+    """SQL aggregate: the ``n`` earliest request IDs of a group (by arrival, then ID) — a
+    choice that does not depend on the order rows were ingested or read in."""
+    agg = f"groupArraySortedIf({n})((t_arrival, request_id), {cond})" if cond else f"groupArraySorted({n})((t_arrival, request_id))"
+    return f"arrayMap(x -> x.2, {agg})"
+
+
 def window_params(window: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """The bound parameters of ``WINDOW`` (from ``AnalysisContext.window()``) plus ``extra``."""
     p: dict[str, Any] = {

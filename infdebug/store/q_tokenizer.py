@@ -15,12 +15,8 @@ from infdebug.store.base import Store
 from infdebug.store.q_common import MODEL as _MODEL
 from infdebug.store.q_common import UNIT as _UNIT
 from infdebug.store.q_common import WINDOW as _WINDOW
+from infdebug.store.q_common import earliest_ids
 from infdebug.store.q_common import window_params as _params
-
-
-def _tuple(v: Any) -> list[Any]:
-    """A ClickHouse tuple as a list (Arrow hands tuples back as structs: dicts)."""
-    return list(v.values()) if isinstance(v, dict) else list(v)
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ def fingerprint_variants(store: Store, window: Mapping[str, Any]) -> list[Finger
     _, rows = store.query(
         f"""
         SELECT ifNull(model, '') AS m, tokenizer_fp AS fp, {_UNIT} AS unit, count() AS n,
-               min(t_arrival), max(t_arrival), groupArray(10)(request_id),
+               min(t_arrival), max(t_arrival), {earliest_ids(10)},
                arraySort(groupUniqArray(10)(ifNull(deployment, '')))
         FROM requests
         WHERE {_WINDOW} AND tokenizer_fp IS NOT NULL AND tokenizer_fp != ''
@@ -66,84 +62,59 @@ def replica_totals(store: Store, window: Mapping[str, Any], model: str = "") -> 
 
 
 @dataclass(frozen=True)
-class IdConflict:
-    """Prompts of ``model`` that ``replica`` encoded to other IDs than the fleet's majority."""
+class TextVariant:
+    """Requests of one unit that logged one prompt text (``text_hash``) with one sequence of
+    prompt IDs (``ids_hash``), where that text was logged with more than one sequence."""
 
     model: str
-    replica: str
-    prompts: int  # distinct prompt texts that differ
+    text_hash: int
+    ids_hash: int
+    unit: str
     requests: int
     first_seen: float
-    request_ids: list[str]
-    example_text_hash: int
-    example_ids_hash: int
-    reference_ids_hash: int
-    reference_replicas: list[str]
+    request_id: str  # the earliest
+    request_ids: list[str]  # the earliest few
 
 
-def cross_replica_conflicts(store: Store, window: Mapping[str, Any]) -> list[IdConflict]:
-    """Group requests by the hash of their prompt text; where one text has more than one
-    prompt-ID hash, the variant seen on the most replicas (then requests, then the one whose
-    first replica name sorts first, so a tie is broken the same way for every text) is the
-    reference, and every other variant counts against its replicas."""
+def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVariant]:
+    """Every (text, IDs, unit) group of the prompt texts that were logged with more than one
+    ID sequence (the same text, other IDs: one side encodes differently). A clean fleet has
+    none, so this returns nothing at any size."""
     _, rows = store.query(
         f"""
         WITH per AS (
             SELECT ifNull(model, '') AS m, cityHash64(prompt_text) AS th,
                    cityHash64(prompt_ids) AS ih, {_UNIT} AS unit,
-                   count() AS n, min(t_arrival) AS first, any(request_id) AS rid
+                   count() AS n, min(t_arrival) AS first, {earliest_ids(10)} AS rids
             FROM requests
             WHERE {_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
             GROUP BY m, th, ih, unit
-        ),
-        variants AS (
-            SELECT m, th, ih, uniqExact(unit) AS nrep, sum(n) AS nreq,
-                   arraySort(groupArray(unit)) AS reps
-            FROM per GROUP BY m, th, ih
-        ),
-        ref AS (
-            SELECT m, th, argMin(tuple(ih, reps), tuple(-toInt64(nrep), -toInt64(nreq), reps[1], ih)) AS r, count() AS nvar
-            FROM variants GROUP BY m, th HAVING nvar > 1
         )
-        SELECT per.m, per.unit, count() AS prompts, sum(per.n) AS reqs, min(per.first),
-               groupArray(10)(per.rid),
-               argMin(tuple(per.th, per.ih, tupleElement(ref.r, 1)), per.first) AS ex,
-               arraySort(groupUniqArrayArray(20)(tupleElement(ref.r, 2))) AS ref_reps
-        FROM per INNER JOIN ref ON per.m = ref.m AND per.th = ref.th
-        WHERE per.ih != tupleElement(ref.r, 1)
-        GROUP BY per.m, per.unit
-        ORDER BY per.m, per.unit
+        SELECT m, th, ih, unit, n, first, rids FROM per
+        WHERE (m, th) IN (SELECT m, th FROM per GROUP BY m, th HAVING uniqExact(ih) > 1)
+        ORDER BY m, th, ih, unit
         """,
         _params(window),
     )
-    out = []
-    for m, rep, prompts, reqs, first, rids, ex_raw, ref_reps in rows:
-        ex = _tuple(ex_raw)
-        out.append(
-            IdConflict(
-                model=str(m), replica=str(rep), prompts=int(prompts), requests=int(reqs),
-                first_seen=float(first), request_ids=sorted(rids), example_text_hash=int(ex[0]),
-                example_ids_hash=int(ex[1]), reference_ids_hash=int(ex[2]), reference_replicas=list(ref_reps),
-            )
-        )
-    return out
+    return [
+        TextVariant(str(m), int(th), int(ih), str(u), int(n), float(first), str(rids[0]), [str(x) for x in rids])
+        for m, th, ih, u, n, first, rids in rows
+    ]
 
 
-def prompt_variants(
-    store: Store, window: Mapping[str, Any], text_hash: int, ids_hashes: list[int]
-) -> dict[int, tuple[list[int], str, str, str]]:
-    """For one prompt text: each of ``ids_hashes`` → (prompt IDs, request ID, replica, text)."""
+def requests_by_id(
+    store: Store, window: Mapping[str, Any], request_ids: list[str]
+) -> dict[tuple[str, str], tuple[list[int], str]]:
+    """(unit, request ID) → (prompt IDs, prompt text) for the given request IDs."""
     _, rows = store.query(
         f"""
-        SELECT cityHash64(prompt_ids) AS ih, any(prompt_ids), min(request_id), min({_UNIT}), any(prompt_text)
+        SELECT {_UNIT} AS unit, request_id, prompt_ids, ifNull(prompt_text, '')
         FROM requests
-        WHERE {_WINDOW} AND prompt_text IS NOT NULL
-          AND cityHash64(prompt_text) = {{th:UInt64}} AND has({{hs:Array(UInt64)}}, cityHash64(prompt_ids))
-        GROUP BY ih
+        WHERE {_WINDOW} AND has({{ids:Array(String)}}, request_id)
         """,
-        _params(window, th=text_hash, hs=ids_hashes),
+        _params(window, ids=request_ids),
     )
-    return {int(h): (list(ids), str(rid), str(rep), str(txt)) for h, ids, rid, rep, txt in rows}
+    return {(str(u), str(rid)): ([int(x) for x in ids], str(txt)) for u, rid, ids, txt in rows}
 
 
 @dataclass(frozen=True)
@@ -164,7 +135,7 @@ def prompt_sample(
     _, rows = store.query(
         f"""
         SELECT {_UNIT} AS unit, cityHash64(prompt_text) AS th, any(prompt_text), any(prompt_ids),
-               count(), min(t_arrival), groupArray(10)(request_id)
+               count(), min(t_arrival), {earliest_ids(10)}
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
         GROUP BY unit, th, cityHash64(prompt_ids)
@@ -227,7 +198,7 @@ def id_ranges(store: Store, window: Mapping[str, Any], threshold: int = 2**32 - 
     _, rows = store.query(
         f"""
         SELECT m, unit, count(), max(mx), countIf(bad), minIf(t_arrival, bad),
-               groupArrayIf(10)(request_id, bad)
+               {earliest_ids(10, "bad")}
         FROM (
             SELECT ifNull(model, '') AS m, {_UNIT} AS unit, t_arrival, request_id,
                    greatest(arrayMax(prompt_ids), arrayMax(output_ids)) AS mx,
