@@ -223,7 +223,7 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
     population = q_template.replica_request_counts(ctx.store, ctx.window())
     checked: Counter[Unit] = Counter()
     failed: Counter[Unit] = Counter()
-    bad: dict[tuple[Unit, str], list[tuple[PromptRow, dict[str, Any]]]] = defaultdict(list)
+    bad: dict[Unit, list[tuple[PromptRow, str, dict[str, Any]]]] = defaultdict(list)
     for row in rows:
         unit = (row.replica, row.deployment)
         logged = row.prompt_text
@@ -244,10 +244,17 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
         except ChatTemplateError:
             ref_no_gen = None
         cls = classify_mismatch(logged, ref, ref_no_gen, row.messages)
-        bad[(unit, cls)].append((row, marker_diff(logged, ref)))
+        bad[unit].append((row, cls, marker_diff(logged, ref)))
     out: list[Finding] = []
-    for (unit, cls), items in sorted(bad.items(), key=lambda kv: (kv[0][0][0], str(kv[0][0][1]), kv[0][1])):
-        items.sort(key=lambda it: it[0].t_arrival)
+    # one finding per replica (one template change shows several classes across conversation
+    # shapes): the most common class names it, each class keeps its first example's diff
+    for unit, items in sorted(bad.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        items.sort(key=lambda it: (it[0].t_arrival, it[0].request_id))
+        classes = Counter(cls for _, cls, _ in items)
+        main = min(classes, key=lambda c: (-classes[c], c))
+        first_of: dict[str, dict[str, Any]] = {}
+        for row, cls, diff in items:
+            first_of.setdefault(cls, {"request_id": row.request_id, "diff": diff})
         share = len(items) / checked[unit]
         out.append(
             finding(
@@ -255,12 +262,14 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
                 "template.render_mismatch",
                 "error" if share >= ERROR_SHARE else "warning",
                 f"{len(items)} of {checked[unit]} sampled prompts on {_unit_name(unit)} ({share:.1%}) differ from "
-                f"the reference template's rendering: {cls}",
+                f"the reference template's rendering: {main}"
+                + (f" (also {', '.join(c for c in sorted(classes) if c != main)})" if len(classes) > 1 else ""),
                 replica=unit[0],
                 deployment=unit[1],
                 t_start=items[0][0].t_arrival,
                 values={
-                    "class": cls,
+                    "class": main,
+                    "classes": dict(sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))),
                     "checked": checked[unit],
                     "mismatched": len(items),
                     "share": round(share, 4),
@@ -271,7 +280,8 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
                 evidence={
                     "request_ids": [it[0].request_id for it in items[:EXAMPLES]],
                     "first_seen": items[0][0].t_arrival,
-                    "diff": items[0][1],
+                    "diff": first_of[main]["diff"],
+                    "diff_by_class": first_of,
                     "sampled": f"up to {cap} requests per replica, chosen by request-ID hash",
                 },
             )

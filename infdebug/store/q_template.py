@@ -192,11 +192,16 @@ def prompt_sample(
         f"""
         SELECT request_id, replica, deployment, model, t_arrival, messages, prompt_text, prompt_ids, template_fp
         FROM requests
-        WHERE {_WINDOW} AND {_MODEL}
-          AND (prompt_text IS NOT NULL OR length(prompt_ids) > 0)
-          AND (NOT {{need_messages:Bool}} OR (messages IS NOT NULL AND messages != ''))
+        WHERE (replica, ifNull(deployment, ''), request_id) IN (
+            -- the keys first, then the large columns of just those rows
+            SELECT replica, ifNull(deployment, ''), request_id FROM requests
+            WHERE {_WINDOW} AND {_MODEL}
+              AND (prompt_text IS NOT NULL OR length(prompt_ids) > 0)
+              AND (NOT {{need_messages:Bool}} OR (messages IS NOT NULL AND messages != ''))
+            ORDER BY replica, ifNull(deployment, ''), cityHash64(request_id), request_id
+            LIMIT {{per_replica:UInt64}} BY replica, ifNull(deployment, ''))
+          AND {_WINDOW} AND {_MODEL}
         ORDER BY replica, deployment, cityHash64(request_id), request_id
-        LIMIT {{per_replica:UInt64}} BY replica, deployment
         """,
         dict(window, per_replica=per_replica, need_messages=need_messages, model=model),
     )

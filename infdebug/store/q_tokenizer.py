@@ -135,18 +135,27 @@ def prompt_sample(
     _, rows = store.query(
         f"""
         SELECT {_UNIT} AS unit, cityHash64(prompt_text) AS th, any(prompt_text), any(prompt_ids),
-               count(), min(t_arrival), {earliest_ids(10)}
+               count(), min(t_arrival), {earliest_ids(10)}, cityHash64(prompt_ids) AS ih
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
-        GROUP BY unit, th, cityHash64(prompt_ids)
-        ORDER BY unit, th
-        LIMIT {{n:UInt64}} BY unit
+          -- the keys first (hashes only), then the texts and IDs of just those: grouping every
+          -- prompt with its text and IDs would hold them all in memory (8 GB at 1M requests)
+          AND ({_UNIT}, cityHash64(prompt_text), cityHash64(prompt_ids)) IN (
+              SELECT unit, th, ih FROM (
+                  SELECT {_UNIT} AS unit, cityHash64(prompt_text) AS th, cityHash64(prompt_ids) AS ih
+                  FROM requests
+                  WHERE {_WINDOW} AND {_MODEL} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
+                  GROUP BY unit, th, ih)
+              ORDER BY unit, th, ih
+              LIMIT {{n:UInt64}} BY unit)
+        GROUP BY unit, th, ih
+        ORDER BY unit, th, ih
         """,
         _params(window, n=per_replica, model=model),
     )
     return [
         PromptSample(str(r), str(txt), list(ids), int(n), float(first), list(rids))
-        for r, _th, txt, ids, n, first, rids in rows
+        for r, _th, txt, ids, n, first, rids, _ih in rows
     ]
 
 
