@@ -135,6 +135,41 @@ def test_eot_from_tokenizer_missing_from_stop_set(store: Store, tmp_path: Any) -
     assert ev["stop_ids_in_force"] == [1] and ev["first_eot_position"] == 2
 
 
+def test_real_qwen2_vocabulary_im_end_missing_from_one_replicas_stop_set(
+    store: Store, tmp_path: Any, shared_data: str
+) -> None:
+    """Qwen2's real vocabulary: <|im_end|> is 151645, <|endoftext|> 151643. Replica q2 was
+    started with only <|endoftext|> as its stop set (the generation config's eos list not
+    applied): its outputs run past <|im_end|> into a made-up next turn until the length cap."""
+    from infdebug.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(os.path.join(shared_data, "tokenizers", "qwen2-1.5b-instruct-finetune"))
+    im_end, eot = tok.tok.token_to_id("<|im_end|>"), tok.tok.token_to_id("<|endoftext|>")
+    assert (im_end, eot) == (151645, 151643)
+    answer = tok.encode("The answer is four.")
+    runaway = [*answer, im_end, *tok.encode("\n<|im_start|>user\nAnd five?<|im_end|>\n")]
+    recs = []
+    for i in range(90):
+        rep = f"q{i % 3}"
+        if rep == "q2":
+            recs.append(make_request(i, replica=rep, model="qwen2", output_ids=runaway, finish_reason="length",
+                                     sampling={"stop_ids": [eot]}))
+        else:
+            recs.append(make_request(i, replica=rep, model="qwen2", output_ids=[*answer, im_end],
+                                     finish_reason="stop", sampling={"stop_ids": [im_end, eot]}))
+    load(store, tmp_path, recs)
+    for reference in (None, tok):  # from the fleet's stop sets (2 of 3 hold 151645), or the tokenizer
+        found = [f for f in analyze(store, tokenizer=reference) if f.severity != "info"]
+        eot_f = [f for f in found if f.kind == "stop.end_of_turn_ignored"]
+        assert [(f.scope or {})["replica"] for f in eot_f] == ["q2"], reference
+        ev = eot_f[0].evidence or {}
+        assert ev["eot_id"] == 151645 and ev["eot_in_stop_set"] is False and ev["stop_ids_in_force"] == [eot]
+        assert ev["first_eot_position"] == len(answer)
+        if reference is not None:
+            assert ev["eot_piece"] == "<|im_end|>"
+        assert [(f.scope or {})["replica"] for f in found if f.kind == "stop.runaway_rate"] == ["q2"]
+
+
 def test_user_stop_token_is_not_end_of_turn(store: Store, tmp_path: Any) -> None:
     """One client's own stop token (newline 13) must not make every newline a finding."""
     recs = fleet(600)
