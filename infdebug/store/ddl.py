@@ -352,6 +352,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "events: replica lifecycle (process start … shutdown)", (TABLES["event"].ddl(),)),
     Migration(3, "profile_samples: py-spy host stacks per replica", (TABLES["profile"].ddl(),)),
+    Migration(
+        4,
+        "requests: prompt_text_hash, prompt_ids_hash (materialized at insert; what the drift analyzers "
+        "group and sample by, without reading the prompts)",
+        (
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_text_hash UInt64 "
+            "MATERIALIZED cityHash64(ifNull(prompt_text, ''))",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_ids_hash UInt64 MATERIALIZED cityHash64(prompt_ids)",
+        ),
+    ),
 )
 
 MIGRATIONS_DDL = """

@@ -83,8 +83,8 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
     _, rows = store.query(
         f"""
         WITH per AS (
-            SELECT ifNull(model, '') AS m, cityHash64(prompt_text) AS th,
-                   cityHash64(prompt_ids) AS ih, {_UNIT} AS unit,
+            SELECT ifNull(model, '') AS m, prompt_text_hash AS th,
+                   prompt_ids_hash AS ih, {_UNIT} AS unit,
                    count() AS n, min(t_arrival) AS first, {earliest_ids(10)} AS rids
             FROM requests
             WHERE {_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
@@ -134,15 +134,15 @@ def prompt_sample(
     the text's hash (deterministic, spread over the window)."""
     _, rows = store.query(
         f"""
-        SELECT {_UNIT} AS unit, cityHash64(prompt_text) AS th, any(prompt_text), any(prompt_ids),
-               count(), min(t_arrival), {earliest_ids(10)}, cityHash64(prompt_ids) AS ih
+        SELECT {_UNIT} AS unit, prompt_text_hash AS th, any(prompt_text), any(prompt_ids),
+               count(), min(t_arrival), {earliest_ids(10)}, prompt_ids_hash AS ih
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
-          -- the keys first (hashes only), then the texts and IDs of just those: grouping every
-          -- prompt with its text and IDs would hold them all in memory (8 GB at 1M requests)
-          AND ({_UNIT}, cityHash64(prompt_text), cityHash64(prompt_ids)) IN (
+          -- the keys first (the hash columns ingest materialized: no prompt is read), then the
+          -- texts and IDs of just those (grouping every prompt would hold them all: 8 GB at 1M)
+          AND ({_UNIT}, prompt_text_hash, prompt_ids_hash) IN (
               SELECT unit, th, ih FROM (
-                  SELECT {_UNIT} AS unit, cityHash64(prompt_text) AS th, cityHash64(prompt_ids) AS ih
+                  SELECT {_UNIT} AS unit, prompt_text_hash AS th, prompt_ids_hash AS ih
                   FROM requests
                   WHERE {_WINDOW} AND {_MODEL} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
                   GROUP BY unit, th, ih)
