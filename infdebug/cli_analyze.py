@@ -122,7 +122,13 @@ def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> tuple[list[F
                 "with --model-name",
                 highlight=False,
             )
-    findings, failed = run_all(ctx, only or None)
+    if err_console.is_terminal:  # progress on long work (a million requests take ~30 s)
+        with err_console.status("analyzing …") as status:
+            findings, failed = run_all(
+                ctx, only or None, lambda name, i, n: status.update(f"analyzing: {name} ({i + 1}/{n}) …")
+            )
+    else:
+        findings, failed = run_all(ctx, only or None)
     return findings, failed, count_requests(st, ctx.window())
 
 

@@ -99,16 +99,22 @@ def finding(
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
-def run_all(ctx: AnalysisContext, names: list[str] | None = None) -> tuple[list[Finding], dict[str, str]]:
+def run_all(
+    ctx: AnalysisContext,
+    names: list[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[list[Finding], dict[str, str]]:
     """Run every registered analyzer (or ``names``); an analyzer that fails is reported in
-    the second value (name → error) and never stops the others."""
+    the second value (name → error) and never stops the others. ``progress(name, i, n)`` is
+    called before each."""
     from infdebug import analyzers as _pkg  # noqa: F401 - importing registers them
 
     out: list[Finding] = []
     failed: dict[str, str] = {}
-    for name, fn in sorted(ANALYZERS.items()):
-        if names and name not in names:
-            continue
+    todo = [(name, fn) for name, fn in sorted(ANALYZERS.items()) if not names or name in names]
+    for i, (name, fn) in enumerate(todo):
+        if progress is not None:
+            progress(name, i, len(todo))
         try:
             out.extend(fn(ctx))
         except Exception as e:  # one analyzer's bug must not hide the others' findings
