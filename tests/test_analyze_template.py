@@ -346,3 +346,32 @@ def test_no_bos_inferred_when_prompts_start_with_text(store: Store, tmp_path: An
     recs = [make_request(i, prompt_text=f"hello {i}", prompt_ids=[22, 22, 5 + i], messages=None) for i in range(30)]
     ingest(store, tmp_path, recs)
     assert above_info(template_drift(AnalysisContext(store=store))) == []
+
+
+@pytest.mark.parametrize("name", ["llama3.1.jinja", "qwen2.5.jinja"])
+def test_skeleton_masks_tool_definitions_and_calls(shared_data: str, name: str) -> None:
+    """Tools a client sends and the calls' arguments are content: two clients with other tools
+    and other arguments render to one skeleton on the real Llama-3.1 and Qwen2.5 templates."""
+    from infdebug.analyzers.template_text import mask_json
+
+    tpl = template(shared_data, name)
+
+    def tool(fn: str, param: str) -> dict[str, Any]:
+        return {"type": "function", "function": {"name": fn, "description": f"Look up {param}.",
+                "parameters": {"type": "object", "properties": {param: {"type": "string"}}, "required": [param]}}}
+
+    def render(fn: str, param: str, value: str) -> tuple[str, list[dict[str, Any]]]:
+        msgs: list[dict[str, Any]] = [
+            {"role": "user", "content": f"What about {value}?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": fn, "arguments": {param: value}}}]},
+            {"role": "tool", "content": f"{value}: fine"},
+        ]
+        return render_chat(tpl, msgs, tools=[tool(fn, param)], bos_token="<|begin_of_text|>",
+                           date_string="26 Jul 2024"), msgs
+
+    a, ma = render("get_weather", "city", "Paris")
+    b, mb = render("find_flight", "airport", "Tokyo Haneda")
+    assert a != b and skeleton(a, ma) == skeleton(b, mb)
+    # templates that print a call's Python repr instead of JSON
+    assert mask_json("[TOOL_CALLS] [{'name': 'f', 'arguments': {'q': \"it's\"}}]</s>") == "[TOOL_CALLS] {json}</s>"

@@ -7,6 +7,7 @@ date normalised).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any
@@ -155,12 +156,41 @@ def skeleton(text: str, messages: list[dict[str, Any]] | None) -> str:
 
 
 _JSON = json.JSONDecoder()
+_CLOSE = {"{": "}", "[": "]"}
+
+
+def _python_literal(text: str, i: int) -> tuple[Any, int]:
+    """A Python dict/list literal starting at ``i`` (templates that print a tool call without
+    ``tojson`` show its repr: ``{'name': 'f', 'arguments': {...}}``), and where it ends."""
+    depth, quote, k = 0, "", i
+    while k < len(text):
+        c = text[k]
+        if quote:
+            if c == "\\":
+                k += 1
+            elif c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c in _CLOSE:
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                try:
+                    value = ast.literal_eval(text[i : k + 1])
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    return None, i
+                return (value, k + 1) if isinstance(value, dict | list) else (None, i)
+        k += 1
+    return None, i
 
 
 def mask_json(text: str) -> str:
-    """Every JSON object or array in ``text`` as ``{json}``: the tool definitions a client
-    sends and the tool calls' names and arguments are content, not template, however the
-    template lays them out (Llama-3.1, Qwen2.5, Hermes all render them with ``tojson``)."""
+    """Every JSON object or array (or Python dict/list literal) in ``text`` as ``{json}``: the
+    tool definitions a client sends and the tool calls' names and arguments are content, not
+    template, however the template lays them out (Llama-3.1, Qwen2.5, Hermes render them with
+    ``tojson``; others print the Python repr)."""
     out: list[str] = []
     pos = i = 0
     while True:
@@ -170,8 +200,10 @@ def mask_json(text: str) -> str:
         try:
             value, end = _JSON.raw_decode(text, i)
         except ValueError:
-            i += 1
-            continue
+            value, end = _python_literal(text, i)
+            if value is None:
+                i += 1
+                continue
         if isinstance(value, dict | list) and value:
             out.append(text[pos:i])
             out.append("{json}")
