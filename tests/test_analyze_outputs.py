@@ -305,3 +305,24 @@ def test_same_findings_with_replicas_renamed_or_reordered(
         load(store, tmp_path, batch, name=f"log-{seed}-{k}.jsonl")
         results.append(analyze(store))
     assert _normal(results[0], {}) == _normal(results[1], rename)
+
+
+def test_a_whole_canary_deployment_running_away_is_found_at_deployment_level(store: Store, tmp_path: Any) -> None:
+    """Five canary replicas all run to the length cap on 40% of requests, four baseline ones on
+    5%: against the rest pooled (its four siblings included) no canary replica stands out
+    2×, so only deployment against deployment finds it."""
+    rng = random.Random(5)
+    recs = []
+    for i in range(1800):
+        canary = i % 9 < 5
+        rep, dep = (f"c{i % 9}", "canary") if canary else (f"b{i % 9}", "baseline")
+        length = rng.random() < (0.40 if canary else 0.05)
+        out = [rng.randrange(10, 30000) for _ in range(rng.randrange(5, 40))] + ([] if length else [EOS])
+        recs.append(make_request(i, replica=rep, deployment=dep, output_ids=out,
+                                 finish_reason="length" if length else "stop"))
+    load(store, tmp_path, recs)
+    found = [f for f in analyze(store) if f.kind == "stop.runaway_rate"]
+    assert [(f.scope or {}).get("deployment") for f in found] == ["canary"]
+    assert "replica" not in (found[0].scope or {}) and found[0].severity == "error"  # 37% vs 5%
+    assert found[0].values is not None and len(found[0].values["replicas"]) == 5
+    assert found[0].evidence is not None and found[0].evidence["request_ids"]

@@ -22,14 +22,14 @@ effect, so that a large fleet does not turn tiny differences into findings.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from infdebug.analyzers.base import AnalysisContext, analyzer, finding
 from infdebug.schema import Finding
 from infdebug.store import q_outputs as q
-from infdebug.store.q_common import unit_label
+from infdebug.store.q_common import split_unit, unit_label
 
 MIN_REQUESTS = 30
 ALPHA = 0.01
@@ -147,6 +147,30 @@ def compare_rates(
     return out
 
 
+def whole_deployments(
+    counts: dict[str, tuple[int, int]], *, min_diff: float, min_ratio: float
+) -> dict[str, RateTest]:
+    """Deployments (of two or more replicas) whose rate is above the other deployments' —
+    tested deployment against the rest pooled, like ``compare_rates`` — and on every one of
+    their replicas alike. A canary whose replicas all misbehave hides from the replica-level
+    test (each replica's siblings raise the rest's rate); this one sees it. Keys: the
+    deployment ("" for none)."""
+    by_dep: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for unit, kn in counts.items():
+        by_dep[split_unit(unit)[1] or ""].append(kn)
+    if len(by_dep) < 2:
+        return {}
+    pooled = {d: (sum(k for k, _ in v), sum(n for _, n in v)) for d, v in by_dep.items()}
+    out = {}
+    for t in compare_rates(pooled, min_diff=min_diff, min_ratio=min_ratio):
+        units = by_dep[t.replica]
+        if not t.flagged or len(units) < 2:
+            continue
+        if all(n and k / n - t.rest_rate >= min_diff and k / n >= min_ratio * t.rest_rate for k, n in units):
+            out[t.replica] = t
+    return out
+
+
 # --- stop.* ---------------------------------------------------------------------------------
 
 
@@ -261,8 +285,27 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
     first = {f.replica: f.first_seen for f in finishes}
     ids = {f.replica: f.length_request_ids for f in finishes}
     out: list[Finding] = []
+    deps = whole_deployments(counts, min_diff=0.10, min_ratio=2.0)
+    for dep, t in sorted(deps.items()):
+        mine = sorted(u for u in counts if (split_unit(u)[1] or "") == dep)
+        out.append(
+            finding(
+                "stop",
+                "stop.runaway_rate",
+                "error" if t.rate - t.rest_rate >= 0.30 else "warning",
+                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {t.rate:.1%} of requests ran to the "
+                f"length cap vs {t.rest_rate:.1%} on the other deployments (p={t.p_holm:.2g}, Holm)",
+                deployment=dep or None,
+                t_start=min(first[u] for u in mine),
+                values={**t.values(), "model": model, "replicas": [unit_label(u) for u in mine]},
+                evidence={"first_seen": min(first[u] for u in mine),
+                          "request_ids": sorted({i for u in mine for i in ids.get(u, [])})[:EVIDENCE_IDS],
+                          "hint": "look for a missing end-of-turn ID in this deployment's stop set "
+                          "(stop.end_of_turn_ignored) or a max_tokens change"},
+            )
+        )
     for t in compare_rates(counts, min_diff=0.10, min_ratio=2.0):
-        if not t.flagged:
+        if not t.flagged or (split_unit(t.replica)[1] or "") in deps:
             continue
         severity = "error" if t.rate - t.rest_rate >= 0.30 else "warning"
         out.append(
@@ -329,9 +372,31 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
     tests = {t.replica: t for t in compare_rates(counts, min_diff=0.02, min_ratio=2.0)}
     capped = {rc.replica: rc.capped for rc in cands}
     out: list[Finding] = []
+    deps = whole_deployments(counts, min_diff=0.02, min_ratio=2.0)
+    for dep, dt in sorted(deps.items()):
+        mine = sorted(u for u in counts if (split_unit(u)[1] or "") == dep)
+        found_dep = sorted((x for u in mine for x in cases[u]), key=lambda x: (x[1], x[0]))
+        loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found_dep)
+        (top_ids, top_period), _ = min(loops.items(), key=lambda kv: (-kv[1], kv[0]))
+        out.append(
+            finding(
+                "repetition",
+                "output.repetition",
+                "error" if dt.rate >= 0.20 else "warning",
+                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {dt.k} of {dt.n} outputs ({dt.rate:.1%}) "
+                f"end in a loop vs {dt.rest_rate:.1%} on the other deployments (p={dt.p_holm:.2g}, Holm); "
+                f"most common {list(top_ids)}",
+                deployment=dep or None,
+                t_start=found_dep[0][1] if found_dep else None,
+                values={**dt.values(), "replicas": [unit_label(u) for u in mine]},
+                evidence={"request_ids": [rid for rid, _, _ in found_dep[:EVIDENCE_IDS]],
+                          "first_seen": found_dep[0][1] if found_dep else None,
+                          "loop_ids": list(top_ids), "period": top_period},
+            )
+        )
     for rep in sorted(cases):
         found = cases[rep]
-        if not found:
+        if not found or (split_unit(rep)[1] or "") in deps:
             continue
         k, n = counts[rep]
         rate = k / n if n else 0.0
