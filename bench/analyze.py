@@ -236,8 +236,8 @@ def _wrappers(clock: Clock) -> list[tuple[Any, str, Any]]:
         return module, name, clock.wrap(key, getattr(module, name, None), keep)
 
     def ids(part: str) -> tuple[Any, str, Any]:  # timed on its own and within "tok.ids"
-        fn = getattr(td, f"_{part}_findings", None)
-        return td, f"_{part}_findings", clock.wrap("tok.ids", clock.wrap(f"tok.{part}", fn))
+        fn = getattr(td, f"{part}_findings", None)  # tokenizer_ids' checks, as tokenizer_drift calls them
+        return td, f"{part}_findings", clock.wrap("tok.ids", clock.wrap(f"tok.{part}", fn))
 
     return [
         *(w(f"tpl.{part}", tpl, f"_{part}_findings") for part in ("bos", "render", "fingerprint", "skeleton")),
