@@ -301,3 +301,19 @@ def test_a_tie_is_decided_by_what_other_texts_showed(
     fs = _kinds(tokenizer_drift(AnalysisContext(store=store)))
     (ids,) = fs["tokenizer.cross_replica_ids"]
     assert ids.scope["replica"] == "c" and ids.values["prompts_differing"] == 6  # type: ignore[index]
+
+
+@pytest.mark.parametrize("doubled", ["a", "z"])
+def test_a_tie_against_a_doubled_first_token_blames_the_doubled_side(store: Store, tmp_path: Path, doubled: str) -> None:
+    """Two replicas, one each side of every text (no majority), but one side starts with one
+    ID twice: a doubled BOS is never the right encoding, whatever the replica is called."""
+    clean = "z" if doubled == "a" else "a"
+    recs = []
+    for i in range(20):
+        text, ids = f"<s>question {i}", [1, 500 + i, 900]
+        recs.append(make_request(i, replica=clean, prompt_text=text, prompt_ids=ids))
+        recs.append(make_request(100 + i, replica=doubled, prompt_text=text, prompt_ids=[1, *ids]))
+    _ingest(store, tmp_path, recs)
+    (ids_f,) = _kinds(tokenizer_drift(AnalysisContext(store=store)))["tokenizer.cross_replica_ids"]
+    assert ids_f.scope["replica"] == doubled  # type: ignore[index]
+    assert ids_f.evidence["cause"] == "doubled_first_token"  # type: ignore[index]

@@ -177,7 +177,8 @@ def attribute_conflicts(
     A text whose ID sequence is shared by strictly more units than any other is decided: the
     units of every other sequence are blamed. A tie (two replicas, one each) is decided by
     what the decided texts showed: when exactly one of the tied sequences has no blamed unit,
-    it is the reference. Nothing is ever decided by a replica's name or by request counts, so
+    it is the reference (a sequence starting with one ID twice, a doubled BOS, counts as
+    suspect too). Nothing is ever decided by a replica's name or by request counts, so
     renaming replicas or replaying traffic changes nothing. Returns the blames, keyed by
     (model, unit), and per model the texts that stay undecided."""
     texts: dict[tuple[str, int], list[q.TextVariant]] = defaultdict(list)
@@ -196,7 +197,10 @@ def attribute_conflicts(
     blamed = {unit for (_m, unit) in blames}
     for model, sides in ties:
         top = max(len(units) for units in sides.values())
-        clean = [h for h, units in sides.items() if len(units) == top and not set(units) & blamed]
+        # not suspect: no unit blamed on other texts, and not starting with one ID twice (a
+        # doubled BOS is never the right encoding)
+        clean = [h for h, units in sides.items() if len(units) == top and not set(units) & blamed
+                 and not any(v.doubled_first for v in units.values())]
         if len(clean) == 1:
             _blame_all(blames, model, sides, clean[0])
         else:

@@ -74,6 +74,7 @@ class TextVariant:
     first_seen: float
     request_id: str  # the earliest
     request_ids: list[str]  # the earliest few
+    doubled_first: bool  # the IDs start with one ID twice (a doubled BOS)
 
 
 def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVariant]:
@@ -85,20 +86,22 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
         WITH per AS (
             SELECT ifNull(model, '') AS m, prompt_text_hash AS th,
                    prompt_ids_hash AS ih, {_UNIT} AS unit,
-                   count() AS n, min(t_arrival) AS first, {earliest_ids(10)} AS rids
+                   count() AS n, min(t_arrival) AS first, {earliest_ids(10)} AS rids,
+                   max(length(prompt_ids) >= 2 AND prompt_ids[1] = prompt_ids[2]) AS doubled
             FROM requests
             WHERE {_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
             GROUP BY m, th, ih, unit
         )
-        SELECT m, th, ih, unit, n, first, rids FROM per
+        SELECT m, th, ih, unit, n, first, rids, doubled FROM per
         WHERE (m, th) IN (SELECT m, th FROM per GROUP BY m, th HAVING uniqExact(ih) > 1)
         ORDER BY m, th, ih, unit
         """,
         _params(window),
     )
     return [
-        TextVariant(str(m), int(th), int(ih), str(u), int(n), float(first), str(rids[0]), [str(x) for x in rids])
-        for m, th, ih, u, n, first, rids in rows
+        TextVariant(str(m), int(th), int(ih), str(u), int(n), float(first), str(rids[0]), [str(x) for x in rids],
+                    bool(doubled))
+        for m, th, ih, u, n, first, rids, doubled in rows
     ]
 
 
