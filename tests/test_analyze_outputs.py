@@ -250,6 +250,28 @@ def test_repetition_flags_the_looping_replica(store: Store, tmp_path: Any) -> No
     assert ev["examples"][0]["repeats"] == 20
 
 
+@pytest.mark.parametrize(
+    ("looping", "expected"),
+    [
+        ({"r0": 4, "r1": 3, "r2": 3}, {"r0": "info", "r1": "info", "r2": "info"}),  # the model's own loops
+        ({"r0": 5, "r1": 0, "r2": 0}, {"r0": "error"}),  # one replica loops, the others never
+    ],
+    ids=["alike", "one-replica"],
+)
+def test_repetition_on_a_small_fleet_compares_descriptively(
+    store: Store, tmp_path: Any, looping: dict[str, int], expected: dict[str, str]
+) -> None:
+    """Eight requests per replica: too few for the Fisher test, yet the rest of the fleet says
+    whether the loops are the model's (alike: info) or one replica's (error)."""
+
+    def fault(i: int, rep: str, out: list[int], finish: str) -> tuple[list[int], str]:
+        return (out[:5] + [9] * 12, "length") if i // 3 < looping[rep] else (out, finish)
+
+    load(store, tmp_path, fleet(24, fault=fault))
+    found = {(f.scope or {})["replica"]: f.severity for f in analyze(store) if f.kind == "output.repetition"}
+    assert found == expected
+
+
 def test_findings_are_stored(store: Store, tmp_path: Any) -> None:
     recs = fleet(300, fault=lambda i, rep, out, fin: (out + [13] * 12, "length") if rep == "r0" else (out, fin))
     load(store, tmp_path, recs)

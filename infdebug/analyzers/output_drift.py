@@ -32,6 +32,7 @@ from infdebug.store import q_outputs as q
 from infdebug.store.q_common import split_unit, unit_label
 
 MIN_REQUESTS = 30
+MIN_LOOK = 10  # fewer requests in the rest of the fleet: nothing to compare with
 ALPHA = 0.01
 EOT_QUORUM = 0.25  # share of a model's stop sets an ID must be in to count as end-of-turn
 WELL_KNOWN_EOT = (
@@ -404,10 +405,15 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
         absolute = rate >= 0.05 and k >= 3
         vs_fleet = t is not None and t.flagged
         # A high rate the rest of the fleet shares alike is the model's (or greedy decoding's)
-        # nature, not drift on this replica: info. With no fleet to compare with, a high rate
-        # cannot be put down to the model, so it stays a warning.
-        alone = sum(m for r, (_, m) in counts.items() if r != rep) < MIN_REQUESTS
-        if vs_fleet or (absolute and alone):
+        # nature, not drift on this replica: info. Too few requests for the test: compared
+        # descriptively (alike = within 2× or 5 points of the rest). With no fleet to compare
+        # with at all, a high rate cannot be put down to the model, so it stays a warning.
+        rest_k = sum(kk for r, (kk, _) in counts.items() if r != rep)
+        rest_n = sum(nn for r, (_, nn) in counts.items() if r != rep)
+        alone = rest_n < MIN_LOOK
+        rest_rate = rest_k / rest_n if rest_n else 0.0
+        alike = not alone and rate <= max(2 * rest_rate, rest_rate + 0.05)
+        if vs_fleet or (absolute and t is None and not alike):
             severity = "error" if rate >= 0.20 else "warning"
         else:
             severity = "info"
@@ -417,11 +423,11 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
         why = []
         if vs_fleet and t is not None:
             why.append(f"vs {t.rest_rate:.1%} on the rest of the fleet, p={t.p_holm:.2g} Holm")
-        elif t is not None and absolute:
-            why.append(f"the rest of the fleet loops alike, {t.rest_rate:.1%}: the model's own behaviour, "
+        elif absolute and (t is not None or alike):
+            why.append(f"the rest of the fleet loops alike, {rest_rate:.1%}: the model's own behaviour, "
                        "not this replica's")
         elif absolute and not alone:
-            why.append(f"too few requests here (< {MIN_REQUESTS}) to compare with the fleet")
+            why.append(f"vs {rest_rate:.1%} on the rest; too few requests (< {MIN_REQUESTS}) for a test")
         elif absolute:
             why.append("≥ 5 % of its outputs, no fleet to compare with")
         values: dict[str, Any] = {"count": k, "requests": n, "rate": round(rate, 6),
