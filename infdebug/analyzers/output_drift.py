@@ -148,6 +148,11 @@ def compare_rates(
     return out
 
 
+def _units_of(counts: dict[str, tuple[int, int]], dep: str) -> list[str]:
+    """The units of deployment ``dep`` ("" for none) among ``counts``' keys."""
+    return sorted(u for u in counts if (split_unit(u)[1] or "") == dep)
+
+
 def whole_deployments(
     counts: dict[str, tuple[int, int]], *, min_diff: float, min_ratio: float
 ) -> dict[str, RateTest]:
@@ -288,7 +293,7 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
     out: list[Finding] = []
     deps = whole_deployments(counts, min_diff=0.10, min_ratio=2.0)
     for dep, t in sorted(deps.items()):
-        mine = sorted(u for u in counts if (split_unit(u)[1] or "") == dep)
+        mine = _units_of(counts, dep)
         out.append(
             finding(
                 "stop",
@@ -375,7 +380,7 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
     out: list[Finding] = []
     deps = whole_deployments(counts, min_diff=0.02, min_ratio=2.0)
     for dep, dt in sorted(deps.items()):
-        mine = sorted(u for u in counts if (split_unit(u)[1] or "") == dep)
+        mine = _units_of(counts, dep)
         found_dep = sorted((x for u in mine for x in cases[u]), key=lambda x: (x[1], x[0]))
         loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found_dep)
         (top_ids, top_period), _ = min(loops.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -283,12 +283,16 @@ def cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
             )
         )
     for model, texts in sorted(undecided.items()):
-        out.append(_undecided_finding(ctx, w, model, texts))
+        out.append(_undecided_finding(ctx, w, model, texts, totals))
     return out
 
 
 def _undecided_finding(
-    ctx: AnalysisContext, w: dict[str, Any], model: str, texts: list[dict[int, dict[str, q.TextVariant]]]
+    ctx: AnalysisContext,
+    w: dict[str, Any],
+    model: str,
+    texts: list[dict[int, dict[str, q.TextVariant]]],
+    totals: dict[str, int],
 ) -> Finding:
     """Texts encoded differently with no majority to tell which side is off (a fleet of two,
     or an even split): one fleet-level finding naming every side."""
@@ -301,7 +305,7 @@ def _undecided_finding(
     first = min(v.first_seen for sides in texts for units in sides.values() for v in units.values())
     ids = sorted({(v.first_seen, r) for sides in texts for units in sides.values() for v in units.values()
                   for r in v.request_ids})[:MAX_IDS]
-    total = sum(n for u, n in q.replica_totals(ctx.store, w).items() if u in units)
+    total = sum(n for u, n in totals.items() if u in units)
     evidence: dict[str, Any] = {"model": model, "replicas": [unit_label(u) for u in units],
                                 "request_ids": [r for _, r in ids], "first_seen": first}
     if cause:
