@@ -5,31 +5,35 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Every install goes through the lock: exact versions of every package (pip included) that
+# `make upgrade-deps` resolved and tested. pyproject.toml keeps lower bounds for library users.
+LOCK   := constraints.txt
+PIP    := $(BIN)/python -m pip install -q -c $(LOCK)
 export INFDEBUG_HOME ?= $(CURDIR)/.infdebug
 
-.PHONY: demo test lint typecheck unit bench sample-logs clean
+.PHONY: demo test lint typecheck unit deps-check bench sample-logs clean upgrade-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip
 
-$(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+$(VENV)/.core: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e .
 	@touch $@
 
-$(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q '$(TORCH)'
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.test: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) '$(TORCH)'
+	$(PIP) -e '.[test]'
 	@touch $@ $(VENV)/.core $(VENV)/.engine
 
-$(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q '$(TORCH)'
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+$(VENV)/.bench: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) '$(TORCH)'
+	$(PIP) -e '.[test,bench]'
 	@touch $@ $(VENV)/.test $(VENV)/.core
 
-$(VENV)/.engine: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q '$(TORCH)'
-	$(BIN)/python -m pip install -q -e '.[engine]'
+$(VENV)/.engine: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) '$(TORCH)'
+	$(PIP) -e '.[engine]'
 	@touch $@ $(VENV)/.core
 
 # make a model, start a 3-replica fleet with one injected fault, replay the Azure LLM trace
@@ -37,10 +41,15 @@ $(VENV)/.engine: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.engine
 	$(BIN)/python -m infdebug.demo
 
-test: $(VENV)/.test lint typecheck unit
+test: $(VENV)/.test deps-check lint typecheck unit
+
+# Every installed distribution is pinned in the lock, at the version installed (a package
+# that reached the venv around the lock fails here, not next month).
+deps-check: $(VENV)/.test
+	$(BIN)/python tools/lockcheck.py $(LOCK)
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check infdebug tests bench sample_logs
+	$(BIN)/ruff check infdebug tests bench sample_logs tools
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy infdebug
@@ -57,6 +66,19 @@ sample-logs: $(VENV)/.engine
 	$(BIN)/python -m infdebug.demo --seconds 40 --inject r2:slow=1.5 --inject r3:double-bos --deployment-of r1=canary \
 		--deployment-of r2=canary --deployment-of r3=canary --out sample_logs/canary --no-ingest --base-port 8200
 	rm -rf sample_logs/*/logs
+
+# Re-resolve every dependency (all extras) at its newest release in a scratch venv, write the
+# lock, then rebuild .venv from it and run the whole suite: a new release that breaks us
+# shows up here, in one commit, not on a fresh machine.
+upgrade-deps:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q '$(TORCH)'
+	.venv-lock/bin/python -m pip install -q -e '.[test,bench,dashboard]'
+	.venv-lock/bin/python tools/lockcheck.py --write $(LOCK)
+	rm -rf .venv-lock $(VENV)
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) .infdebug .pytest_cache .mypy_cache .ruff_cache

@@ -74,6 +74,11 @@ class Request(_Record, frozen=True, tag="request"):
     finish_reason: FinishReason | None = None
     sampling: dict[str, Any] | None = None  # temperature, top_p, top_k, max_tokens, seed, stop_ids …
     error: str | None = None
+    # Additive (v1): what engines report beside the fields above.
+    finish_reason_raw: str | None = None  # the engine's own finish reason, where it is not a contract name
+    prompt_tokens: UInt32 | None = None  # counts as the engine reported them (usage, meta_info);
+    output_tokens: UInt32 | None = None  # they survive ``--redact all``, which drops the IDs
+    abort_message: str | None = None  # why the engine aborted the request (SGLang's abort message)
 
 
 class GpuSample(_Record, frozen=True, tag="gpu"):
@@ -225,6 +230,15 @@ class LineError(ValueError):
         self.field = field
 
 
+def _utf8_error(line: bytes) -> LineError | None:
+    """The contract's reject for a line that is not UTF-8, naming the byte offset."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return LineError(f"invalid UTF-8 at byte {e.start}: {e.reason}")
+    return None
+
+
 def _field_of(msg: str) -> str | None:
     # msgspec: "Expected `float`, got `str` - at `$.t_arrival`"
     if "- at `$" in msg:
@@ -282,6 +296,13 @@ class RecordDecoder:
                 raise LineError("missing required field `kind`", "kind") from None
             raise LineError(msg, _field_of(msg)) from None
         except msgspec.DecodeError as e:
+            # msgspec < 0.23 raised UnicodeDecodeError for bad UTF-8; 0.23 raises DecodeError
+            # ("Invalid UTF-8 encoded string") without the offset, so find it here. Bytes that
+            # are not UTF-8 are the root cause whatever JSON error they also make.
+            if isinstance(line, bytes | bytearray | memoryview):
+                utf8 = _utf8_error(bytes(line))
+                if utf8 is not None:
+                    raise utf8 from None
             raise LineError(f"malformed JSON: {e}") from None
         except UnicodeDecodeError as e:
             raise LineError(f"invalid UTF-8 at byte {e.start}: {e.reason}") from None

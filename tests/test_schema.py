@@ -89,3 +89,14 @@ def test_read_records_reads_gzip_and_reports_line_numbers(tmp_path: object) -> N
     assert [n for n, _ in got] == [1, 2, 3, 5]
     assert isinstance(got[2][1], LineError)
     assert [r for _, r in got if not isinstance(r, LineError)] == recs
+
+
+@pytest.mark.parametrize("offset", [0, 1, 33])
+def test_invalid_utf8_names_its_byte_offset_whatever_msgspec_raises(offset: int) -> None:
+    # msgspec <= 0.22 raised UnicodeDecodeError, 0.23 raises DecodeError without the offset:
+    # the reject reason names the byte either way.
+    good = b'{"kind":"request","request_id":"abcdefghijklmnopqrstuvwxyz0123456789","replica":"r","t_arrival":1}'
+    line = good[:offset] + b"\xff" + good[offset:]
+    with pytest.raises(LineError) as e:
+        decode_record(line)
+    assert f"invalid UTF-8 at byte {offset}" in e.value.reason

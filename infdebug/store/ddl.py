@@ -139,6 +139,10 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     json_text("sampling", "{"),
     text("error"),
     uint("v", 16, default=1),
+    text("finish_reason_raw", lc=True),
+    uint("prompt_tokens", 32),
+    uint("output_tokens", 32),
+    text("abort_message"),
 )
 
 GPU_COLUMNS: tuple[Column, ...] = (
@@ -360,6 +364,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_text_hash UInt64 "
             "MATERIALIZED cityHash64(ifNull(prompt_text, ''))",
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_ids_hash UInt64 MATERIALIZED cityHash64(prompt_ids)",
+        ),
+    ),
+    Migration(
+        5,
+        "requests: finish_reason_raw, prompt_tokens, output_tokens, abort_message (engine-reported, additive)",
+        (
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS finish_reason_raw LowCardinality(Nullable(String))",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_tokens Nullable(UInt32)",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_tokens Nullable(UInt32)",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS abort_message Nullable(String)",
         ),
     ),
 )
