@@ -60,7 +60,9 @@ unit: $(VENV)/.test
 bench: $(VENV)/.bench
 	$(BIN)/python bench/ingest.py
 
+# the demo's model, made afresh (trained to chat, under a minute) so the logs follow today's recipe
 sample-logs: $(VENV)/.engine
+	$(BIN)/infdebug make-model "$${INFDEBUG_HOME:-.infdebug}/demo/model" --preset small --chat-format llama3 --train
 	$(BIN)/python -m infdebug.demo --seconds 40 --clean --deployment-of r1=baseline --deployment-of r2=baseline \
 		--deployment-of r3=baseline --out sample_logs/baseline --no-ingest
 	$(BIN)/python -m infdebug.demo --seconds 40 --inject r2:slow=1.5 --inject r3:double-bos --deployment-of r1=canary \

@@ -9,7 +9,8 @@ deployments, outputs with end-of-turn IDs, a few loops, and one injected tokeniz
 
 Each repeat (``--repeat``, default 3; medians reported) times:
 
-- each analyzer through ``run_all(ctx, [name])`` with the reference tokenizer and template;
+- every registered analyzer through ``analyze(ctx)`` (the one run ``infdebug analyze`` and the
+  demo do; each analyzer timed by it) with the reference tokenizer and template;
   inside ``tokenizer`` the split: store-side ID checks (fingerprint, cross-replica, out of
   vocab), the re-encode check (its sample query, the ``tokenizers`` encode, the rest) and the
   decode check — measured by wrapping the analyzer's own functions, not by re-implementing them;
@@ -22,7 +23,9 @@ Each repeat (``--repeat``, default 3; medians reported) times:
 Rates are requests/s: N for whole analyzers and store-side checks; requests checked for the
 sampled re-encode and decode checks. Targets (the issue's): 50k requests/s for store-side
 checks (fingerprint/ID/skeleton), 5k requests/s for re-encoding on 2 cores; "ratio" is
-measured/target. "share" is the part of all four analyzers' wall time spent re-tokenizing.
+measured/target. "share" is the part of all analyzers' wall time spent re-tokenizing. An
+analyzer added since (one more ``@analyzer`` module) runs too and gets its own row, without a
+baseline unless ``FLOORS`` names its columns.
 
 Before the store is built, ``--encoder-texts`` prompts (default 1,000; 0 skips) are encoded
 by ``tokenizers`` ``encode_batch`` / ``encode_batch_fast`` under TOKENIZERS_PARALLELISM
@@ -59,7 +62,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 SHARED = os.path.join(HERE, "..", "..", "shared", "data")
 TEMPLATES = {"llama3": "llama3.1.jinja", "gpt2": "chatml_v5.jinja"}
-ANALYZERS = ("tokenizer", "template", "stop", "repetition")
 STORE_TARGET = 50_000
 ENCODE_TARGET = 5_000
 # the columns each analyzer reads, hashed once per row: the floor for its store-side work
@@ -264,18 +266,16 @@ def floor_scan(st: Any, cols: str) -> float:
 
 
 def one_repeat(st: Any, ctx: Any, fast: Any) -> dict[str, Any]:
-    from infdebug.analyzers.base import run_all
+    from infdebug.analyzers.base import analyze
 
-    out: dict[str, Any] = {"analyzers": {}, "findings": {}, "failed": {}}
     clock = Clock()
     with patched(instrument(clock)):
-        for name in ANALYZERS:
-            t = time.perf_counter()
-            found, failed = run_all(ctx, [name])
-            out["analyzers"][name] = time.perf_counter() - t
-            out["findings"][name] = _summary(found)
-            if failed:
-                out["failed"].update(failed)
+        result = analyze(ctx, count=False)
+    out: dict[str, Any] = {
+        "analyzers": dict(result.seconds),
+        "findings": {name: _summary([f for f in result.findings if f.analyzer == name]) for name in result.ran},
+        "failed": dict(result.failed),
+    }
     calls = clock.seen["tok.encode_calls"]
     texts: list[str] = next((t for t, special in calls if not special), [])
     seqs: list[list[int]] = next(iter(clock.seen["tok.decode_calls"]), [])  # the sample (then suspects)
@@ -359,9 +359,15 @@ def table(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
             "raw encode_batch, same texts", lambda r: r["floor_encode_batch"])
     row(f"  decode check ({outputs} outputs)", lambda r: r["parts"]["tok.decode"], outputs, ENCODE_TARGET,
         "raw decode_batch, same IDs", lambda r: r["floor_decode_batch"])
-    for name in ANALYZERS[1:]:
-        row(f"{name} analyzer", lambda r, k=name: r["analyzers"][k], n, STORE_TARGET,  # type: ignore[misc]
-            scan, lambda r, k=name: r["floor_scan"][k])  # type: ignore[misc]
+    others = [k for k in FLOORS if k in last["analyzers"]] + sorted(k for k in last["analyzers"] if k not in FLOORS)
+    for name in others:
+        if name == "tokenizer":
+            continue
+        if name in FLOORS:
+            row(f"{name} analyzer", lambda r, k=name: r["analyzers"][k], n, STORE_TARGET,  # type: ignore[misc]
+                scan, lambda r, k=name: r["floor_scan"][k])  # type: ignore[misc]
+        else:
+            row(f"{name} analyzer", lambda r, k=name: r["analyzers"][k], n, STORE_TARGET)  # type: ignore[misc]
         if name != "template":
             continue
         seen = last["template_rows"]
@@ -371,7 +377,7 @@ def table(runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
         row(f"  skeleton check ({skeletons} sampled rows)", lambda r: r["parts"]["tpl.skeleton"], n, STORE_TARGET)
         row(f"  render check ({rendered} sampled rows)", lambda r: r["parts"]["tpl.render"], rendered, None)
         row("    sample queries (both checks)", lambda r: r["parts"]["tpl.prompt_sample"], None, None)
-    row("all four analyzers", lambda r: sum(r["analyzers"].values()), n, None)
+    row("all analyzers", lambda r: sum(r["analyzers"].values()), n, None)
     return rows
 
 
@@ -418,7 +424,7 @@ def print_report(res: dict[str, Any]) -> None:
               f"{_fmt(r.get('target_req_per_s'), '7d'):>7} {_fmt(r.get('ratio_to_target'), '5.2f'):>5}{'x' if r.get('ratio_to_target') else ' '}  "
               f"{r.get('floor', ''):35} {_fmt(r.get('floor_seconds'), '7.3f'):>7} {_fmt(r.get('vs_floor'), '5.2f'):>5}{'x' if r.get('vs_floor') else ''}")
     s = res["shares"]
-    print(f"\nall four analyzers: {s['all_analyzers_s']:.2f}s; re-tokenizing {s['retokenize_share']:.0%} of it "
+    print(f"\nall analyzers: {s['all_analyzers_s']:.2f}s; re-tokenizing {s['retokenize_share']:.0%} of it "
           f"(encode {s['encode_share']:.0%}, decode {s['decode_share']:.0%})")
     print("ratio = measured req/s / target (50k store-side, 5k re-encode on 2 cores); x base = seconds / "
           "the baseline's seconds")

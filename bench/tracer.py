@@ -19,7 +19,7 @@ What it measures (all in one run, on this machine)
 (c) **JSONL writer throughput**: ``--records`` contract records of 512 prompt + 256 output
     token IDs and 256 token times, with text and without (as under ``--redact prompts``),
     through ``JsonlExporter`` (encode on the caller, write on the writer thread) until
-    ``close()`` has flushed and fsynced them. Target ≥ 50k records/s.
+    ``shutdown()`` has flushed and fsynced them. Target ≥ 50k records/s.
 
 No numbers are asserted here; tests check behaviour, this prints ratios.
 
@@ -48,16 +48,11 @@ from rich.console import Console
 from rich.table import Table
 
 from infdebug.schema import Request
-from infdebug.tracer.engine.engine import (
-    Engine,
-    EngineConfig,
-    EngineHooks,
-    NoHooks,
-    SamplingParams,
-    Sequence,
-)
+from infdebug.tracer.engine.engine import Engine, EngineConfig, SamplingParams, Sequence
 from infdebug.tracer.engine.make_model import make_model
 from infdebug.tracer.engine.replica import Replica
+from infdebug.tracer.exporters import Exporter
+from infdebug.tracer.hooks import EngineHooks, NoHooks
 from infdebug.tracer.jsonl import JsonlExporter
 from infdebug.tracer.otel import OtelExporter
 from infdebug.tracer.prom import PromExporter, ReplicaMetrics
@@ -150,7 +145,7 @@ def bench_per_token(tmp: str, sink: OtlpSink, requests: int, tokens: int, repeat
         t, n = per_token_loop(NoHooks(), requests, tokens)
         res["no tracer"].append(t / n * 1e9)
         m = ReplicaMetrics("bench", "bench-model")
-        exps: list[Any] = [PromExporter(m), JsonlExporter(tmp, replica="bench", on_drop=m.dropped("jsonl")),
+        exps: list[Exporter] = [PromExporter(m), JsonlExporter(tmp, replica="bench", on_drop=m.dropped("jsonl")),
                            OtelExporter(replica="bench", model="bench-model", endpoint=sink.url)]
         tr = Tracer(info, exps, on_drop=m.dropped("tracer"))
         t, n = per_token_loop(tr, requests, tokens)
@@ -159,7 +154,7 @@ def bench_per_token(tmp: str, sink: OtlpSink, requests: int, tokens: int, repeat
         ot = OtelExporter(replica="bench", model="bench-model", endpoint=sink.url)
         t, n = otel_events_loop(ot, requests, tokens)
         res["otel span events"].append(t / n * 1e9)
-        ot.close()
+        ot.shutdown()
     return {k: statistics.median(v) for k, v in res.items()}
 
 
@@ -232,7 +227,7 @@ def bench_jsonl(tmp: str, records: int, text: bool = True) -> dict[str, float]:
     for i in range(records):
         ex.export(base[i % 64])
     t_put = time.perf_counter() - t0
-    ex.close()
+    ex.shutdown()
     dt = time.perf_counter() - t0
     size = os.path.getsize(ex.path)
     assert ex.written == records and ex.dropped == 0, (ex.written, ex.dropped)

@@ -10,18 +10,39 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from infdebug import __version__
-from infdebug.console import err_console, fail, out_console, print_json, to_jsonable
-from infdebug.store import Store, StoreError, default_home, open_store
+from infdebug.cli_ingest import (
+    MAX_LATENCY_HELP,
+    CommandFailed,
+    JsonCommand,
+    default_rejects_path,
+    exit_failed,
+    failure_reasons,
+    print_ingest,
+    resolve_max_latency,
+)
+from infdebug.collectors.readers import format_names
+from infdebug.console import (
+    err_console,
+    fail,
+    fmt_ms,
+    id_column,
+    out_console,
+    print_json,
+    to_jsonable,
+)
+from infdebug.store import Store, StoreError, open_store
+from infdebug.store.ddl import table_names
 
 
 class Ctx:
@@ -75,7 +96,7 @@ def cli(ctx: click.Context, home: str | None, clickhouse: str | None) -> None:
 # --- ingest ---------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(cls=JsonCommand)
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--strict", is_flag=True, help="Reject lines with fields the contract does not know.")
 @click.option(
@@ -85,54 +106,63 @@ def cli(ctx: click.Context, home: str | None, clickhouse: str | None) -> None:
     help="Where rejected lines go (JSONL: file, line, field, reason, raw). "
     "Default: HOME/rejects/ingest-<time>.jsonl",
 )
-@click.option("--format", "fmt", type=click.Choice(["auto", "contract", "vllm", "sglang", "openai"]), default="auto",
-              show_default=True, help="Input format; auto-detected per file.")
+@click.option("--format", "fmt", type=click.Choice(["auto", *format_names()]),
+              default="auto", show_default=True, help="Input format (the log-format registry's); auto-detected per file.")
 @click.option("--replica", default=None, help="Replica name for engine logs that do not carry one (default: file name).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+@click.option("--max-latency", metavar="SECONDS", default=None, help=MAX_LATENCY_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help='Print a JSON summary instead of tables (on failure too: {"error": …}).')
 @click.pass_obj
 def ingest(obj: Ctx, paths: tuple[str, ...], strict: bool, rejects_path: str | None, fmt: str, replica: str | None,
-           as_json: bool) -> None:
-    """Load logs (files, directories, globs; .jsonl and .jsonl.gz) into the store.
+           max_latency: str | None, as_json: bool) -> None:
+    """Load logs (files, directories, globs; .jsonl, .jsonl.gz, .log, .prom) into the store.
 
     Contract JSONL (request, gpu, metrics, event, profile, finding records) goes to its
     tables; engine logs — vLLM request log lines and RequestOutput reprs, SGLang
     --log-requests lines, OpenAI-style {"request", "response"} JSONL — are converted to
-    request records on the way (format detected per file, or --format).
+    request records on the way, Prometheus exposition snapshots (curl …/metrics > r1.prom)
+    to metrics records (format detected per file, or --format).
     Ingesting is idempotent: a file already loaded adds nothing, a file that grew is read
     from where it stopped (also after it was renamed or gzipped).
 
     A bad line (malformed JSON, a wrong type, a missing required field, invalid UTF-8, a
-    truncated last line) is written to the rejects file with its file, line number, field
-    and reason, and the rest of the file still loads.
+    truncated last line, a malformed exposition line) is written to the rejects file with
+    its file, line number, field and reason, and the rest of the file still loads. A
+    latency that cannot be true (another clock, negative, past --max-latency) is dropped
+    from its request with a note. An empty file, a JSON array or a binary file is named
+    for what it is.
 
     Exit code: 0 everything loaded, 3 some lines were rejected, 2 nothing could be done.
     """
     from infdebug.collectors.ingest import ingest_paths
 
-    home = obj.home or default_home()
-    if rejects_path is None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        base = home if not obj.clickhouse else os.path.join(os.getcwd(), ".infdebug")
-        rejects_path = os.path.join(base, "rejects", f"ingest-{stamp}-{os.getpid()}.jsonl")
-    with obj.store() as st, _Progress(enabled=not as_json) as prog:
-        report = ingest_paths(
-            st,
-            list(paths),
-            strict=strict,
-            rejects_path=rejects_path,
-            progress=prog.advance,
-            on_file=prog.file,
-            fmt=fmt,
-            replica=replica,
-        )
+    try:
+        ceiling = resolve_max_latency(max_latency)
+        rejects_path = rejects_path or default_rejects_path(obj.home, obj.clickhouse, "ingest")
+        try:
+            st = open_store(obj.clickhouse, obj.home)
+        except StoreError as e:
+            raise CommandFailed(str(e)) from None
+        try:
+            with _Progress(enabled=not as_json) as prog:
+                report = ingest_paths(st, list(paths), strict=strict, rejects_path=rejects_path,
+                                      progress=prog.advance, on_file=prog.file, fmt=fmt, replica=replica,
+                                      max_latency=ceiling)
+        except StoreError as e:
+            raise CommandFailed(f"ingest failed: {e}") from None
+        finally:
+            st.close()
+    except CommandFailed as e:
+        exit_failed(e, as_json)
+    code = report.exit_code()
+    failed = "nothing could be ingested: " + ("; ".join(failure_reasons(report)) or "no input files")
     if as_json:
-        print_json(report.to_json())
+        print_json({"error": failed, **report.to_json()} if code == 2 else report.to_json())
     else:
-        _print_ingest(report)
-    if report.exit_code() == 2 and not as_json:
-        reasons = report.errors + [f.message for f in report.files if f.status == "error"]
-        fail("nothing could be ingested: " + ("; ".join(reasons) or "no input files"))
-    sys.exit(report.exit_code())
+        print_ingest(report)
+        if code == 2:
+            fail(failed)
+    sys.exit(code)
 
 
 class _Progress:
@@ -206,61 +236,23 @@ class _Progress:
             self._refresh()
 
 
-def _print_ingest(report: Any) -> None:
-    t = Table(title=None, show_edge=False, header_style="bold")
-    t.add_column("file", overflow="fold", ratio=3)
-    t.add_column("status", ratio=2, overflow="fold")
-    t.add_column("rows", justify="right", ratio=2)
-    t.add_column("rejected", justify="right")
-    for f in report.files:
-        status = f.status if f.status != "loaded" else f"loaded ({f.path_taken})"
-        if f.status == "error":
-            status = f"[red]error[/]: {f.message}"
-        rows = ", ".join(f"{v} {k}" for k, v in f.rows.items() if v) or "0"
-        t.add_row(_short_path(f.path), status, rows, f"[red]{f.rejected}[/]" if f.rejected else "0")
-    out_console.print(t)
-    for e in report.errors:
-        err_console.print(f"[yellow]skipped[/] {e}", highlight=False)
-    rows = report.rows
-    mbps = report.bytes / 1e6 / report.seconds if report.seconds > 0 else 0.0
-    out_console.print(
-        f"{sum(rows.values())} rows ("
-        + ", ".join(f"{v} {k}" for k, v in rows.items())
-        + f") from {len(report.files)} file(s), {report.bytes / 1e6:.1f} MB in {report.seconds:.2f}s "
-        f"({mbps:.0f} MB/s)",
-        highlight=False,
-    )
-    if report.rejected:
-        sink_first = _first_rejects(report.rejects_file, 10)
-        err_console.print(f"[red]{report.rejected} line(s) rejected[/], written to {report.rejects_file}:")
-        for r in sink_first:
-            fld = f" field {r['field']}:" if r.get("field") else ""
-            err_console.print(f"  {r['file']}:{r['line']}:{fld} {r['reason']}", highlight=False, soft_wrap=True)
-        if report.rejected > len(sink_first):
-            err_console.print(f"  … and {report.rejected - len(sink_first)} more", highlight=False)
-
-
-def _short_path(p: str) -> str:
-    rel = os.path.relpath(p)
-    return rel if not rel.startswith("../..") else p
-
-
-def _first_rejects(path: str | None, n: int) -> list[dict[str, Any]]:
-    if not path:
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            out.append(json.loads(line))
-            if len(out) >= n:
-                break
-    return out
-
-
 # --- query ----------------------------------------------------------------------------------
 
 
-@cli.command()
+def _query_help() -> str:
+    # The table list comes from the DDL, so a new table is listed without editing this text.
+    tables = textwrap.fill(", ".join(table_names()) + ".", width=88, initial_indent="Tables: ",
+                           subsequent_indent="  ")
+    return f"""Run ad-hoc SQL against the store.
+
+    \b
+    {tables.replace(chr(10), chr(10) + "    ")}
+    Example:
+      infdebug query "SELECT replica, quantileExact(0.99)(ttft_s) FROM requests GROUP BY replica"
+    """
+
+
+@cli.command(help=_query_help())
 @click.argument("sql")
 @click.option(
     "--param",
@@ -275,13 +267,6 @@ def _first_rejects(path: str | None, n: int) -> list[dict[str, Any]]:
 @click.option("--limit", default=1000, show_default=True, help="Rows to show in the table view.")
 @click.pass_obj
 def query(obj: Ctx, sql: str, params: tuple[str, ...], as_json: bool, limit: int) -> None:
-    """Run ad-hoc SQL against the store.
-
-    \b
-    Tables: requests, gpu_samples, metric_samples, findings, ingest_state, otel_traces.
-    Example:
-      infdebug query "SELECT replica, quantileExact(0.99)(ttft_s) FROM requests GROUP BY replica"
-    """
     bound: dict[str, str] = {}
     for p in params:
         if "=" not in p:
@@ -298,12 +283,24 @@ def query(obj: Ctx, sql: str, params: tuple[str, ...], as_json: bool, limit: int
         return
     t = Table(show_edge=False, header_style="bold")
     for c in cols:
-        t.add_column(c, overflow="fold")
+        if _is_id_column(c):
+            id_column(t, c)
+        else:
+            t.add_column(c, overflow="fold")
     for r in rows[:limit]:
         t.add_row(*(_cell(v) for v in r))
     out_console.print(t)
     more = f", showing {limit}" if len(rows) > limit else ""
     err_console.print(f"{len(rows)} row(s){more}", style="dim")
+
+
+_ID_NAMES = {"replica", "deployment", "model", "engine", "kind", "name", "pid", "path", "content_id"}
+
+
+def _is_id_column(name: str) -> bool:
+    """A column whose values are names or IDs, shown whole (never folded across lines)."""
+    low = name.lower()
+    return low in _ID_NAMES or low in ("id", "uuid") or low.endswith(("_id", "_fp", "_uuid")) or name.endswith("Id")
 
 
 def _cell(v: Any) -> str:
@@ -323,7 +320,8 @@ def _cell(v: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
 def stats(obj: Ctx, replica: str, deployment: str, as_json: bool) -> None:
-    """Per-replica request counts and TTFT / inter-token / end-to-end p50, p90, p99.
+    """Request counts and TTFT / inter-token / end-to-end p50, p90, p99 per replica within
+    its deployment: a replica name reused by two deployments is two rows, `r3 (canary)`.
 
     Each percentile group shows the number of samples (n) it was computed from. Inter-token
     latency pools every gap between consecutive output tokens.
@@ -342,20 +340,18 @@ def stats(obj: Ctx, replica: str, deployment: str, as_json: bool) -> None:
 
 
 def stats_table(res: list[Any]) -> Table:
-    t = Table(show_edge=False, header_style="bold", title="latency per replica, ms: p50 p90 p99 (n samples)")
-    t.add_column("replica")
+    """The ``stats`` table: one row per replica within its deployment (``r3 (canary)``)."""
+    t = Table(show_edge=False, header_style="bold",
+              title="latency per replica (deployment), ms: p50 p90 p99 (n samples)")
+    id_column(t, "replica")
     t.add_column("requests", justify="right")
     t.add_column("errors", justify="right")
     for metric in ("TTFT", "inter-token", "end-to-end"):
         t.add_column(metric, justify="right")
-
-    def ms(x: float | None) -> str:
-        return "—" if x is None else (f"{x * 1000:.1f}" if x < 0.1 else f"{x * 1000:.0f}")
-
     for r in res:
-        cells = [r.replica, str(r.requests), str(r.errors)]
+        cells = [escape(r.label), str(r.requests), str(r.errors)]
         for s in (r.ttft_s, r.itl_s, r.e2e_s):
-            cells.append(f"{ms(s.p50)} {ms(s.p90)} {ms(s.p99)}\n[dim]n={s.n}[/]")
+            cells.append(f"{fmt_ms(s.p50)} {fmt_ms(s.p90)} {fmt_ms(s.p99)}\n[dim]n={s.n}[/]")
         t.add_row(*cells)
     return t
 

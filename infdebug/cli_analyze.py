@@ -1,11 +1,13 @@
-"""``infdebug analyze``: run the analyzers over the store (or over log files) and report."""
+"""``infdebug analyze``: run the analyzers over the store (or over log files) and report.
+
+With ``--json`` stdout is one JSON document whatever happens: the findings, or
+``{"error": …}`` with what was done before it failed (the ingest report of LOGS).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import os
-import pkgutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -15,8 +17,19 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
-from infdebug.analyzers.base import ANALYZERS, AnalysisContext, run_all
-from infdebug.console import err_console, fail, out_console, print_json
+from infdebug.analyzers.base import AnalysisContext, AnalysisResult, analyze, analyzer_names
+from infdebug.cli_ingest import (
+    MAX_LATENCY_HELP,
+    CommandFailed,
+    JsonCommand,
+    default_rejects_path,
+    exit_failed,
+    failure_reasons,
+    print_file_messages,
+    print_notes,
+    print_rejects,
+)
+from infdebug.console import err_console, out_console, print_json
 from infdebug.schema import Finding
 from infdebug.store import Store, StoreError, open_store
 from infdebug.store.base import migrate
@@ -29,24 +42,8 @@ EVIDENCE_KEYS = (
 )
 
 
-def _fail(msg: str) -> NoReturn:
-    fail(msg)
-    raise SystemExit(2)
-
-
-def load_analyzers() -> tuple[list[str], dict[str, str]]:
-    """Import every module of ``infdebug.analyzers`` (importing registers its analyzers);
-    returns the analyzer names and the modules that failed to import (module → error)."""
-    import infdebug.analyzers as pkg
-
-    broken: dict[str, str] = {}
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name != "base":
-            try:
-                importlib.import_module(f"infdebug.analyzers.{mod.name}")
-            except Exception as e:  # one broken module must not hide the others' findings
-                broken[f"module {mod.name}"] = f"{type(e).__name__}: {e}"
-    return sorted(ANALYZERS), broken
+def _fail(msg: str, doc: dict[str, Any] | None = None) -> NoReturn:
+    raise CommandFailed(msg, 2, doc)
 
 
 def parse_time(value: str | None) -> float | None:
@@ -69,10 +66,10 @@ def parse_time(value: str | None) -> float | None:
 @contextmanager
 def _temporary_store() -> Iterator[tuple[Store, str]]:
     """A throwaway embedded chDB store (never a server, whatever the environment says)."""
-    from infdebug.store.embedded import EmbeddedStore
+    from infdebug.store.client import open_embedded
 
     with tempfile.TemporaryDirectory(prefix="infdebug-analyze-") as tmp:
-        st = EmbeddedStore(os.path.join(tmp, "home"))
+        st = open_embedded(os.path.join(tmp, "home"))
         try:
             migrate(st)
             yield st, tmp
@@ -108,8 +105,7 @@ def _load_reference(tokenizer: str | None, template: str | None, model: str | No
     return tok, tpl
 
 
-def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> tuple[list[Finding], dict[str, str], int]:
-    from infdebug.store.q_outputs import count_requests
+def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> AnalysisResult:
     from infdebug.store.q_template import models
 
     ctx = AnalysisContext(store=st, **ctx_kw)
@@ -124,12 +120,8 @@ def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> tuple[list[F
             )
     if err_console.is_terminal:  # progress on long work (a million requests take ~30 s)
         with err_console.status("analyzing …") as status:
-            findings, failed = run_all(
-                ctx, only or None, lambda name, i, n: status.update(f"analyzing: {name} ({i + 1}/{n}) …")
-            )
-    else:
-        findings, failed = run_all(ctx, only or None)
-    return findings, failed, count_requests(st, ctx.window())
+            return analyze(ctx, only or None, lambda name, i, n: status.update(f"analyzing: {name} ({i + 1}/{n}) …"))
+    return analyze(ctx, only or None)
 
 
 def _short(v: Any, limit: int = 120) -> str:
@@ -163,7 +155,7 @@ def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: 
         err_console.print(f"[bold red]analyzer {name} failed:[/] {why}", highlight=False)
 
 
-@click.command("analyze")
+@click.command("analyze", cls=JsonCommand)
 @click.argument("logs", nargs=-1, metavar="[LOGS]...")
 @click.option("--since", metavar="T", help="Only requests that arrived at or after T (unix seconds or ISO-8601).")
 @click.option("--until", metavar="T", help="Only requests that arrived before T (unix seconds or ISO-8601).")
@@ -179,10 +171,15 @@ def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: 
               help="Compare the reference tokenizer/template only with requests of this served model "
               "(default: the --model directory's name; without either, every request).")
 @click.option("--only", multiple=True, metavar="NAME", help="Run only this analyzer (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"findings": [...]} (and "failed") as JSON.')
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"findings": [...]} (and "failed", "ingest") as JSON; on failure {"error": ...}.')
 @click.option("--no-store", is_flag=True, help="Do not store the findings.")
 @click.option("--store-findings", is_flag=True,
               help="With LOGS: also store the findings in the store (--home / --clickhouse).")
+@click.option("--rejects", "rejects_path", metavar="FILE",
+              help="With LOGS: where rejected lines go (JSONL: file, line, field, reason, raw). "
+              "Default: HOME/rejects/analyze-<time>.jsonl")
+@click.option("--max-latency", metavar="SECONDS", default=None, help="With LOGS: " + MAX_LATENCY_HELP)
 @click.pass_obj
 def analyze_cmd(
     obj: Any,
@@ -198,14 +195,17 @@ def analyze_cmd(
     as_json: bool,
     no_store: bool,
     store_findings: bool,
+    rejects_path: str | None,
+    max_latency: str | None,
 ) -> None:
     """Find tokenizer, chat-template, stop-token and output drift in what the fleet logged.
 
     \b
     Without LOGS, analyzes the store (--home / --clickhouse) and stores the findings there.
-    With LOGS (JSONL files, directories, globs), loads them into a temporary embedded store
-    first; findings are then not stored unless --store-findings is given. Lines that do not
-    satisfy the contract are reported and skipped.
+    With LOGS (JSONL files, engine logs, directories, globs — whatever ingest reads), loads
+    them into a temporary embedded store first; findings are then not stored unless
+    --store-findings is given. Lines that do not satisfy the contract are reported with
+    file:line and written to the rejects file (as ingest does), and skipped.
 
     \b
     Examples:
@@ -222,40 +222,70 @@ def analyze_cmd(
 
     Exit code: 0 no warning or error, 1 a warning or error was found, 2 nothing could be done.
     """
-    names, broken = load_analyzers()
+    try:
+        _analyze_cmd(obj, logs, since, until, replicas, tokenizer, template, model_dir, model_name, only, as_json,
+                     no_store, store_findings, rejects_path, max_latency)
+    except CommandFailed as e:
+        exit_failed(e, as_json)
+
+
+def _analyze_cmd(
+    obj: Any,
+    logs: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    replicas: tuple[str, ...],
+    tokenizer: str | None,
+    template: str | None,
+    model_dir: str | None,
+    model_name: str | None,
+    only: tuple[str, ...],
+    as_json: bool,
+    no_store: bool,
+    store_findings: bool,
+    rejects_path: str | None,
+    max_latency: str | None,
+) -> None:
+    names = analyzer_names()
     unknown = [n for n in only if n not in names]
     if unknown:
         _fail(f"unknown analyzer {', '.join(unknown)}; expected one of {', '.join(names)}")
-    ctx_kw: dict[str, Any] = {
-        "since": parse_time(since),
-        "until": parse_time(until),
-        "replicas": list(replicas) or None,
-    }
+    ctx_kw: dict[str, Any] = {"replicas": list(replicas) or None}
+    for opt, value in (("since", since), ("until", until)):
+        try:
+            ctx_kw[opt] = parse_time(value)
+        except click.BadParameter as e:
+            _fail(f"--{opt}: {e.message}")
     ctx_kw["tokenizer"], ctx_kw["template"] = _load_reference(tokenizer, template, model_dir)
     served = model_name or (os.path.basename(os.path.normpath(model_dir)) if model_dir else None)
     if served:
         ctx_kw["options"] = {"model": served}
     home = getattr(obj, "home", None)
     clickhouse = getattr(obj, "clickhouse", None)
+    doc: dict[str, Any] = {}
 
     if logs:
+        from infdebug.cli_ingest import resolve_max_latency
         from infdebug.collectors.ingest import ingest_paths
 
-        with _temporary_store() as (st, tmp):
-            report = ingest_paths(st, list(logs), rejects_path=os.path.join(tmp, "rejects.jsonl"))
-            rejected = report.rejected
-            load_errors = report.errors + [f.message for f in report.files if f.status == "error"]
+        ceiling = resolve_max_latency(max_latency)
+        rejects = rejects_path or default_rejects_path(home, clickhouse, "analyze")
+        with _temporary_store() as (st, _tmp):
+            try:
+                report = ingest_paths(st, list(logs), rejects_path=rejects, max_latency=ceiling)
+            except StoreError as e:
+                _fail(f"loading the logs failed: {e}")
+            doc["ingest"] = report.to_json()
+            print_file_messages(report)
+            print_notes(report)
+            print_rejects(report)
             if report.exit_code() == 2:
-                _fail("nothing could be loaded: " + ("; ".join(load_errors) or "no input files"))
-            findings, failed, n_requests = _analyze(st, ctx_kw, list(only))
-            failed.update(broken)
-        if rejected or load_errors:
-            err_console.print(
-                f"[yellow]note:[/] {rejected} line(s) rejected"
-                + (f"; {'; '.join(load_errors)}" if load_errors else "")
-                + " (not part of the analysis)",
-                highlight=False,
-            )
+                _fail("nothing could be loaded: " + ("; ".join(failure_reasons(report)) or "no input files"),
+                      {"findings": [], **doc})
+            result = _analyze_or_fail(st, ctx_kw, list(only), doc)
+        findings = result.findings
+        if report.rejected:
+            err_console.print("[yellow]note:[/] rejected lines are not part of the analysis", highlight=False)
         if store_findings and not no_store and findings:
             _store(home, clickhouse, findings)
     else:
@@ -264,8 +294,8 @@ def analyze_cmd(
         except StoreError as e:
             _fail(str(e))
         try:
-            findings, failed, n_requests = _analyze(st, ctx_kw, list(only))
-            failed.update(broken)
+            result = _analyze_or_fail(st, ctx_kw, list(only), doc)
+            findings = result.findings
             if not no_store and findings:
                 from infdebug.store.findings import store_findings as _put
 
@@ -273,24 +303,33 @@ def analyze_cmd(
         finally:
             st.close()
 
+    failed, n_requests = result.failed, result.requests or 0
+    error = None
+    if result.all_failed:
+        error = "every analyzer failed"
+    elif n_requests == 0 and not findings:
+        error = "no requests in the window to analyze"
     if as_json:
-        doc: dict[str, Any] = {"findings": msgspec.to_builtins(findings), "requests": n_requests}
+        out: dict[str, Any] = {"findings": msgspec.to_builtins(findings), "requests": n_requests}
         if failed:
-            doc["failed"] = failed
-        print_json(doc)
+            out["failed"] = failed
+        if error:
+            out["error"] = error
+        print_json({**out, **doc})
     else:
         print_findings(findings, failed, n_requests)
-
-    ran = [n for n in names if not only or n in only]
-    if not ran or all(n in failed for n in ran):
-        if not as_json:
-            err_console.print("[bold red]infdebug:[/] every analyzer failed", highlight=False)
-        sys.exit(2)
-    if n_requests == 0 and not findings:
-        if not as_json:
-            err_console.print("[bold red]infdebug:[/] no requests in the window to analyze", highlight=False)
+        if error:
+            err_console.print(f"[bold red]infdebug:[/] {error}", highlight=False)
+    if error:
         sys.exit(2)
     sys.exit(1 if any(f.severity in ("warning", "error") for f in findings) else 0)
+
+
+def _analyze_or_fail(st: Store, ctx_kw: dict[str, Any], only: list[str], doc: dict[str, Any]) -> AnalysisResult:
+    try:
+        return _analyze(st, ctx_kw, only)
+    except StoreError as e:
+        _fail(f"analysis failed: {e}", {"findings": [], **doc})
 
 
 def _store(home: str | None, clickhouse: str | None, findings: list[Finding]) -> None:

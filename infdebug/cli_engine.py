@@ -6,14 +6,17 @@ torch is imported only when one of these runs, so the core CLI stays light.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-from infdebug.console import err_console, fail, print_json
+from infdebug.console import err_console, fail, fmt_seconds, print_json
+from infdebug.tracer.engine.faults import FAULTS, fault_specs
 
 
 @click.command("make-model")
@@ -24,22 +27,76 @@ from infdebug.console import err_console, fail, print_json
 @click.option("--chat-format", type=click.Choice(["chatml", "llama3"]), default="chatml", show_default=True,
               help="Special tokens and chat template of the trained tokenizer.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--train", "do_train", is_flag=True,
+              help="Train the weights to chat on the shipped corpus (seconds to a minute on a CPU): the model "
+              "answers in words and ends its turns. Without it the weights are random (greedy decoding loops).")
+@click.option("--train-steps", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Training steps (implies --train; default: the preset's recipe, see train.py).")
 @click.option("--json", "as_json", is_flag=True)
-def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed: int, as_json: bool) -> None:
-    """Write a random-weight checkpoint with a real tokenizer and chat template to DIR.
+def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed: int, do_train: bool,
+                   train_steps: int | None, as_json: bool) -> None:
+    """Write a checkpoint with a real tokenizer and chat template to DIR: random weights, or
+    with --train weights trained to chat.
 
-    The tokenizer is trained here, in process, on text shipped with infdebug; nothing is
-    downloaded. The result is an ordinary Hugging Face model directory (config.json,
-    model.safetensors, tokenizer.json, tokenizer_config.json with a chat template).
+    The tokenizer is trained here, in process, on text shipped with infdebug, and so is the
+    model with --train; nothing is downloaded. The result is an ordinary Hugging Face model
+    directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with a
+    chat template; training.json with the recipe when trained). The same options give the
+    same files.
     """
-    from infdebug.tracer.engine.make_model import make_model
+    from infdebug.tracer.engine.make_model import TRAINING, make_model
 
-    path = make_model(out_dir, preset=preset, arch=arch, chat_format=chat_format, seed=seed)
+    steps = train_steps or (0 if do_train else None)
+    with training_progress(enabled=not as_json) as on_step:
+        path = make_model(out_dir, preset=preset, arch=arch, chat_format=chat_format, seed=seed,
+                          train_steps=steps, on_step=on_step)
+    training: dict[str, Any] | None = None
+    if steps is not None:
+        with open(os.path.join(path, TRAINING), encoding="utf-8") as f:
+            training = json.load(f)
     if as_json:
-        print_json({"model_dir": os.path.abspath(path), "preset": preset, "arch": arch, "chat_format": chat_format})
-    else:
-        click.echo(f"wrote a {preset} {arch} checkpoint ({chat_format}) to {path}")
-        click.echo(f"serve it: infdebug serve --model {path} --port 8000")
+        print_json({"model_dir": os.path.abspath(path), "preset": preset, "arch": arch, "chat_format": chat_format,
+                    "trained": training is not None, "training": training})
+        return
+    weights = "random-weight"
+    if training is not None:
+        weights = "trained"
+        click.echo(f"trained {training['steps']} steps in {fmt_seconds(training['seconds'])}: "
+                   f"loss {training['first_loss']:.2f} → {training['loss']:.2f}")
+    click.echo(f"wrote a {weights} {preset} {arch} checkpoint ({chat_format}) to {path}")
+    click.echo(f"serve it: infdebug serve --model {path} --port 8000")
+
+
+@contextlib.contextmanager
+def training_progress(enabled: bool = True) -> Iterator[Callable[[int, int, float], None] | None]:
+    """An ``on_step(step, steps, loss)`` for make_model's training: a rich progress bar with
+    the loss on a terminal, else a line on stderr every tenth of the steps; None if not
+    ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    if not err_console.is_terminal:
+        def line(step: int, steps: int, loss: float) -> None:
+            if step == steps or step % max(1, steps // 10) == 0:
+                err_console.print(f"training: step {step}/{steps}, loss {loss:.3f}", highlight=False)
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=err_console)
+    task = bar.add_task("training", total=None, loss="…")
+
+    def update(step: int, steps: int, loss: float) -> None:
+        if step == 1:
+            bar.start()  # once the tokenizer is trained and the data made
+        bar.update(task, completed=step, total=steps, loss=f"{loss:.3f}")
+
+    try:
+        yield update
+    finally:
+        bar.stop()
 
 
 @click.command("serve")
@@ -62,8 +119,7 @@ def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed:
 @click.option("--trace-max-age", default=0.0, show_default=True, metavar="SECONDS", envvar="INFDEBUG_TRACE_MAX_AGE",
               help="Rotate the JSONL trace after this many seconds (0: never by age).")
 @click.option("--inject", "injects", multiple=True, metavar="FAULT",
-              help="Inject a fault: double-bos, template=FILE, tokenizer=DIR, ignore-eos=ID, slow=FACTOR, "
-              "dtype=float16. Repeatable; listed in /health.")
+              help=f"Inject a fault: {fault_specs()}. Repeatable; listed in /health.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--max-batch", default=32, show_default=True, help="Running requests per decode step.")
 @click.option("--max-model-len", default=2048, show_default=True, help="Context length (prompt + output).")
@@ -83,6 +139,10 @@ def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, p
     GET /metrics (Prometheus, always on).
     Works with the official openai client:
       client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+
+    \b
+    Faults for --inject (each a real change to the serving path):
+    {faults}
     """
     from infdebug.tracer.engine.replica import InjectionError, Injections, Replica
     from infdebug.tracer.engine.server import serve
@@ -114,6 +174,11 @@ def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, p
     with contextlib.suppress(KeyboardInterrupt):
         serve(rep, host=host, port=port, log_level=log_level)
     sys.exit(0)
+
+
+serve_cmd.help = (serve_cmd.help or "").replace(
+    "{faults}", "\n    ".join(f"  {f.spec:<16} {f.what}" for f in FAULTS)
+)
 
 
 def register(group: click.Group) -> None:

@@ -11,14 +11,28 @@ from typing import Any
 import click
 from rich.table import Table
 
-from infdebug.console import err_console, fail, out_console, print_json
+from infdebug.console import (
+    MISSING,
+    err_console,
+    fail,
+    fmt_ms,
+    fmt_number,
+    fmt_percent,
+    fmt_rate,
+    fmt_seconds,
+    id_column,
+    out_console,
+    print_json,
+)
+from infdebug.tracer.engine.faults import fault_specs
 
 
 @click.command("fleet")
 @click.option("--replicas", default=3, show_default=True, help="How many replicas (named r1..rN).")
 @click.option("--model", "model_dir", required=True, metavar="DIR", help="A checkpoint directory (infdebug make-model).")
 @click.option("--inject", "injects", multiple=True, metavar="REPLICA:FAULT",
-              help="A fault for one replica, e.g. r2:slow=1.3 or r3:double-bos ('all:' for every one). Repeatable.")
+              help="A fault for one replica, e.g. r2:slow=1.3 or r3:double-bos ('all:' for every one); "
+              f"FAULT is one of serve's: {fault_specs()}. Repeatable.")
 @click.option("--deployment-of", "deployments", multiple=True, metavar="REPLICA=LABEL",
               help="A deployment label for one replica, e.g. r3=canary. Repeatable.")
 @click.option("--base-port", default=8100, show_default=True, envvar="INFDEBUG_FLEET_BASE_PORT",
@@ -64,11 +78,15 @@ def fleet_cmd(replicas: int, model_dir: str, injects: tuple[str, ...], deploymen
         print_json(info)
     else:
         t = Table(title=f"fleet: {replicas} replicas of {fleet.model_dir}")
-        for col in ("replica", "url", "injected", "deployment", "pid", "ready"):
-            t.add_column(col)
+        for col in ("replica", "url"):
+            id_column(t, col)
+        t.add_column("injected")
+        id_column(t, "deployment")
+        id_column(t, "pid", justify="right")
+        t.add_column("ready", justify="right")
         for r in fleet.replicas:
-            t.add_row(r.name, r.url + "/v1", ", ".join(r.injections) or "-", r.deployment or "-", str(r.pid),
-                      f"{r.ready_s:.1f} s" if r.ready_s is not None else "-")
+            t.add_row(r.name, r.url + "/v1", ", ".join(r.injections) or MISSING, r.deployment or MISSING, str(r.pid),
+                      fmt_seconds(r.ready_s))
         out_console.print(t)
         out_console.print(f"traces: {fleet.trace_dir}   logs: {fleet.log_dir}", highlight=False)
         urls = " ".join(f"--url {u}" for u in fleet.urls)
@@ -100,7 +118,9 @@ def fleet_cmd(replicas: int, model_dir: str, injects: tuple[str, ...], deploymen
 @click.command("load")
 @click.option("--trace", "trace_path", required=True, metavar="FILE", help="Azure LLM 2023 CSV or Mooncake JSONL.")
 @click.option("--url", "urls", multiple=True, required=True, metavar="URL", help="A replica's base URL. Repeatable.")
-@click.option("--rate", default=None, type=float, help="Requests/s: the trace's gaps rescaled to this mean rate.")
+@click.option("--rate", default=None, type=float,
+              help="Requests/s on average over the run (round(RATE × duration) requests; the trace's gaps keep "
+              "their shape, rescaled to span the run). Default 2 unless --time-scale.")
 @click.option("--time-scale", default=None, type=float, help="Instead of --rate: multiply the trace's gaps by X.")
 @click.option("--duration", default=60.0, show_default=True, help="Seconds to send requests for.")
 @click.option("--format", "fmt", type=click.Choice(["azure", "mooncake", "auto"]), default="auto", show_default=True)
@@ -162,7 +182,7 @@ def load_cmd(trace_path: str, urls: tuple[str, ...], rate: float | None, time_sc
     try:
         with progress:
             run = asyncio.run(run_load(base_urls, schedule, policy=policy, concurrency=concurrency, seed=seed,
-                                       drain_s=drain_s, on_done=on_done))
+                                       drain_s=drain_s, on_done=on_done, duration_s=duration))
     except LoadError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -178,22 +198,23 @@ def load_cmd(trace_path: str, urls: tuple[str, ...], rate: float | None, time_sc
         raise SystemExit(1)
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000:.1f}"
-
-
 def _print_summary(s: dict[str, Any]) -> None:
-    t = Table(title=f"load: {s['trace']} · {s['policy']} · {s['wall_s']:.1f} s")
-    for col in ("replica", "sent", "ok", "failed", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
+    t = Table(title=f"load: {s['trace']} · {s['policy']} · {fmt_seconds(s['wall_s'])}")
+    id_column(t, "replica")
+    for col in ("sent", "ok", "failed", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
                 "out tok/s", "prefix hit"):
-        t.add_column(col, justify="left" if col == "replica" else "right")
+        t.add_column(col, justify="right")
     rows = [*s["replicas"].items(), ("total", s["total"])]
     for name, g in rows:
-        hit = "-" if g["prefix_hit_rate"] is None else f"{g['prefix_hit_rate']:.0%}"
-        tps = "-" if g["output_tokens_per_s"] is None else f"{g['output_tokens_per_s']:.1f}"
-        t.add_row(name, str(g["sent"]), str(g["ok"]), str(g["failed"]), _ms(g["ttft_p50_s"]), _ms(g["ttft_p99_s"]),
-                  _ms(g["itl_p50_s"]), _ms(g["itl_p99_s"]), tps, hit, style="bold" if name == "total" else None)
+        t.add_row(name, str(g["sent"]), str(g["ok"]), str(g["failed"]), fmt_ms(g["ttft_p50_s"]),
+                  fmt_ms(g["ttft_p99_s"]), fmt_ms(g["itl_p50_s"]), fmt_ms(g["itl_p99_s"]),
+                  fmt_number(g["output_tokens_per_s"]), fmt_percent(g["prefix_hit_rate"]),
+                  style="bold" if name == "total" else None)
     out_console.print(t)
+    if s.get("sent_per_s") is not None:
+        asked = f" (asked {fmt_rate(s['rate'])})" if s.get("rate") else ""
+        out_console.print(f"sent {fmt_rate(s['sent_per_s'])} over {fmt_seconds(s['duration_s'])}{asked}; "
+                          f"latest send {fmt_seconds(s['max_late_s'])} behind plan", highlight=False)
     if s["not_sent"]:
         out_console.print(f"{s['not_sent']} planned requests were not sent", highlight=False)
     for e in s["errors"]:

@@ -8,7 +8,15 @@ import tempfile
 import click
 from rich.table import Table
 
-from infdebug.console import err_console, fail, out_console, print_json
+from infdebug.console import (
+    err_console,
+    fail,
+    fmt_percent,
+    fmt_seconds,
+    id_column,
+    out_console,
+    print_json,
+)
 
 
 @click.command("profile")
@@ -25,16 +33,26 @@ def profile_cmd(ctx: click.Context, pid: int | None, replica: str | None, durati
     """Record a replica with py-spy and report the share of the engine thread's wall time
     spent in tokenization, detokenization, scheduling, sampling, the tracer itself, the
     model step, and idle; other threads (the HTTP server's, where prompts are rendered and
-    tokenized) are reported too. The stacks are stored (table profile_samples)."""
+    tokenized) are reported too. The stacks are stored (table profile_samples).
+
+    py-spy comes with the profile extra: pip install 'infdebug[profile]' (in a checkout:
+    .venv/bin/pip install -e '.[profile]'; make demo installs only the engine extra)."""
     from infdebug.schema import encode_records
-    from infdebug.tracer.profile import ENGINE_THREAD, ProfilerError, find_replica_pid, profile
+    from infdebug.tracer.profile import (
+        ENGINE_THREAD,
+        ProfilerError,
+        find_replica_pid,
+        profile,
+        py_spy_binary,
+    )
 
     if (pid is None) == (replica is None):
         fail("give exactly one of --pid PID or --replica NAME")
     try:
+        py_spy_binary()  # first: a missing py-spy is the likelier problem after `make demo`, and has a fix
         target = pid if pid is not None else find_replica_pid(str(replica))
         if not as_json:
-            err_console.print(f"sampling pid {target} for {duration:g}s at {rate} Hz …")
+            err_console.print(f"sampling pid {target} for {fmt_seconds(duration)} at {rate} Hz …", highlight=False)
         summary, records = profile(target, duration, replica=replica or f"pid-{target}", rate_hz=rate)
     except ProfilerError as e:
         fail(str(e))
@@ -55,7 +73,7 @@ def profile_cmd(ctx: click.Context, pid: int | None, replica: str | None, durati
         print_json(summary.to_json())
         return
     t = Table(show_edge=False, header_style="bold", title=f"where replica {summary.replica}'s host time goes")
-    t.add_column("thread")
+    id_column(t, "thread")
     t.add_column("activity")
     t.add_column("share", justify="right")
     t.add_column("samples", justify="right", style="dim")
@@ -64,7 +82,7 @@ def profile_cmd(ctx: click.Context, pid: int | None, replica: str | None, durati
         c = summary.by_thread[name]
         total = sum(c.values())
         for i, (cat, n) in enumerate(c.most_common()):
-            t.add_row(name if i == 0 else "", cat, f"{n / total:.1%}", str(n))
+            t.add_row(name if i == 0 else "", cat, fmt_percent(n / total), str(n))
     out_console.print(t)
     if ENGINE_THREAD not in summary.by_thread:
         err_console.print(f"[yellow]no thread named {ENGINE_THREAD} in pid {summary.pid}: is it an infdebug replica?[/]")

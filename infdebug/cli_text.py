@@ -15,7 +15,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from infdebug.console import fail, out_console, print_json
+from infdebug.console import fail, id_column, out_console, print_json
 from infdebug.text.config import TextFormatError, read_special_tokens
 from infdebug.text.fingerprint import template_fingerprint
 from infdebug.text.template import ChatTemplateError, fixed_now, load_template, render_chat
@@ -87,7 +87,8 @@ def template_group() -> None:
 @template_group.command("render")
 @click.argument("template_path", metavar="TEMPLATE")
 @click.option("--messages", "messages_path", required=True, metavar="FILE",
-              help='JSON list of messages, or an object with "messages" (and "tools", "documents"). "-" reads stdin.')
+              help='JSON: a list of {"role", "content"} messages, or an object with "messages" (and "tools", '
+              '"documents"); see examples/chat.json. "-" reads stdin.')
 @click.option("--bos-token", default=None, metavar="S", help="bos_token for the template.")
 @click.option("--eos-token", default=None, metavar="S", help="eos_token for the template.")
 @click.option("--tokenizer-config", "tokenizer_config", default=None, metavar="FILE",
@@ -114,6 +115,14 @@ def template_render(
 ) -> None:
     """Render TEMPLATE (a .jinja file, tokenizer_config.json, chat_template.json or a model
     directory) over the messages, and print exactly the rendered prompt: no newline is added.
+
+    \b
+    The --messages file is JSON, a list of messages or an object that holds them:
+      [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+      {"messages": [...], "tools": [...], "documents": [...]}
+    Each message has a "role" (system, user, assistant, tool) and its "content", plus what
+    the template reads (tool_calls, name, …). examples/chat.json in the repository is one:
+      infdebug template render llama3.1.jinja --messages examples/chat.json
 
     A template that fails (syntax error, raise_exception) exits 2 with its message on stderr.
     """
@@ -279,7 +288,7 @@ def fingerprint_cmd(path: str, as_json: bool) -> None:
         return
     t = Table(show_edge=False, show_header=False)
     t.add_column("what", style="bold")
-    t.add_column("fingerprint")
+    id_column(t, "fingerprint")
     t.add_column("from", style="dim", overflow="fold")
     if out["tokenizer_fp"]:
         t.add_row("tokenizer", out["tokenizer_fp"], Text(out.get("tokenizer_source", "")))

@@ -1,4 +1,10 @@
-"""Terminal output shared by every command: rich consoles, one-line failures, JSON."""
+"""Terminal output shared by every command: rich consoles, one-line failures, JSON, and the
+one way numbers are written in text output (``fmt_*``; ``--json`` keeps full precision).
+
+On a terminal the consoles wrap at its width; piped or redirected, a line is never wrapped
+(tables take the width their cells need), so an ID, a path or a row stays whole for grep,
+cut and copy-paste. ID columns are ``no_wrap`` even on a terminal (see ``id_column``).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,91 @@ import uuid
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
+from rich.table import Table
 
-err_console = Console(stderr=True)
-out_console = Console()
+# Piped or redirected: wide enough that nothing wraps (rich pads only to a table's own width).
+UNWRAPPED_WIDTH = 100_000
+
+
+class _Console(Console):
+    """A rich Console that wraps at the terminal's width on a terminal and never otherwise.
+
+    The decision is made at print time, against the stream printed to then (click's
+    CliRunner swaps sys.stdout after import). COLUMNS applies to terminals only.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self.is_terminal:
+            return dims
+        return ConsoleDimensions(UNWRAPPED_WIDTH, dims.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+err_console: Console = _Console(stderr=True)
+out_console: Console = _Console()
+
+
+def id_column(table: Table, header: str, **kw: Any) -> None:
+    """Add a column of IDs (replica, request ID, fingerprint, pid…): never folded across
+    lines, so what is shown can be copied whole. Other columns give way first; only a
+    terminal too narrow for the IDs alone cuts them, visibly (…). Piped, nothing is cut."""
+    table.add_column(header, no_wrap=True, overflow="ellipsis", **kw)
+
+
+# --- numbers in text output ---------------------------------------------------------------------
+# One rule for every command: three significant figures (at most two decimals), "—" for
+# a missing value; times of a request in milliseconds, durations of a run in seconds,
+# shares as percentages with one decimal.
+
+MISSING = "—"
+
+
+def fmt_number(x: float | None) -> str:
+    """``x`` to three significant figures, at most two decimals: 0.0412 → 0.04, 4.12, 41.2, 412, 4120."""
+    if x is None or x != x or x in (float("inf"), float("-inf")):
+        return MISSING
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def fmt_ms(seconds: float | None) -> str:
+    """A latency given in seconds, written in milliseconds (no unit): 0.0123 → 12.3."""
+    return MISSING if seconds is None else fmt_number(seconds * 1000.0)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """A duration in seconds, with its unit: 59.71 → "59.7 s"."""
+    s = fmt_number(seconds)
+    return s if s == MISSING else f"{s} s"
+
+
+def fmt_percent(ratio: float | None) -> str:
+    """A share given as a ratio, as a percentage with one decimal: 0.1234 → "12.3%"."""
+    if ratio is None or ratio != ratio:
+        return MISSING
+    return f"{ratio * 100:.1f}%"
+
+
+def fmt_rate(per_s: float | None) -> str:
+    """A rate per second: 2.994 → "2.99/s"."""
+    s = fmt_number(per_s)
+    return s if s == MISSING else f"{s}/s"
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]infdebug:[/] {msg}", highlight=False, soft_wrap=True)
+    """One line on stderr, ``infdebug: msg`` (msg is plain text: ``[profile]`` stays as is), then exit."""
+    err_console.print(f"[bold red]infdebug:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

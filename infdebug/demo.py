@@ -1,6 +1,7 @@
 """The end-to-end fleet demo behind ``make demo`` (and how ``sample_logs/`` is made).
 
-1. make a small checkpoint (random weights, a tokenizer trained here, a chat template);
+1. make a small checkpoint (a tokenizer trained here, a chat template, weights trained here to
+   chat for under a minute, so that clean replicas end their turns and do not loop);
 2. start a 3-replica fleet with injected faults (r3, the canary, decodes 1.5× slower and
    encodes its prompts with a doubled BOS);
 3. replay a real workload trace (Azure LLM 2023, scaled to this machine) for about a minute;
@@ -9,20 +10,27 @@
 
     python -m infdebug.demo                       # ~1 minute of load
     python -m infdebug.demo --seconds 20 --out DIR  # traces kept in DIR
+
+Without ``--out`` the traces go to a temporary directory that is removed when the demo
+ends (also on an error, Ctrl-C or SIGTERM); they are in the store by then.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from infdebug.console import err_console, out_console
+from infdebug.console import err_console, fmt_seconds, out_console
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRACE = os.path.join(HERE, "..", "..", "shared", "data", "traces", "azure_llm_2023")
@@ -61,26 +69,25 @@ def run_fleet(model_dir: str, trace_dir: str, trace_path: str, *, seconds: float
             return plan(trace, duration_s=seconds, rate=rate, length_scale=0.2, max_prompt_tokens=400,
                         max_output_tokens=64, max_model_len=min(lens) if lens else None)
 
-        run = asyncio.run(run_load(urls, schedule, policy="round-robin", concurrency=32, drain_s=60))
+        run = asyncio.run(run_load(urls, schedule, policy="round-robin", concurrency=32, drain_s=60,
+                                   duration_s=seconds))
     return summarize(run)
 
 
 def _analyze(st: Any, model_dir: str) -> None:
     """Every analyzer over what was just ingested, with the served checkpoint's tokenizer and
     chat template as the reference; the findings are stored and printed."""
-    from infdebug.analyzers.base import AnalysisContext, run_all
+    from infdebug.analyzers.base import AnalysisContext, analyze
     from infdebug.cli_analyze import print_findings
     from infdebug.store.findings import store_findings
-    from infdebug.store.q_outputs import count_requests
     from infdebug.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    ctx = AnalysisContext(store=st, tokenizer=tok, template=tok.chat_template)
-    findings, failed = run_all(ctx)
-    if findings:
-        store_findings(st, findings)
+    result = analyze(AnalysisContext(store=st, tokenizer=tok, template=tok.chat_template))
+    if result.findings:
+        store_findings(st, result.findings)
     out_console.print("\n[bold]infdebug analyze[/] (reference: the served checkpoint's tokenizer and template)")
-    print_findings(findings, failed, count_requests(st, ctx.window()))
+    print_findings(result.findings, result.failed, result.requests or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,30 +106,70 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ingest", action="store_true")
     args = ap.parse_args(argv)
 
-    from infdebug.tracer.engine.make_model import make_model
+    from infdebug.cli_engine import training_progress
+    from infdebug.tracer.engine.make_model import is_trained, make_model
 
     home = os.environ.get("INFDEBUG_HOME") or os.path.join(os.getcwd(), ".infdebug")
     model_dir = os.path.join(home, "demo", "model")
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        err_console.print(f"making a small checkpoint in {model_dir} …")
-        make_model(model_dir, preset="small", chat_format="llama3")
-    trace_dir = args.out or tempfile.mkdtemp(prefix="infdebug-demo-traces-")
-    if args.out and os.path.isdir(trace_dir) and os.listdir(trace_dir):
-        shutil.rmtree(trace_dir)
-    os.makedirs(trace_dir, exist_ok=True)
+    if not is_trained(model_dir):  # also remakes a random-weight model an older demo left
+        err_console.print(f"making a small checkpoint in {model_dir} and training it to chat (under a minute) …")
+        with training_progress() as on_step:
+            make_model(model_dir, preset="small", chat_format="llama3", train_steps=0, on_step=on_step)
+    with sigterm_as_interrupt(), trace_dir_for(args.out) as trace_dir:
+        return _fleet_ingest_analyze(args, home, model_dir, trace_dir)
+
+
+@contextlib.contextmanager
+def trace_dir_for(out: str | None) -> Iterator[str]:
+    """The directory the fleet traces into: ``out`` (emptied first, then kept), or a
+    temporary one that is removed when the demo ends, however it ends (done, an error,
+    Ctrl-C, SIGTERM under ``sigterm_as_interrupt``): the traces are in the store by then."""
+    if out:
+        if os.path.isdir(out) and os.listdir(out):
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        yield out
+        return
+    tmp = tempfile.mkdtemp(prefix="infdebug-demo-traces-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so cleanup runs; restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fleet_ingest_analyze(args: argparse.Namespace, home: str, model_dir: str, trace_dir: str) -> int:
+    """Steps 2–4: the fleet under load, then ingest, stats and the analyzers' findings."""
     t0 = time.time()
     summary = run_fleet(model_dir, trace_dir, find_trace(args.trace), seconds=args.seconds, rate=args.rate,
                         injections=[] if args.clean else (args.inject if args.inject is not None else ["r3:slow=1.5", "r3:double-bos"]),
                         deployments=args.deployment_of or ["r1=stable", "r2=stable", "r3=canary"],
                         base_port=args.base_port)
     tot: dict[str, Any] = summary.get("total") or {}
-    err_console.print(f"load done in {time.time() - t0:.0f}s: {tot.get('ok', '?')} ok, {tot.get('failed', '?')} failed; "
-                      f"traces in {trace_dir}", highlight=False)
+    kept = "" if args.out else " (temporary: removed when the demo ends; --out DIR keeps them)"
+    err_console.print(f"load done in {fmt_seconds(time.time() - t0)}: {tot.get('ok', '?')} ok, "
+                      f"{tot.get('failed', '?')} failed; traces in {trace_dir}{kept}", highlight=False)
     if args.no_ingest:
         return 0
     from infdebug.collectors.ingest import ingest_paths
     from infdebug.store import open_store
-    from infdebug.store.queries import replica_stats
+    from infdebug.store.queries import replica_stats, startup_times
 
     st = open_store(home=home)
     try:
@@ -131,12 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         from infdebug.cli import stats_table
 
         out_console.print(stats_table(replica_stats(st)))
-        _, rows = st.query(
-            "SELECT replica, name, round(duration_s, 3) FROM events WHERE name IN ('weights_loaded', 'ready') "
-            "ORDER BY replica, t"
-        )
+        rows = startup_times(st)
         if rows:
-            out_console.print("start-up (s): " + "; ".join(f"{r} {n} {d}" for r, n, d in rows), highlight=False)
+            out_console.print("start-up: " + "; ".join(f"{r} {n} {fmt_seconds(d)}" for r, n, d in rows),
+                              highlight=False)
         _analyze(st, model_dir)
     finally:
         st.close()

@@ -23,10 +23,12 @@ from typing import IO, Any
 
 import httpx
 
+from infdebug.errors import OperationError
+
 _SERVE = "import sys; from infdebug.cli import main; sys.argv[0] = 'infdebug'; main()"
 
 
-class FleetError(RuntimeError):
+class FleetError(OperationError):
     pass
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from infdebug.errors import OperationError
 from infdebug.prompts import chat_messages
 from infdebug.traces import PlannedRequest
 
@@ -28,7 +29,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 POLICIES = ("round-robin", "least-loaded")
 
 
-class LoadError(RuntimeError):
+class LoadError(OperationError):
     pass
 
 
@@ -74,6 +75,7 @@ class RequestResult:
     output_tokens: int = 0
     cached_tokens: int | None = None
     late_s: float = 0.0  # how long after its planned arrival it was sent (concurrency cap, slow client)
+    sent_s: float | None = None  # when it was sent, seconds after the run started
 
 
 async def describe_target(client: httpx.AsyncClient, url: str) -> Target:
@@ -190,6 +192,7 @@ class LoadRun:
     wall_s: float
     planned: int
     not_sent: int
+    duration_s: float | None = None  # the run's nominal length (what --duration said), if known
 
 
 async def run_load(
@@ -202,10 +205,12 @@ async def run_load(
     request_timeout_s: float = 120.0,
     drain_s: float = 30.0,
     on_done: Callable[[RequestResult], None] | None = None,
+    duration_s: float | None = None,
 ) -> LoadRun:
     """Send the schedule; wait up to ``drain_s`` after the last arrival for requests in
     flight, then cancel what is left (reported as failed). ``schedule`` may be a function of
-    the targets (to clamp lengths to their max_model_len)."""
+    the targets (to clamp lengths to their max_model_len). ``duration_s``, the run's nominal
+    length, is what the summary's sent rate is measured over."""
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         targets = [await describe_target(client, u) for u in urls]
@@ -219,17 +224,18 @@ async def run_load(
             async with sem:
                 target = router.pick()
                 target.inflight += 1
-                late = max(0.0, time.perf_counter() - start - req.at_s)
+                sent = time.perf_counter() - start
+                late = max(0.0, sent - req.at_s)
                 try:
                     res = await send_one(client, target, req, seed, request_timeout_s)
                 except asyncio.CancelledError:
                     res = RequestResult(req.index, target.name, ok=False, error="cancelled at the end of the run",
-                                        target_prompt_tokens=req.prompt_tokens)
+                                        target_prompt_tokens=req.prompt_tokens, late_s=late, sent_s=sent)
                     results.append(res)
                     raise
                 finally:
                     target.inflight -= 1
-                res.late_s = late
+                res.late_s, res.sent_s = late, sent
                 results.append(res)
                 if on_done:
                     on_done(res)
@@ -249,7 +255,8 @@ async def run_load(
         if poller:
             poller.cancel()
         wall = time.perf_counter() - start
-    return LoadRun(targets, sorted(results, key=lambda r: r.index), wall, len(plan), len(plan) - len(tasks))
+    return LoadRun(targets, sorted(results, key=lambda r: r.index), wall, len(plan), len(plan) - len(tasks),
+                   duration_s)
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -286,12 +293,22 @@ def _group(results: list[RequestResult], wall_s: float) -> dict[str, Any]:
     }
 
 
+def sent_rate(run: LoadRun) -> float | None:
+    """Requests/s actually sent over the run's nominal duration (None when it is unknown):
+    what ``--rate`` asks for, measured at the client."""
+    if not run.duration_s or run.duration_s <= 0:
+        return None
+    return sum(1 for r in run.results if r.sent_s is not None) / run.duration_s
+
+
 def summarize(run: LoadRun) -> dict[str, Any]:
     """Per replica and in total: requests sent/ok/failed, TTFT and inter-token p50/p99,
-    output tokens/s, prefix hit rate (cached / prompt tokens), and the first errors."""
+    output tokens/s, prefix hit rate (cached / prompt tokens), and the first errors; the
+    rate sent (requests/s over the nominal duration) and the largest send delay."""
     per = {t.name: _group([r for r in run.results if r.replica == t.name], run.wall_s) for t in run.targets}
     for t in run.targets:
         per[t.name]["url"] = t.url
     errors = [f"#{r.index} {r.replica}: {r.error}" for r in run.results if not r.ok][:10]
     return {"wall_s": run.wall_s, "planned": run.planned, "not_sent": run.not_sent,
+            "sent_per_s": sent_rate(run), "max_late_s": max((r.late_s for r in run.results), default=None),
             "total": _group(run.results, run.wall_s), "replicas": per, "errors": errors}

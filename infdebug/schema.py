@@ -23,6 +23,8 @@ from typing import IO, Annotated, Any, Literal
 
 import msgspec
 
+from infdebug.errors import InputError
+
 SCHEMA_VERSION = 1
 UINT32_MAX = 2**32 - 1
 
@@ -221,7 +223,7 @@ class _Head(msgspec.Struct):
 _HEAD = msgspec.json.Decoder(_Head)
 
 
-class LineError(ValueError):
+class LineError(InputError):
     """A line that does not satisfy the contract; ``field`` names the offending field."""
 
     def __init__(self, reason: str, field: str | None = None) -> None:

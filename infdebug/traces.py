@@ -21,11 +21,13 @@ import json
 import os
 from dataclasses import dataclass
 
+from infdebug.errors import InputError
+
 MOONCAKE_BLOCK_TOKENS = 512
 FORMATS = ("azure", "mooncake")
 
 
-class TraceFormatError(ValueError):
+class TraceFormatError(InputError):
     """A trace file that is not what its format says; the message names file:line."""
 
 
@@ -195,9 +197,14 @@ def plan(
 ) -> list[PlannedRequest]:
     """A schedule of requests arriving within ``duration_s``.
 
-    Arrival gaps are the trace's own, multiplied by ``time_scale``, or rescaled so their mean
-    gives ``rate`` requests/s (exactly one of the two). The trace wraps around if the run is
-    longer than it. Lengths are multiplied by ``length_scale``, then clamped: output to
+    Arrival gaps are the trace's own, multiplied by ``time_scale``, or — with ``rate`` —
+    rescaled so that the run sends ``rate`` requests/s on average: ``round(rate ×
+    duration_s)`` requests whose gaps keep the trace's shape (its bursts and lulls) and
+    together span ``duration_s`` (exactly one of the two). Rescaling by the whole trace's mean
+    gap instead would miss the rate wherever the part of the trace replayed is burstier or
+    quieter than the whole (the Azure conv trace opens with its longest gap: at 1 request/s
+    for 10 s that sent one request). The trace wraps around if the run is longer than it.
+    Lengths are multiplied by ``length_scale``, then clamped: output to
     ``max_output_tokens``, prompt to ``max_prompt_tokens``, and prompt + output +
     ``reserve_tokens`` (the chat template's own tokens) to ``max_model_len``.
     """
@@ -213,18 +220,10 @@ def plan(
         return []
     gaps = arrival_gaps(reqs) or [0.0]
     gaps.append(gaps[-1])  # the gap after the last request, before the trace wraps
-    mean = sum(gaps) / len(gaps)
-    if rate is not None:
-        factor = (1.0 / rate) / mean if mean > 0 else 0.0
-        gaps = gaps if mean > 0 else [1.0 / rate] * len(gaps)
-    else:
-        assert time_scale is not None
-        factor = time_scale
+    arrivals = _arrivals(gaps, duration_s, rate, time_scale, max_requests)
     block = max(1, round(MOONCAKE_BLOCK_TOKENS * length_scale))
     out: list[PlannedRequest] = []
-    t = 0.0
-    i = 0
-    while t <= duration_s and len(out) < max_requests:
+    for i, t in enumerate(arrivals):
         r = reqs[i % len(reqs)]
         out_tok = max(1, round(r.output_tokens * length_scale))
         if max_output_tokens is not None:
@@ -237,8 +236,28 @@ def plan(
         if max_model_len is not None:
             prompt = max(1, min(prompt, max_model_len - out_tok - reserve_tokens))
         out.append(PlannedRequest(i, t, prompt, out_tok, _blocks(r.hash_ids, prompt, block), r.line))
-        t += gaps[i % len(gaps)] * factor
-        i += 1
+    return out
+
+
+def _arrivals(gaps: list[float], duration_s: float, rate: float | None, time_scale: float | None,
+              max_requests: int) -> list[float]:
+    """Arrival offsets: the trace's gaps (wrapping) scaled by ``time_scale`` up to
+    ``duration_s``, or ``round(rate × duration_s)`` of them rescaled to span ``duration_s``."""
+    if rate is None:
+        assert time_scale is not None
+        out: list[float] = []
+        t = 0.0
+        while t <= duration_s and len(out) < max_requests:
+            out.append(t)
+            t += gaps[(len(out) - 1) % len(gaps)] * time_scale
+        return out
+    n = min(max_requests, max(1, round(rate * duration_s)))
+    window = [gaps[k % len(gaps)] for k in range(n)]  # the gap after each of the n requests
+    total = sum(window)
+    scaled = [g * duration_s / total for g in window] if total > 0 else [duration_s / n] * n
+    out = [0.0] * n
+    for k in range(1, n):
+        out[k] = min(duration_s, out[k - 1] + scaled[k - 1])  # no float drift past the end
     return out
 
 

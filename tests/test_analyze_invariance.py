@@ -205,3 +205,32 @@ def test_deployment_skeleton_evidence_does_not_depend_on_replica_names(store: St
     got = _findings_of(store, str(tmp_path), "template.new_skeleton",
                        [write_jsonl(str(tmp_path / "b.jsonl"), renamed(recs, reverse))], rename=reverse)
     assert got == base
+
+
+def test_two_unnamed_vocabularies_do_not_depend_on_names_order_or_files(store: Store, tmp_path: Any) -> None:
+    """The stable replicas serve Llama-3, the canary ones encode the same prompts with Qwen2,
+    and no record names its model (as vLLM's request lines): one vocabulary_mismatch, no
+    cross-replica drift, and the same findings however the fleet is named or handed over."""
+    from fleetlogs import qwen25
+
+    from infdebug.text.tokenizer import encode_prompt
+
+    qwen = qwen25(SHARED_DATA).tok
+    recs = [msgspec.structs.replace(r, model=None, tokenizer_fp=None,
+                                    prompt_ids=encode_prompt(qwen, r.prompt_text or "")
+                                    if r.deployment == "canary" else r.prompt_ids)
+            for r in _fleet(7, {})]
+    tmp = str(tmp_path)
+    _load(store, tmp, [write_jsonl(os.path.join(tmp, "fleet.jsonl"), recs)])
+    found = _analyze(store)
+    vocab = [f for f in found if f.kind == "tokenizer.vocabulary_mismatch"]
+    assert len(vocab) == 2 and not [f for f in found if f.kind == "tokenizer.cross_replica_ids"]  # without and with the reference
+    groups = (vocab[0].evidence or {})["groups"]
+    assert sorted(sorted(g["replicas"]) for g in groups) == [
+        ["r0 (stable)", "r1 (stable)", "r2 (stable)"], ["r3 (canary)", "r4 (canary)"]]
+    rename = dict(zip(NAMES, reversed(NEW_NAMES), strict=True))
+    for label, (variant, mapping, batches) in _variants(recs, tmp, rename, 3, 7).items():
+        base = normal(found, variant=variant)
+        _load(store, tmp, *batches)
+        got = normal(_analyze(store), mapping, variant)
+        assert got == base, label + ":\n" + _diff(base, got)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -21,11 +22,16 @@ CHAT = "<|user|>\n{q}<|end|>\n<|assistant|>\n"
 QUESTIONS = ["Hello", "What is 2+2?", "Tell me a joke.", "Translate 'chat' into French.", "Why is the sky blue?"]
 
 
+@functools.cache
+def _load(path: str) -> TokenizerBundle:
+    return load_tokenizer(path)  # Llama-3's from its ranks takes seconds: once per process
+
+
 def _tok(shared_data: str, name: str) -> TokenizerBundle:
     path = os.path.join(shared_data, "tokenizers", name)
     if not os.path.isdir(path):
         pytest.skip(f"tokenizer {path} is absent")
-    return load_tokenizer(path)
+    return _load(path)
 
 
 def _ingest(store: Store, tmp_path: Path, records: list[Request]) -> None:
@@ -317,3 +323,156 @@ def test_a_tie_against_a_doubled_first_token_blames_the_doubled_side(store: Stor
     (ids_f,) = _kinds(tokenizer_drift(AnalysisContext(store=store)))["tokenizer.cross_replica_ids"]
     assert ids_f.scope["replica"] == doubled  # type: ignore[index]
     assert ids_f.evidence["cause"] == "doubled_first_token"  # type: ignore[index]
+
+
+# --- another vocabulary altogether is not drift ------------------------------------------------
+
+SYSTEMS = ["You are a helpful assistant.", "Answer in one sentence.", "Réponds en français, s'il te plaît."]
+PROMPTS = [f"{s}\n\n{q} (case {k})" for k, (s, q) in enumerate((s, q) for s in SYSTEMS for q in QUESTIONS)]
+
+
+def _unnamed(i: int, replica: str, text: str, ids: list[int]) -> Request:
+    """A request as a vLLM log line gives it: no model name, no fingerprint."""
+    return make_request(i, replica=replica, model=None, tokenizer_fp=None, prompt_text=text, prompt_ids=ids)
+
+
+def _two_models(shared_data: str, first: str, second: str, split: tuple[int, int]) -> list[Request]:
+    """``split[0]`` replicas serve ``first``'s tokenizer, ``split[1]`` ``second``'s; every
+    replica receives every prompt (the same benchmark sent to both fleets)."""
+    toks = [_tok(shared_data, first), _tok(shared_data, second)]
+    reps = [(f"a{k}", toks[0]) for k in range(split[0])] + [(f"b{k}", toks[1]) for k in range(split[1])]
+    return [_unnamed(i * len(reps) + k, rep, text, encode_prompt(tok, text))
+            for i, text in enumerate(PROMPTS) for k, (rep, tok) in enumerate(reps)]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "split"),
+    [("gpt2", "llama3", (2, 2)), ("gpt2", "llama3", (3, 1)), ("llama3", "qwen2-1.5b-instruct-finetune", (3, 2)),
+     ("gpt2", "qwen2-1.5b-instruct-finetune", (1, 1))],
+)
+def test_two_unnamed_models_are_a_vocabulary_mismatch_not_drift(
+    store: Store, tmp_path: Path, shared_data: str, first: str, second: str, split: tuple[int, int]
+) -> None:
+    """vLLM's request lines never name the model: two unrelated models' logs analysed together
+    encode one prompt text to unrelated IDs. That is one warning naming both groups, not a
+    cross-replica error on whichever side is outnumbered, nor IDs "out of vocabulary"."""
+    _ingest(store, tmp_path, _two_models(shared_data, first, second, split))
+    found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
+    assert set(found) == {"tokenizer.vocabulary_mismatch"}, {k: [f.summary for f in v] for k, v in found.items()}
+    (f,) = found["tokenizer.vocabulary_mismatch"]
+    assert f.severity == "warning" and "replica" not in (f.scope or {})
+    assert "different vocabularies" in f.summary and "do not name" in f.summary
+    v, ev = f.values or {}, f.evidence or {}
+    assert v["vocabularies"] == 2 and v["texts"] == len(PROMPTS) and v["overlap"] < 0.5
+    groups = ev["groups"]
+    assert sorted(len(g["replicas"]) for g in groups) == sorted(split)
+    a_side = next(g for g in groups if g["replicas"][0].startswith("a"))
+    b_side = next(g for g in groups if g["replicas"][0].startswith("b"))
+    assert a_side["replicas"] == [f"a{k} (stable)" for k in range(split[0])]
+    toks = {first: _tok(shared_data, first), second: _tok(shared_data, second)}
+    for side, name in ((a_side, first), (b_side, second)):  # the first IDs each side logged: a BOS, or the text's
+        assert encode_prompt(toks[name], PROMPTS[0])[0] in side["first_ids"]
+        assert side["example"]["replica"] in side["replicas"]
+        bos = name == "llama3"
+        assert (side["first_id"], side["first_id_share"]) == (128000, 1.0) if bos else side["first_id_share"] < 1.0
+    ex = ev["example"]
+    assert ex["prompt_text"] == PROMPTS[0] and len(ex["sides"]) == 2
+    assert {s["replica"][0] for s in ex["sides"]} == {"a", "b"}
+    (pair,) = ev["pairs"]
+    assert pair["overlap"] == v["overlap"] and pair["texts"] == len(PROMPTS) and pair["ids_compared"] >= 16
+
+
+def _split_special(tok: TokenizerBundle, text: str, special: str) -> list[int]:
+    """``text`` encoded with its first ``special`` read as plain text (the special token not
+    registered on that replica): pieces instead of one ID."""
+    i = text.index(special)
+    return [*encode_prompt(tok, text[:i]), *tok.encode(special[:2]), *tok.encode(special[2:]),
+            *tok.encode(text[i + len(special):])]
+
+
+@pytest.mark.parametrize("drift", ["double_bos", "special_as_text"])
+def test_drift_within_one_unnamed_vocabulary_stays_cross_replica_ids(
+    store: Store, tmp_path: Path, shared_data: str, drift: str
+) -> None:
+    """The same Llama-3 tokenizer everywhere, one replica off by a doubled BOS or one special
+    token handled as text: a few IDs of otherwise equal sequences, drift (blamed on it)."""
+    tok = _tok(shared_data, "llama3")
+    texts = [f"<|start_header_id|>user<|end_header_id|>\n\n{p}<|eot_id|>" for p in PROMPTS]
+    recs = []
+    for i, text in enumerate(texts):
+        for k in range(3):
+            ids = encode_prompt(tok, text)
+            if k == 2:
+                ids = [ids[0], *ids] if drift == "double_bos" else _split_special(tok, text, "<|eot_id|>")
+            recs.append(_unnamed(i * 3 + k, f"r{k}", text, ids))
+    _ingest(store, tmp_path, recs)
+    found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
+    assert set(found) == {"tokenizer.cross_replica_ids"}
+    (f,) = found["tokenizer.cross_replica_ids"]
+    assert f.severity == "error" and (f.scope or {})["replica"] == "r2"
+
+
+def test_thin_evidence_never_splits_a_vocabulary(store: Store, tmp_path: Path, shared_data: str) -> None:
+    """A prompt that is one special token, read as a token on one replica and as text on the
+    other, shares no ID: it looks like two vocabularies, but one text of one ID is too little
+    to tell, so it stays drift."""
+    gpt2 = _tok(shared_data, "gpt2")
+    text = "<|endoftext|>"
+    assert gpt2.piece(50256) == text and 50256 not in gpt2.encode(text)
+    _ingest(store, tmp_path, [_unnamed(0, "r0", text, [50256]), _unnamed(1, "r1", text, gpt2.encode(text))])
+    found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
+    assert set(found) == {"tokenizer.cross_replica_ids"}
+
+
+def test_drift_inside_one_of_two_vocabularies_is_still_found(store: Store, tmp_path: Path, shared_data: str) -> None:
+    """GPT-2 on a0-a2, Llama-3 on b0-b2, and b2 doubles the BOS: the two vocabularies are one
+    warning, and b2's doubled BOS is drift within Llama-3's (its peers b0, b1 the reference)."""
+    recs = _two_models(shared_data, "gpt2", "llama3", (3, 3))
+    recs = [make_request(int(r.request_id[4:]), **{**_fields(r), "prompt_ids": [r.prompt_ids[0], *r.prompt_ids]})
+            if r.replica == "b2" else r for r in recs]
+    _ingest(store, tmp_path, recs)
+    found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
+    assert set(found) == {"tokenizer.vocabulary_mismatch", "tokenizer.cross_replica_ids"}
+    (ids,) = found["tokenizer.cross_replica_ids"]
+    assert (ids.scope or {})["replica"] == "b2" and (ids.evidence or {})["cause"] == "doubled_first_token"
+    assert (ids.evidence or {})["reference_replicas"] == ["b0 (stable)", "b1 (stable)"]
+    (voc,) = found["tokenizer.vocabulary_mismatch"]
+    assert sorted(g["replicas"][0][0] for g in (voc.evidence or {})["groups"]) == ["a", "b"]
+
+
+def test_out_of_vocab_compares_within_one_vocabulary(store: Store, tmp_path: Path, shared_data: str) -> None:
+    """Llama-3's IDs run to 128k, GPT-2's to 50k: without a reference, a Llama-3 replica is not
+    "out of vocabulary" next to GPT-2 ones; a real out-of-range ID is still found."""
+    one = _two_models(shared_data, "gpt2", "llama3", (2, 2))  # 8 rounds: ≥ 100 requests of peers
+    recs = [make_request(i, **{**_fields(r), "request_id": f"x{i}-{k}", "t_arrival": r.t_arrival + 1000 * k})
+            for k in range(8) for i, r in enumerate(one)]
+    recs.append(_unnamed(99_999, "a0", PROMPTS[0] + "!", [*_tok(shared_data, "gpt2").encode(PROMPTS[0]), 4_000_000]))
+    _ingest(store, tmp_path, recs)
+    found = _kinds(tokenizer_drift(AnalysisContext(store=store)))
+    (oov,) = found["tokenizer.out_of_vocab"]
+    assert (oov.scope or {})["replica"] == "a0" and (oov.evidence or {})["request_ids"] == ["req-99999"]
+    assert set(found) == {"tokenizer.vocabulary_mismatch", "tokenizer.out_of_vocab"}
+
+
+def test_vocabulary_mismatch_does_not_depend_on_replica_names(store: Store, tmp_path: Path, shared_data: str) -> None:
+    recs = _two_models(shared_data, "gpt2", "llama3", (2, 2))
+    rename = {"a0": "z9", "a1": "z8", "b0": "c1", "b1": "c0"}
+
+    def vocab_finding(rs: list[Request], name: str) -> dict[str, Any]:
+        store.command("TRUNCATE TABLE requests")
+        store.command("TRUNCATE TABLE ingest_state")
+        d = tmp_path / name
+        d.mkdir()
+        _ingest(store, d, rs)
+        (f,) = _kinds(tokenizer_drift(AnalysisContext(store=store)))["tokenizer.vocabulary_mismatch"]
+        return {"values": f.values, "evidence": f.evidence}
+
+    base = vocab_finding(recs, "base")
+    moved = vocab_finding([make_request(0, **{**_fields(r), "replica": rename[r.replica]}) for r in reversed(recs)], "moved")
+    back = {f"{v} (stable)": f"{k} (stable)" for k, v in rename.items()}
+    for g in moved["evidence"]["groups"]:
+        g["replicas"] = sorted(back[x] for x in g["replicas"])
+        g["example"]["replica"] = back[g["example"]["replica"]]
+    for s in moved["evidence"]["example"]["sides"]:
+        s["replica"] = back[s["replica"]]
+    assert moved == base

@@ -123,4 +123,120 @@ def test_sample_logs_load_cleanly(home: str) -> None:
     assert s["rejected"] == 0
     assert s["rows"]["request"] >= 100 and s["rows"]["gpu"] > 0 and s["rows"]["event"] > 0
     reps = json.loads(run(home, "stats", "--json").stdout)["replicas"]
-    assert len(reps) == 3
+    assert {(r["replica"], r["deployment"]) for r in reps} == {
+        (f"r{i}", d) for i in (1, 2, 3) for d in ("baseline", "canary")}  # two fleets, same replica names
+
+
+# --- in process, through click's CliRunner (output is not a terminal there, as when piped) ---
+
+
+def _load(home: str, tmp_path: Any, recs: list[Any]) -> None:
+    from infdebug.collectors.ingest import ingest_paths
+    from infdebug.store import open_store
+
+    f = tmp_path / "recs.jsonl"
+    f.write_bytes(encode_records(recs))
+    st = open_store(home=home)
+    try:
+        ingest_paths(st, [str(f)], rejects_path=str(tmp_path / "rejects.jsonl"))
+    finally:
+        st.close()
+
+
+def _invoke(home: str, *args: str, code: int = 0) -> Any:
+    from click.testing import CliRunner
+
+    from infdebug.cli import cli
+
+    res = CliRunner().invoke(cli, ["--home", home, *args], catch_exceptions=False)
+    assert res.exit_code == code, res.output
+    return res
+
+
+def test_stats_groups_by_replica_within_its_deployment(home: str, tmp_path: Any) -> None:
+    # r3 of stable and r3 of canary are different pods: two rows, named as analyze names them.
+    recs = [make_request(i, replica="r3", deployment="stable", ttft_s=0.010) for i in range(4)]
+    recs += [make_request(10 + i, replica="r3", deployment="canary", ttft_s=0.050) for i in range(6)]
+    recs += [make_request(20 + i, replica="r1", deployment=None, ttft_s=0.020) for i in range(2)]
+    _load(home, tmp_path, recs)
+    out = json.loads(_invoke(home, "stats", "--json").stdout)["replicas"]
+    assert [(r["replica"], r["deployment"], r["requests"]) for r in out] == [
+        ("r1", None, 2), ("r3", "canary", 6), ("r3", "stable", 4)]
+    assert [r["ttft_s"]["p50"] for r in out] == pytest.approx([0.020, 0.050, 0.010])
+    cells = [[c.strip() for c in line.split("│")][:2] for line in _invoke(home, "stats").stdout.splitlines()]
+    assert ["r3 (canary)", "6"] in cells and ["r3 (stable)", "4"] in cells and ["r1", "2"] in cells, cells
+    only = json.loads(_invoke(home, "stats", "--deployment", "canary", "--json").stdout)["replicas"]
+    assert [(r["replica"], r["deployment"]) for r in only] == [("r3", "canary")]
+
+
+def test_piped_output_is_not_wrapped_and_keeps_ids_whole(home: str, tmp_path: Any) -> None:
+    replica = "replica-" + "x" * 90
+    deployment = "canary-2025-01-31-" + "d" * 40
+    rid = "chatcmpl-" + "0123456789abcdef" * 6
+    _load(home, tmp_path, [make_request(0, replica=replica, deployment=deployment, request_id=rid)])
+    stats = _invoke(home, "stats").stdout
+    row = next(line for line in stats.splitlines() if replica in line)
+    assert f"{replica} ({deployment})" in row and "n=" not in row, stats  # whole, on one line
+    table = _invoke(home, "query", "SELECT request_id, replica, prompt_text, output_ids FROM requests").stdout
+    row = next(line for line in table.splitlines() if rid in line)
+    assert replica in row and "[7, 8, 2]" in row and len(row) > 200
+
+
+def test_text_output_rounds_numbers_one_way() -> None:
+    from infdebug.console import fmt_ms, fmt_number, fmt_percent, fmt_rate, fmt_seconds
+
+    assert [fmt_number(x) for x in (0.04123, 4.123, 41.23, 412.3, 4123.4, -5.678, 0.0)] == [
+        "0.04", "4.12", "41.2", "412", "4123", "-5.68", "0.00"]
+    assert (fmt_ms(0.0123), fmt_ms(0.00042), fmt_ms(1.5), fmt_ms(None)) == ("12.3", "0.42", "1500", "—")
+    assert (fmt_seconds(59.71), fmt_seconds(float("nan")), fmt_percent(0.1234), fmt_percent(None)) == (
+        "59.7 s", "—", "12.3%", "—")
+    assert fmt_rate(2.994) == "2.99/s"
+
+
+def test_query_help_lists_every_table(home: str) -> None:
+    from infdebug.store import open_store
+
+    st = open_store(home=home)
+    try:
+        _, rows = st.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    finally:
+        st.close()
+    tables = {r[0] for r in rows if not str(r[0]).startswith(".")}
+    assert {"requests", "gpu_samples", "events", "profile_samples", "otel_traces"} <= tables
+    help_text = " ".join(_invoke(home, "query", "--help").stdout.split())
+    for t in sorted(tables):
+        assert f" {t}," in help_text or f" {t}." in help_text, t
+
+
+def test_serve_help_lists_every_fault_the_replica_accepts(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infdebug.tracer.engine.faults import FAULTS
+
+    help_text = " ".join(_invoke(str(tmp_path / "home"), "serve", "--help").stdout.split())
+    assert "throttle" in help_text
+    for f in FAULTS:
+        assert f.spec in help_text and f.what in help_text, f
+    fleet_help = " ".join(_invoke(str(tmp_path / "home"), "fleet", "--help").stdout.split())
+    assert all(f.spec in fleet_help for f in FAULTS)
+    # and the registry is what the replica parses: each example is accepted, nothing else is
+    pytest.importorskip("torch", reason="the replica needs torch (pip install -e '.[engine]')")
+    from infdebug.tracer.engine.replica import InjectionError, Injections
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.jinja").write_text("{{ messages }}")
+    (tmp_path / "tok").mkdir()
+    assert Injections.parse([f.example for f in FAULTS]).raw == [f.example for f in FAULTS]
+    with pytest.raises(InjectionError) as e:
+        Injections.parse(["melt"])
+    assert all(f.spec in str(e.value) for f in FAULTS)
+
+
+def test_profile_without_py_spy_names_the_install_command(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as after `make demo`, which installs the engine extra only: no py-spy beside Python or on PATH
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setattr(sys, "executable", str(bare / "python"))
+    monkeypatch.setenv("PATH", str(bare))
+    res = _invoke(str(tmp_path / "home"), "profile", "--replica", "r1", "--duration", "1", code=2)
+    err = " ".join(res.stderr.split())
+    assert "py-spy is not installed" in err and "pip install 'infdebug[profile]'" in err
+    assert ".venv/bin/pip install -e '.[profile]'" in err and "Traceback" not in res.output

@@ -220,3 +220,42 @@ def test_engine_logs_are_converted_on_ingest(store: Any, tmp_path: Any) -> None:
     assert all(r["file"].startswith(logs) and r["line"] > 0 and r["reason"] for r in rejects)
     again = _ingest(store, tmp_path, logs)
     assert again.rows["request"] == 0  # converted logs are idempotent too
+
+
+def test_empty_json_array_and_binary_files_each_get_their_own_message(store: Any, tmp_path: Any) -> None:
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "blank.jsonl").write_bytes(b"\n  \n")
+    (tmp_path / "export.json").write_text(json.dumps([json.loads(encode_record(make_request(0)))], indent=2))
+    (tmp_path / "oneline.jsonl").write_text(json.dumps([json.loads(encode_record(make_request(1)))]))
+    (tmp_path / "core.log").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
+    with gzip.open(tmp_path / "plain.gz.tmp", "wb") as f:
+        f.write(encode_record(make_request(2)))
+    os.rename(tmp_path / "plain.gz.tmp", tmp_path / "rotated.jsonl")  # gzip without .gz
+    names = ["empty.jsonl", "blank.jsonl", "export.json", "oneline.jsonl", "core.log", "rotated.jsonl"]
+    rep = _ingest(store, tmp_path, *(str(tmp_path / n) for n in names))
+    by = {os.path.basename(f.path): f for f in rep.files}
+    assert (by["empty.jsonl"].status, by["empty.jsonl"].message) == ("empty", "empty file: nothing to load")
+    assert (by["blank.jsonl"].status, by["blank.jsonl"].message) == ("empty", "only blank lines: nothing to load")
+    for n in ("export.json", "oneline.jsonl"):
+        assert by[n].status == "error" and "a JSON array, not JSON Lines" in by[n].message
+        assert f"jq -c '.[]' {n}" in by[n].message
+    assert by["core.log"].status == "error" and "a binary file" in by["core.log"].message
+    assert "gzip-compressed" in by["rotated.jsonl"].message and "rotated.jsonl.gz" in by["rotated.jsonl"].message
+    messages = [by[n].message for n in names]
+    assert len(set(messages)) == len(messages)  # one message each, none lumped together
+    assert all("\n" not in m for m in messages)
+    assert rep.rejected == 0 and _count(store, "requests") == 0
+    # an empty file is empty each time it is seen, never "unchanged"
+    again = _ingest(store, tmp_path, str(tmp_path / "empty.jsonl"))
+    assert again.files[0].status == "empty" and again.exit_code() == 0
+
+
+def test_a_file_that_starts_with_blank_lines_or_an_array_line_still_loads(store: Any, tmp_path: Any) -> None:
+    p = tmp_path / "leading-blank.jsonl"
+    p.write_bytes(b"\n\n" + encode_records([make_request(i) for i in range(5)]))
+    rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 5 and rep.files[0].status == "loaded"
+    q = tmp_path / "array-first.jsonl"  # JSON Lines whose first line is a stray array: judged per line
+    q.write_bytes(b'["not", "an", "object"]\n' + encode_records([make_request(i) for i in range(10, 13)]))
+    rep = _ingest(store, tmp_path, str(q))
+    assert rep.rows["request"] == 3 and rep.rejected == 1 and _rejects(rep)[0]["line"] == 1

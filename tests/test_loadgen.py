@@ -1,13 +1,20 @@
-"""Trace readers on the real Azure and Mooncake files, scaling, and prompts with shared prefixes."""
+"""Trace readers on the real Azure and Mooncake files, scaling, prompts with shared prefixes, and
+the rate a load run really sends (against a tiny local server)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from infdebug.loadgen import LoadError, check_urls
+from infdebug.loadgen import LoadError, check_urls, run_load, summarize
 from infdebug.prompts import TOKENS_PER_WORD, prompt_text, word_list
 from infdebug.traces import TraceFormatError, TraceRequest, detect_format, plan, read_trace
 
@@ -133,3 +140,93 @@ def test_only_local_urls_unless_allowed() -> None:
     assert check_urls(["http://10.0.0.5:8000"], allow_remote=True) == ["http://10.0.0.5:8000"]
     with pytest.raises(LoadError, match="expected http"):
         check_urls(["127.0.0.1:8000"])
+
+
+# --- --rate R: R requests/s on average over the run ---------------------------------------------
+
+
+def test_rate_is_the_average_over_the_run_on_every_real_trace(shared_data: str) -> None:
+    # Rescaling by the whole trace's mean gap missed the rate wherever the replayed part is
+    # burstier or quieter than the whole: the Azure conv trace opens with its longest gap
+    # (1 req/s for 10 s sent 1 request), the code trace with a 143-s lull (3 req/s: 1.05).
+    paths = [os.path.join(shared_data, "traces", "azure_llm_2023", f"AzureLLMInferenceTrace_{k}.csv")
+             for k in ("conv", "code")]
+    paths += [os.path.join(shared_data, "traces", "mooncake_fast25", f"{k}_trace.jsonl")
+              for k in ("conversation", "synthetic")]
+    for path in paths:
+        trace = read_trace(path, limit=3000)
+        for rate, duration in ((1.0, 10.0), (2.0, 20.0), (3.0, 60.0), (0.5, 7.0), (25.0, 4.0)):
+            p = plan(trace, duration_s=duration, rate=rate)
+            assert len(p) == round(rate * duration), (path, rate, duration, len(p))
+            assert p[0].at_s == 0.0 and all(0.0 <= r.at_s <= duration for r in p)
+            assert all(b.at_s >= a.at_s for a, b in zip(p, p[1:], strict=False))
+
+
+def test_rate_keeps_the_trace_shape_and_spreads_a_trace_without_gaps() -> None:
+    p = plan(TRACE, duration_s=10.0, rate=0.5)  # 5 requests: gaps 1, 0, 3, 2, (2) span 10 s
+    assert [r.at_s for r in p] == pytest.approx([0.0, 1.25, 1.25, 5.0, 7.5])
+    same_time = [TraceRequest(0.0, 10, 2, (), i) for i in range(4)]
+    p = plan(same_time, duration_s=2.0, rate=3.0)
+    assert [r.at_s for r in p] == pytest.approx([k / 3 for k in range(6)])
+
+
+class _FakeReplica(BaseHTTPRequestHandler):
+    """The OpenAI streaming surface run_load uses, answering at once; records arrivals."""
+
+    arrivals: list[float] = []
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: pytest output carries no prints
+        pass
+
+    def _json(self, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._json({"data": [{"id": "m", "max_model_len": 2048}]} if self.path == "/v1/models"
+                   else {"replica": "fake", "running": 0, "waiting": 0})
+
+    def do_POST(self) -> None:
+        type(self).arrivals.append(time.perf_counter())
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for chunk in ({"choices": [{"delta": {"content": "a"}, "finish_reason": None}]},
+                      {"choices": [{"delta": {"content": "b"}, "finish_reason": "length"}]},
+                      {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}):
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+def fake_replica() -> Iterator[tuple[str, list[float]]]:
+    arrivals: list[float] = []
+    handler = type("Handler", (_FakeReplica,), {"arrivals": arrivals})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", arrivals
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_load_sends_the_rate_it_is_given(fake_replica: tuple[str, list[float]], shared_data: str) -> None:
+    url, arrivals = fake_replica
+    trace = read_trace(os.path.join(shared_data, "traces", "azure_llm_2023", "AzureLLMInferenceTrace_conv.csv"),
+                       limit=200)
+    rate, duration = 8.0, 2.5
+    t0 = time.perf_counter()
+    run = asyncio.run(run_load([url], plan(trace, duration_s=duration, rate=rate, max_output_tokens=2),
+                               concurrency=8, drain_s=10, duration_s=duration))
+    s = summarize(run)
+    assert len(arrivals) == round(rate * duration) == s["total"]["sent"] == s["total"]["ok"]
+    assert s["sent_per_s"] == pytest.approx(rate)
+    assert max(arrivals) - t0 < duration + 0.5  # all of them within the run, as planned
+    assert s["max_late_s"] < 0.5

@@ -30,6 +30,7 @@ from infdebug.tracer.engine.engine import SamplingParams, Sequence  # noqa: E402
 from infdebug.tracer.engine.make_model import make_model  # noqa: E402
 from infdebug.tracer.engine.replica import Replica  # noqa: E402
 from infdebug.tracer.engine.server import App  # noqa: E402
+from infdebug.tracer.exporters import InMemoryExporter  # noqa: E402
 from infdebug.tracer.jsonl import JsonlExporter  # noqa: E402
 from infdebug.tracer.prom import ReplicaMetrics  # noqa: E402
 from infdebug.tracer.tracer import ReplicaInfo, Tracer  # noqa: E402
@@ -205,7 +206,7 @@ def test_jsonl_rotates_by_size_and_gzips(tmp_path: Any) -> None:
         ex.export(_rec(i))
         if i % 7 == 0:
             time.sleep(0.01)  # several drained batches
-    ex.close()
+    ex.shutdown()
     assert ex.rotated and all(p.endswith(".requests.jsonl.gz") and os.path.exists(p) for p in ex.rotated)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     plain = [str(tmp_path / p) for p in sorted(os.listdir(tmp_path)) if p.endswith(".jsonl")]
@@ -221,7 +222,7 @@ def test_jsonl_rotates_by_age(tmp_path: Any) -> None:
     while not ex.rotated and time.time() < deadline:
         time.sleep(0.05)
     ex.export(_rec(1))
-    ex.close()
+    ex.shutdown()
     assert len(ex.rotated) >= 1
     assert [rid for p in ex.rotated + [ex.path] for rid in _read_any(p)] == ["q0", "q1"]
 
@@ -235,31 +236,25 @@ def test_jsonl_drops_oldest_when_full_and_counts_it(tmp_path: Any) -> None:
     labels = {"replica": "r", "model_name": "m", "stage": "jsonl"}
     assert m.registry.get_sample_value("infdebug_tracer_dropped_records_total", labels) == 7
     ex.start()
-    ex.close()
+    ex.shutdown()
     assert _read_any(ex.path) == ["q7", "q8", "q9"]
 
 
 class _Boom:
-    def export(self, record: Request, seq: Sequence) -> None:
+    """An exporter with a bug in every method."""
+
+    def export(self, record: Request) -> None:
         raise RuntimeError("exporter bug")
 
-    def close(self) -> None:
-        raise RuntimeError("close bug")
+    def shutdown(self) -> None:
+        raise RuntimeError("shutdown bug")
 
-
-class _Keep:
-    def __init__(self) -> None:
-        self.records: list[Request] = []
-
-    def export(self, record: Request, seq: Sequence) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        raise RuntimeError("flush bug")
 
 
 def test_tracer_never_raises_into_the_engine_and_counts_errors() -> None:
-    keep = _Keep()
+    keep = InMemoryExporter()
     tr = Tracer(ReplicaInfo(replica="r", model="m"), [_Boom(), keep])
     seq = Sequence("req-1", [1, 2, 3], SamplingParams(max_tokens=2), lambda ev: None, frozenset())
     seq.t_scheduled = seq.t0 + 0.001
@@ -270,7 +265,7 @@ def test_tracer_never_raises_into_the_engine_and_counts_errors() -> None:
     tr.step_tokens([seq], seq.t0)
     tr.finished(seq)
     tr.close()
-    assert tr.errors == 2  # one export, one close
+    assert tr.errors == 2  # one export, one shutdown
     (rec,) = keep.records
     assert rec.request_id == "req-1" and rec.output_ids == [5, 6] and rec.ttft_s == pytest.approx(0.003)
     assert rec.finish_reason == "length"

@@ -244,7 +244,7 @@ def test_make_probe_without_nvml_returns_none_and_warns_once(
 ) -> None:
     monkeypatch.setattr(gpu, "_warned_no_gpu", False)
     no_lib = FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-    with caplog.at_level(logging.WARNING, logger="infdebug.gpu"):
+    with caplog.at_level(logging.WARNING, logger="infdebug.tracer.gpu"):
         assert make_probe(False, None, False, nvml=no_lib) is None
         assert make_probe(False, None, False, nvml=FakeNvml([])) is None  # NVML but no GPU
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

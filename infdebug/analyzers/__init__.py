@@ -1,6 +1,5 @@
 """Analyzers: pure functions from store query results to Findings (see base.py).
 
-Importing the package registers every analyzer module below.
+Importing the package registers nothing: ``base.discover()`` imports every module of it,
+and each ``@analyzer`` function registers itself on import; ``base.analyze`` runs them.
 """
-
-from infdebug.analyzers import output_drift, template_drift, tokenizer_drift  # noqa: F401

@@ -1,4 +1,4 @@
-"""The Finding pipeline: analyzers are pure functions from store query results to Findings.
+"""The analyzer pipeline: the context, the registry, Finding helpers and the one run.
 
 An analyzer is a function ``(ctx: AnalysisContext) -> list[Finding]`` registered with
 ``@analyzer("name")``. It asks the store for what it needs only through functions in
@@ -6,10 +6,19 @@ An analyzer is a function ``(ctx: AnalysisContext) -> list[Finding]`` registered
 dashboard, and returns ``infdebug.schema.Finding`` records whose ``evidence`` lets an
 engineer act without re-running anything (request IDs, first diverging token with ID and
 piece on both sides, first seen, counts).
+
+One registration path: a module of this package that defines an ``@analyzer`` function is
+an analyzer; ``discover()`` imports every module of the package (those whose name starts
+with ``_`` excepted), and a module that registers nothing (a helper such as
+``template_text``) is imported and does nothing. ``analyze(ctx)`` is the one run, used by
+``infdebug analyze``, the demo and ``bench/analyze.py`` alike: every registered analyzer (or
+the named ones), each timed, one that fails reported beside the others' findings.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +27,7 @@ from typing import Any
 from infdebug.schema import Finding
 from infdebug.store.base import Store
 from infdebug.store.q_common import split_unit
+from infdebug.store.q_outputs import count_requests
 
 Severity = str  # info | warning | error
 
@@ -97,6 +107,85 @@ def finding(
 
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+PACKAGE = __name__.rpartition(".")[0]  # infdebug.analyzers
+
+
+# --- discovery -------------------------------------------------------------------------------
+
+
+def discover() -> dict[str, str]:
+    """Import every module of ``infdebug.analyzers`` (importing registers its analyzers);
+    returns the modules that failed to import (``"module NAME"`` → error). Modules already
+    imported cost a ``sys.modules`` lookup, so calling it again is cheap and finds a module
+    added since."""
+    pkg = importlib.import_module(PACKAGE)
+    broken: dict[str, str] = {}
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{PACKAGE}.{mod.name}")
+        except Exception as e:  # one broken module must not hide the others' findings
+            broken[f"module {mod.name}"] = f"{type(e).__name__}: {e}"
+    return broken
+
+
+def analyzer_names() -> list[str]:
+    """Every analyzer there is (after ``discover()``), sorted."""
+    discover()
+    return sorted(ANALYZERS)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AnalysisResult:
+    """What one ``analyze`` did: the findings (most severe first), the analyzers that ran,
+    each one's wall seconds, what failed (analyzer name, or ``"module NAME"`` for a module
+    that did not import → error) and, when counted, the requests in the window."""
+
+    findings: list[Finding]
+    ran: list[str]
+    seconds: dict[str, float]
+    failed: dict[str, str]
+    requests: int | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """Nothing ran, or every analyzer that ran failed."""
+        return not self.ran or all(n in self.failed for n in self.ran)
+
+
+def analyze(
+    ctx: AnalysisContext,
+    names: list[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    *,
+    count: bool = True,
+) -> AnalysisResult:
+    """Run every registered analyzer (or those in ``names``; unknown names run nothing) over
+    ``ctx``. An analyzer that raises is reported in ``failed`` and never stops the others.
+    ``progress(name, i, n)`` is called before each. With ``count`` the requests in ``ctx``'s
+    window are counted (``result.requests``; a StoreError there propagates)."""
+    broken = discover()
+    todo = [(name, fn) for name, fn in sorted(ANALYZERS.items()) if not names or name in names]
+    out: list[Finding] = []
+    failed: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for i, (name, fn) in enumerate(todo):
+        if progress is not None:
+            progress(name, i, len(todo))
+        t = time.perf_counter()
+        try:
+            out.extend(fn(ctx))
+        except Exception as e:  # one analyzer's bug must not hide the others' findings
+            failed[name] = f"{type(e).__name__}: {e}"
+        seconds[name] = time.perf_counter() - t
+    failed.update(broken)
+    out.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.kind, str((f.scope or {}).get("replica"))))
+    n_requests = count_requests(ctx.store, ctx.window()) if count else None
+    return AnalysisResult(out, [name for name, _ in todo], seconds, failed, n_requests)
 
 
 def run_all(
@@ -104,20 +193,6 @@ def run_all(
     names: list[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[list[Finding], dict[str, str]]:
-    """Run every registered analyzer (or ``names``); an analyzer that fails is reported in
-    the second value (name → error) and never stops the others. ``progress(name, i, n)`` is
-    called before each."""
-    from infdebug import analyzers as _pkg  # noqa: F401 - importing registers them
-
-    out: list[Finding] = []
-    failed: dict[str, str] = {}
-    todo = [(name, fn) for name, fn in sorted(ANALYZERS.items()) if not names or name in names]
-    for i, (name, fn) in enumerate(todo):
-        if progress is not None:
-            progress(name, i, len(todo))
-        try:
-            out.extend(fn(ctx))
-        except Exception as e:  # one analyzer's bug must not hide the others' findings
-            failed[name] = f"{type(e).__name__}: {e}"
-    out.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.kind, str((f.scope or {}).get("replica"))))
-    return out, failed
+    """``analyze`` without the request count, as ``(findings, failed)``."""
+    res = analyze(ctx, names, progress, count=False)
+    return res.findings, res.failed

@@ -1,7 +1,7 @@
-"""Output analyzers: stop-token drift and degenerate outputs.
+"""Output analyzers: stop-token drift, and the rate statistics the output analyzers share.
 
-``stop`` (kinds ``stop.end_of_turn_ignored``, ``stop.runaway_rate``) and ``repetition``
-(kind ``output.repetition``).
+``stop`` (kinds ``stop.end_of_turn_ignored``, ``stop.runaway_rate``) lives here;
+``repetition`` (kind ``output.repetition``) in ``repetition.py``, on the statistics below.
 
 Which IDs end a turn: the reference tokenizer's EOS IDs plus the well-known end-of-turn
 tokens it has (``<|eot_id|>``, ``<|im_end|>``, …) when ``--tokenizer`` is given; without one,
@@ -17,6 +17,10 @@ Replica-vs-fleet comparisons (runaway rate, repetition rate) use a one-sided Fis
 test (this replica's rate above the rest of the fleet's), Holm-corrected over the replicas
 compared, with a minimum sample (30 requests per replica and in the rest) and a minimum
 effect, so that a large fleet does not turn tiny differences into findings.
+
+A runaway rate the whole fleet shares escapes those comparisons (every replica is like the
+rest); past ``RUNAWAY_WARNING`` among requests with room to end their turn it is a warning
+on its own (see the constants).
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ WELL_KNOWN_EOT = (
     "</s>", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>", "[/INST]",
 )
 EVIDENCE_IDS = 10
+# A runaway rate the whole fleet shares (every replica like the rest: no comparison sees it).
+# A model that ends its turn runs into a generous cap only on its longest answers, and chat
+# answers mostly stay well under RUNAWAY_MIN_MAX_TOKENS tokens; a cap below that is a
+# deliberate short-answer limit that healthy answers hit, so those requests are left out, as
+# are ignore_eos ones (benchmarks: they run to the cap by design). More than RUNAWAY_WARNING
+# of the rest running to the cap means the fleet does not end its turns — an end-of-turn ID
+# missing from one stop-set config every replica shares, or a model that never learned to
+# stop (a random-weight one) — at least a warning. Never an error on its own: a long-form
+# workload (stories, long summaries) can fill a 512-token cap legitimately.
+RUNAWAY_MIN_MAX_TOKENS = 512
+RUNAWAY_WARNING = 0.5
 
 
 # --- statistics ---------------------------------------------------------------------------
@@ -148,7 +163,7 @@ def compare_rates(
     return out
 
 
-def _units_of(counts: dict[str, tuple[int, int]], dep: str) -> list[str]:
+def units_of(counts: dict[str, tuple[int, int]], dep: str) -> list[str]:
     """The units of deployment ``dep`` ("" for none) among ``counts``' keys."""
     return sorted(u for u in counts if (split_unit(u)[1] or "") == dep)
 
@@ -180,7 +195,7 @@ def whole_deployments(
 # --- stop.* ---------------------------------------------------------------------------------
 
 
-def _piece(ctx: AnalysisContext, tid: int) -> str | None:
+def piece(ctx: AnalysisContext, tid: int) -> str | None:
     if ctx.tokenizer is None:
         return None
     try:
@@ -216,7 +231,7 @@ def stop_analyzer(ctx: AnalysisContext) -> list[Finding]:
     w = ctx.window()
     out: list[Finding] = []
     shares = q.stop_id_shares(ctx.store, w)
-    finishes = q.finish_counts(ctx.store, w)
+    finishes = q.finish_counts(ctx.store, w, room=RUNAWAY_MIN_MAX_TOKENS)
     models = sorted({f.model for f in finishes} | set(shares))
     for model in models:
         eot, source = _eot_ids(ctx, model, shares.get(model, {}))
@@ -241,9 +256,9 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
         first = mine[0] if mine else None
         stop_sets = Counter(tuple(h.stop_ids) for h in mine)
         stop_set = list(stop_sets.most_common(1)[0][0]) if stop_sets else []
-        piece = _piece(ctx, top_id) if top_id is not None else None
+        eot_piece = piece(ctx, top_id) if top_id is not None else None
         missing = top_id is not None and top_id not in stop_set
-        tok_txt = f"{top_id}" + (f" {piece!r}" if piece else "")
+        tok_txt = f"{top_id}" + (f" {eot_piece!r}" if eot_piece else "")
         why = "is not in the stop set in force" if missing else "is in the stop set yet generation went on"
         summary = (
             f"{unit_label(c.replica)}: end-of-turn ID {tok_txt} inside {c.hits} of {c.requests} outputs "
@@ -269,7 +284,7 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
                     "request_ids": [h.request_id for h in mine],
                     "first_seen": c.first_seen,
                     "eot_id": top_id,
-                    "eot_piece": piece,
+                    "eot_piece": eot_piece,
                     "first_eot_position": first.position if first else None,
                     "output_len": first.output_len if first else None,
                     "finish_reason": first.finish_reason if first else None,
@@ -286,14 +301,44 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
     return out
 
 
+def _fleet_runaway(model: str, finishes: list[q.FinishCounts]) -> list[Finding]:
+    """A runaway rate the whole fleet shares, among the requests with room to end their turn."""
+    n = sum(f.roomy for f in finishes)
+    k = sum(f.roomy_length for f in finishes)
+    if n < MIN_REQUESTS or k < RUNAWAY_WARNING * n:
+        return []
+    rates = [(f.roomy_length / f.roomy, f) for f in finishes if f.roomy]
+    first = min(f.roomy_first_length for f in finishes if f.roomy_first_length is not None)
+    request_ids = sorted({i for f in finishes for i in f.roomy_length_request_ids})
+    over = sorted(unit_label(f.replica) for r, f in rates if r >= RUNAWAY_WARNING)
+    return [
+        finding(
+            "stop",
+            "stop.runaway_rate",
+            "warning",
+            f"{k} of {n} requests ({k / n:.1%}) sent with max_tokens ≥ {RUNAWAY_MIN_MAX_TOKENS} ran to the length cap "
+            f"across the fleet ({len(over)} of {len(rates)} replicas ≥ {RUNAWAY_WARNING:.0%}): a model that ends its "
+            "turn does not; no replica stands out, so look at what they share",
+            t_start=first,
+            values={"rate": round(k / n, 6), "count": k, "requests": n, "model": model,
+                    "min_max_tokens": RUNAWAY_MIN_MAX_TOKENS, "threshold": RUNAWAY_WARNING,
+                    "replicas": len(rates), "min_replica_rate": round(min(r for r, _ in rates), 6),
+                    "max_replica_rate": round(max(r for r, _ in rates), 6)},
+            evidence={"first_seen": first, "request_ids": request_ids[:EVIDENCE_IDS], "replicas_over_threshold": over,
+                      "hint": "an end-of-turn ID missing from the stop set every replica shares "
+                      "(stop.end_of_turn_ignored names it), or a model that does not end its turn"},
+        )
+    ]
+
+
 def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -> list[Finding]:
     counts = {f.replica: (f.length, f.requests) for f in finishes}
     first = {f.replica: f.first_seen for f in finishes}
     ids = {f.replica: f.length_request_ids for f in finishes}
-    out: list[Finding] = []
+    out: list[Finding] = _fleet_runaway(model, finishes)
     deps = whole_deployments(counts, min_diff=0.10, min_ratio=2.0)
     for dep, t in sorted(deps.items()):
-        mine = _units_of(counts, dep)
+        mine = units_of(counts, dep)
         out.append(
             finding(
                 "stop",
@@ -331,137 +376,3 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
         )
     return out
 
-
-# --- output.repetition ----------------------------------------------------------------------
-
-MAX_PERIOD = 8
-MIN_REPEATS = 10
-
-
-@dataclass(frozen=True)
-class Loop:
-    ids: list[int]
-    period: int
-    repeats: int
-
-
-def tail_loop(ids: list[int], max_period: int = MAX_PERIOD, min_repeats: int = MIN_REPEATS) -> Loop | None:
-    """The shortest loop (period ≤ max_period) the sequence ends in, repeated ≥ min_repeats
-    times; a single trailing token (an EOS after the loop) is allowed."""
-    for seq in (ids, ids[:-1]):
-        for p in range(1, max_period + 1):
-            if len(seq) < p * min_repeats:
-                break
-            unit = seq[-p:]
-            if p > 1 and len(set(unit)) == 1:
-                continue  # a shorter period already covers it
-            r = 1
-            while (r + 1) * p <= len(seq) and seq[-(r + 1) * p : -r * p] == unit:
-                r += 1
-            if r >= min_repeats:
-                return Loop(list(unit), p, r)
-    return None
-
-
-@analyzer("repetition")
-def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
-    cands = q.repetition_candidates(ctx.store, ctx.window())
-    cases: dict[str, list[tuple[str, float, Loop]]] = {}
-    for rc in cands:
-        hits: list[tuple[str, float, Loop]] = []
-        for rid, t_arr, tail in rc.candidates:
-            loop = tail_loop(tail)
-            if loop is not None:
-                hits.append((rid, t_arr, loop))
-        cases[rc.replica] = hits
-    counts = {rc.replica: (len(cases[rc.replica]), rc.requests) for rc in cands}
-    tests = {t.replica: t for t in compare_rates(counts, min_diff=0.02, min_ratio=2.0)}
-    capped = {rc.replica: rc.capped for rc in cands}
-    out: list[Finding] = []
-    deps = whole_deployments(counts, min_diff=0.02, min_ratio=2.0)
-    for dep, dt in sorted(deps.items()):
-        mine = _units_of(counts, dep)
-        found_dep = sorted((x for u in mine for x in cases[u]), key=lambda x: (x[1], x[0]))
-        loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found_dep)
-        (top_ids, top_period), _ = min(loops.items(), key=lambda kv: (-kv[1], kv[0]))
-        out.append(
-            finding(
-                "repetition",
-                "output.repetition",
-                "error" if dt.rate >= 0.20 else "warning",
-                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {dt.k} of {dt.n} outputs ({dt.rate:.1%}) "
-                f"end in a loop vs {dt.rest_rate:.1%} on the other deployments (p={dt.p_holm:.2g}, Holm); "
-                f"most common {list(top_ids)}",
-                deployment=dep or None,
-                t_start=found_dep[0][1] if found_dep else None,
-                values={**dt.values(), "replicas": [unit_label(u) for u in mine]},
-                evidence={"request_ids": [rid for rid, _, _ in found_dep[:EVIDENCE_IDS]],
-                          "first_seen": found_dep[0][1] if found_dep else None,
-                          "loop_ids": list(top_ids), "period": top_period},
-            )
-        )
-    for rep in sorted(cases):
-        found = cases[rep]
-        if not found or (split_unit(rep)[1] or "") in deps:
-            continue
-        k, n = counts[rep]
-        rate = k / n if n else 0.0
-        t = tests.get(rep)
-        absolute = rate >= 0.05 and k >= 3
-        vs_fleet = t is not None and t.flagged
-        # A high rate the rest of the fleet shares alike is the model's (or greedy decoding's)
-        # nature, not drift on this replica: info. Too few requests for the test: compared
-        # descriptively (alike = within 2× or 5 points of the rest). With no fleet to compare
-        # with at all, a high rate cannot be put down to the model, so it stays a warning.
-        rest_k = sum(kk for r, (kk, _) in counts.items() if r != rep)
-        rest_n = sum(nn for r, (_, nn) in counts.items() if r != rep)
-        alone = rest_n < MIN_LOOK
-        rest_rate = rest_k / rest_n if rest_n else 0.0
-        alike = not alone and rate <= max(2 * rest_rate, rest_rate + 0.05)
-        if vs_fleet or (absolute and t is None and not alike):
-            severity = "error" if rate >= 0.20 else "warning"
-        else:
-            severity = "info"
-        loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found)
-        (top_ids, top_period), top_n = loops.most_common(1)[0]
-        top_piece = [_piece(ctx, i) for i in top_ids] if ctx.tokenizer is not None else None
-        why = []
-        if vs_fleet and t is not None:
-            why.append(f"vs {t.rest_rate:.1%} on the rest of the fleet, p={t.p_holm:.2g} Holm")
-        elif absolute and (t is not None or alike):
-            why.append(f"the rest of the fleet loops alike, {rest_rate:.1%}: the model's own behaviour, "
-                       "not this replica's")
-        elif absolute and not alone:
-            why.append(f"vs {rest_rate:.1%} on the rest; too few requests (< {MIN_REQUESTS}) for a test")
-        elif absolute:
-            why.append("≥ 5 % of its outputs, no fleet to compare with")
-        values: dict[str, Any] = {"count": k, "requests": n, "rate": round(rate, 6),
-                                  "max_period": MAX_PERIOD, "min_repeats": MIN_REPEATS,
-                                  "candidates_capped": capped.get(rep, False)}
-        if t is not None:
-            values.update({f"fleet_{key}": v for key, v in t.values().items() if key not in ("count", "requests")})
-        out.append(
-            finding(
-                "repetition",
-                "output.repetition",
-                severity,
-                f"{unit_label(rep)}: {k} of {n} outputs ({rate:.1%}) end in a loop of period ≤ {MAX_PERIOD} "
-                f"repeated ≥ {MIN_REPEATS}×; most common {list(top_ids)}" + (f" ({'; '.join(why)})" if why else ""),
-                unit=rep,
-                t_start=found[0][1],
-                values=values,
-                evidence={
-                    "request_ids": [rid for rid, _, _ in found[:EVIDENCE_IDS]],
-                    "first_seen": found[0][1],
-                    "loop_ids": list(top_ids),
-                    "loop_pieces": top_piece,
-                    "period": top_period,
-                    "loop_count": top_n,
-                    "examples": [
-                        {"request_id": rid, "loop_ids": lp.ids, "period": lp.period, "repeats": lp.repeats}
-                        for rid, _, lp in found[:5]
-                    ],
-                },
-            )
-        )
-    return out

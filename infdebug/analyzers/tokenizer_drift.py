@@ -5,12 +5,14 @@ Kinds (analyzer ``tokenizer``):
 - ``tokenizer.fingerprint_mismatch`` — one model served with more than one tokenizer fingerprint.
 - ``tokenizer.cross_replica_ids`` — one prompt text logged with other IDs on other replicas
   (no reference needed).
+- ``tokenizer.vocabulary_mismatch`` — replicas encode shared texts in unrelated vocabularies
+  (two models the logs do not name; no reference needed).
 - ``tokenizer.reencode_mismatch`` — the reference tokenizer encodes a logged prompt text to
   other IDs than logged; the cause is classified.
 - ``tokenizer.decode_mismatch`` — logged output IDs decode to other text than logged.
 - ``tokenizer.out_of_vocab`` — token IDs outside the vocabulary.
 
-The checks of the logged IDs alone (the first two and the last) live in ``tokenizer_ids``;
+The checks of the logged IDs alone (the first three and the last) live in ``tokenizer_ids``;
 this module adds the ones against the reference tokenizer and registers the analyzer.
 
 Options (``ctx.options``): ``tokenizer_sample`` (distinct prompts / outputs checked per
@@ -39,6 +41,7 @@ from infdebug.analyzers.tokenizer_ids import (
     sample_options,
     token_side,
 )
+from infdebug.analyzers.tokenizer_vocab import load_conflicts
 from infdebug.schema import Finding
 from infdebug.store import q_tokenizer as q
 from infdebug.store.q_common import unit_label
@@ -334,7 +337,8 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
 @analyzer(NAME)
 def tokenizer_drift(ctx: AnalysisContext) -> list[Finding]:
     """Every tokenizer-drift check; the reference checks run only with ``ctx.tokenizer``."""
-    out = fingerprint_findings(ctx) + cross_replica_findings(ctx) + oov_findings(ctx)
+    conflicts = load_conflicts(ctx)
+    out = fingerprint_findings(ctx) + cross_replica_findings(ctx, conflicts) + oov_findings(ctx, conflicts)
     if ctx.tokenizer is not None:
         out += _reencode_findings(ctx) + _decode_findings(ctx)
     return out

@@ -2,6 +2,8 @@
 
 - ``tokenizer.fingerprint_mismatch`` — one model served with more than one tokenizer fingerprint.
 - ``tokenizer.cross_replica_ids`` — one prompt text logged with other IDs on other replicas.
+- ``tokenizer.vocabulary_mismatch`` — the other IDs are another vocabulary altogether, not
+  drift (two models the logs do not name): told apart by content in ``tokenizer_vocab``.
 - ``tokenizer.out_of_vocab`` — token IDs outside the vocabulary (the reference's, or far
   beyond what the model's other replicas logged).
 
@@ -16,6 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infdebug.analyzers.base import AnalysisContext, finding
+from infdebug.analyzers.tokenizer_vocab import (
+    Conflicts,
+    Vocabularies,
+    load_conflicts,
+    vocabulary_findings,
+)
 from infdebug.schema import Finding
 from infdebug.store import q_tokenizer as q
 from infdebug.store.q_common import split_unit, unit_label
@@ -169,9 +177,12 @@ def _earliest(side: dict[str, q.TextVariant]) -> q.TextVariant:
     return min(side.values(), key=lambda v: (v.first_seen, v.request_id))
 
 
+Undecided = dict[tuple[str, int], list[dict[int, dict[str, q.TextVariant]]]]
+
+
 def attribute_conflicts(
-    variants: list[q.TextVariant],
-) -> tuple[dict[tuple[str, str], _Blame], dict[str, list[dict[int, dict[str, q.TextVariant]]]]]:
+    variants: list[q.TextVariant], vocab: Vocabularies | None = None
+) -> tuple[dict[tuple[str, str], _Blame], Undecided]:
     """Which unit to blame for each prompt text logged with several ID sequences.
 
     A text whose ID sequence is shared by strictly more units than any other is decided: the
@@ -179,32 +190,37 @@ def attribute_conflicts(
     what the decided texts showed: when exactly one of the tied sequences has no blamed unit,
     it is the reference (a sequence starting with one ID twice, a doubled BOS, counts as
     suspect too). Nothing is ever decided by a replica's name or by request counts, so
-    renaming replicas or replaying traffic changes nothing. Returns the blames, keyed by
-    (model, unit), and per model the texts that stay undecided."""
-    texts: dict[tuple[str, int], list[q.TextVariant]] = defaultdict(list)
+    renaming replicas or replaying traffic changes nothing. Units of different vocabularies
+    (``vocab``) are compared only within their own: across, the IDs are not drift. Returns
+    the blames, keyed by (model, unit), and per (model, vocabulary) the texts that stay
+    undecided."""
+    texts: dict[tuple[str, int, int], list[q.TextVariant]] = defaultdict(list)
     for v in variants:
-        texts[(v.model, v.text_hash)].append(v)
+        g = vocab.of(v.model, v.unit) if vocab is not None else None
+        texts[(v.model, g or 0, v.text_hash)].append(v)
     blames: dict[tuple[str, str], _Blame] = defaultdict(_Blame)
-    ties: list[tuple[str, dict[int, dict[str, q.TextVariant]]]] = []
-    for (model, _th), vs in sorted(texts.items()):
+    ties: list[tuple[tuple[str, int], dict[int, dict[str, q.TextVariant]]]] = []
+    for (model, g, _th), vs in sorted(texts.items()):
         sides = _text_sides(vs)
+        if len(sides) < 2:  # one sequence within this vocabulary: the others were another's
+            continue
         ranked = sorted(sides, key=lambda h: -len(sides[h]))
         if len(sides[ranked[0]]) > len(sides[ranked[1]]):
             _blame_all(blames, model, sides, ranked[0])
         else:
-            ties.append((model, sides))
-    undecided: dict[str, list[dict[int, dict[str, q.TextVariant]]]] = defaultdict(list)
+            ties.append(((model, g), sides))
+    undecided: Undecided = defaultdict(list)
     blamed = {unit for (_m, unit) in blames}
-    for model, sides in ties:
+    for model_g, sides in ties:
         top = max(len(units) for units in sides.values())
         # not suspect: no unit blamed on other texts, and not starting with one ID twice (a
         # doubled BOS is never the right encoding)
         clean = [h for h, units in sides.items() if len(units) == top and not set(units) & blamed
                  and not any(v.doubled_first for v in units.values())]
         if len(clean) == 1:
-            _blame_all(blames, model, sides, clean[0])
+            _blame_all(blames, model_g[0], sides, clean[0])
         else:
-            undecided[model].append(sides)
+            undecided[model_g].append(sides)
     return dict(blames), dict(undecided)
 
 
@@ -242,14 +258,16 @@ def _example(
     }, _leading_repeat(ids, ref_ids)
 
 
-def cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
+def cross_replica_findings(ctx: AnalysisContext, conflicts: Conflicts | None = None) -> list[Finding]:
+    """``tokenizer.cross_replica_ids`` within each vocabulary, ``tokenizer.vocabulary_mismatch``
+    across them (``conflicts``: as ``load_conflicts`` gives, when the caller has them)."""
     w = ctx.window()
-    variants = q.conflicting_variants(ctx.store, w)
-    if not variants:
+    conflicts = conflicts if conflicts is not None else load_conflicts(ctx)
+    if not conflicts.variants:
         return []
-    blames, undecided = attribute_conflicts(variants)
+    blames, undecided = attribute_conflicts(conflicts.variants, conflicts.vocab)
     totals = q.replica_totals(ctx.store, w)
-    out = []
+    out = vocabulary_findings(ctx, conflicts)
     for (model, unit), bl in sorted(blames.items()):
         total = totals.get(unit, 0)
         assert bl.example is not None
@@ -282,7 +300,7 @@ def cross_replica_findings(ctx: AnalysisContext) -> list[Finding]:
                 evidence=evidence,
             )
         )
-    for model, texts in sorted(undecided.items()):
+    for (model, _g), texts in sorted(undecided.items()):
         out.append(_undecided_finding(ctx, w, model, texts, totals))
     return out
 
@@ -339,7 +357,9 @@ def _oov_finding(r: q.IdRange, limit: int, severity: str, basis: str) -> Finding
     )
 
 
-def oov_findings(ctx: AnalysisContext) -> list[Finding]:
+def oov_findings(ctx: AnalysisContext, conflicts: Conflicts | None = None) -> list[Finding]:
+    """Without a reference, a replica's IDs are measured against its model's other replicas
+    of the same vocabulary (``conflicts``: as ``load_conflicts`` gives)."""
     w = ctx.window()
     _, model = sample_options(ctx)
     if ctx.tokenizer is not None:
@@ -350,13 +370,14 @@ def oov_findings(ctx: AnalysisContext) -> list[Finding]:
             if r.bad
         ]
     ranges = q.id_ranges(ctx.store, w)
+    vocabs = (conflicts if conflicts is not None else load_conflicts(ctx)).vocab
     by_model: dict[str, list[q.IdRange]] = defaultdict(list)
     for r in ranges:
         by_model[r.model].append(r)
     out = []
     for m, rs in sorted(by_model.items()):
         for r in rs:
-            peers = [p for p in rs if p.replica != r.replica]
+            peers = [p for p in rs if p.replica != r.replica and not vocabs.apart(m, r.replica, p.replica)]
             if sum(p.requests for p in peers) < OOV_MIN_PEER_REQUESTS:
                 continue
             peer_max = max(p.max_id for p in peers)

@@ -17,6 +17,8 @@ How a file is loaded:
    validated with the full contract decoder; bad lines go to the rejects file with file,
    line, field and reason; good lines are grouped by kind and loaded. Whatever ClickHouse
    still refuses is bisected down to the line and rejected with ClickHouse's reason.
+   Request latencies that cannot be true (collectors/timing.py) are dropped here, with a
+   note; the fast path's guard doubts every row that has one.
 
 Each load is tagged with a batch number, recorded as pending before it starts, so a load
 that fails or a process that dies half way is rolled back instead of leaving duplicates.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,9 +40,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from infdebug.schema import Finding, LineError, RecordDecoder, open_bytes
+from infdebug.collectors.timing import (
+    SPAN_TOLERANCE_REL,
+    SPAN_TOLERANCE_S,
+    max_latency_s,
+    sanitize_timing,
+)
+from infdebug.schema import Finding, LineError, RecordDecoder, encode_record, open_bytes
 from infdebug.store.base import Store, StoreError
-from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
+from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES, request_latency_guard
 
 CHUNK_BYTES = 64 << 20
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json.gz")
@@ -106,9 +115,10 @@ class FileResult:
     rows: Counter[str] = field(default_factory=Counter)
     rejected: int = 0
     bytes: int = 0
-    status: str = "loaded"  # loaded | unchanged | error
+    status: str = "loaded"  # loaded | unchanged | empty | error
     message: str = ""
     path_taken: str = ""  # fast | careful | ""
+    notes: Counter[str] = field(default_factory=Counter)  # fields dropped, counted per reason
 
 
 @dataclass
@@ -151,8 +161,12 @@ def _count_lines(path: str, limit: int) -> int:
 
 
 def _first_line(path: str) -> bytes:
+    """The first non-blank line (its hash is the file's identity); b"" if there is none."""
     with open_bytes(path) as fh:
-        return fh.readline(1 << 24)
+        while line := fh.readline(1 << 24):
+            if line.strip():
+                return line
+    return b""
 
 
 def _chunks(fh: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, bool]]:
@@ -192,8 +206,10 @@ class Ingestor:
         rejects: RejectSink,
         progress: Progress | None = None,
         tmp_dir: str | None = None,
+        max_latency: float | None = None,
     ) -> None:
         self.store = store
+        self.max_latency_s = max_latency_s(max_latency)  # read now: flag, ingest, env, default
         self.strict = strict
         self.rejects = rejects
         self.progress = progress or (lambda n: None)
@@ -256,7 +272,9 @@ class Ingestor:
             res.status, res.message = "error", f"cannot read {path}: {e}"
             return res
         if not head.strip():
-            res.status, res.message = "unchanged", "empty file"
+            empty = not st_os.st_size or _measure(path, 1)[0] == 0
+            res.status = "empty"
+            res.message = "empty file: nothing to load" if empty else "only blank lines: nothing to load"
             return res
         cid = hashlib.sha256(head).hexdigest()[:32]
         state = self._load_state(cid)
@@ -310,6 +328,9 @@ class Ingestor:
         """Let ClickHouse parse and load the whole file, with the fast-path checks of
         ``Table.guard`` on every row. False (nothing kept) when any row is in doubt."""
         table = TABLES[kind]
+        if kind == "request":
+            guard = request_latency_guard(self.max_latency_s, SPAN_TOLERANCE_S, SPAN_TOLERANCE_REL)
+            table = dataclasses.replace(table, extra_guard=guard)
         settings = dict(self._settings)
         if self.strict:
             settings["input_format_skip_unknown_fields"] = 0
@@ -384,6 +405,11 @@ class Ingestor:
                             res.rejected += 1
                             continue
                         k = _kind(obj)
+                        if k == "request":
+                            obj, notes = sanitize_timing(obj, self.max_latency_s)
+                            if notes:
+                                res.notes.update(notes)
+                                line = encode_record(obj).rstrip(b"\n")
                         fh_k = spills.get(k)
                         if fh_k is None:
                             fh_k = spills[k] = tempfile.NamedTemporaryFile(  # noqa: SIM115

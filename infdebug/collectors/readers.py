@@ -1,25 +1,28 @@
-"""Engine log readers: real vLLM / SGLang / OpenAI-style logs into contract ``Request`` records.
+"""The log-format registry and the public reading API: real vLLM / SGLang / OpenAI-style logs
+into contract ``Request`` records.
+
+The registry is built here, once, from every ``readers_*`` module of this package that declares
+``READER = ReaderSpec(...)`` (readers_base.py says what a spec holds): ``readers_vllm``,
+``readers_sglang``, ``readers_openai``, ``readers_batch`` (OpenAI Batch API input / output
+files), ``readers_contract`` and ``readers_prometheus`` (exposition snapshots, metrics records).
+A new format is one new ``readers_<name>.py`` file; ``register(spec)`` adds one at run time.
+Everything that names formats comes from the registry: ``format_names()`` (``ingest
+--format``), ``detect_line`` / ``detect_format``, and ``not_recognised`` (the "expected …"
+message).
 
 ``read_engine_log(path)`` yields ``(line_number, Request | LineError)`` for one file, in line
-order; ``detect_format(path)`` says which reader fits (from the first matching lines);
-``convert_to_contract`` writes contract JSONL and reports what it read, ignored and rejected.
-
-The format readers live in ``readers_vllm``, ``readers_sglang`` and ``readers_openai``; this
-module holds what they share: the Python-repr parser (engines log ``repr()`` of their
-dataclasses, so a prompt is a Python string literal that may contain ``', params:``), log
-timestamps, and the step that turns the fields a reader found into a validated ``Request``.
-
-Log timestamps carry no time zone: they are read as UTC. Where a timestamp has no year
-(vLLM's ``05-14 10:23:45``) the year of the file's mtime is used (the year before, if that
-would put the line after the file was last written).
+order; ``detect_format(path)`` says which reader fits (from the file's name, its first line or
+the first lines that tell); ``convert_to_contract`` writes contract JSONL and reports what it
+read, ignored and rejected. Lines come through ``readers_shipper`` (CRI / Docker json-file /
+``kubectl --timestamps`` wrappings removed, split lines rejoined).
 """
 
 from __future__ import annotations
 
-import calendar
+import importlib
 import json
 import os
-import re
+import pkgutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,247 +30,137 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infdebug.collectors.jsonl import Reject, RejectSink
-from infdebug.collectors.pyrepr import Call, Truncated
-from infdebug.schema import (
-    LineError,
-    Request,
-    decode_record,
-    encode_record,
-    open_bytes,
-    read_records,
+from infdebug.collectors.readers_base import (
+    Context,
+    ReaderSpec,
+    ReadStats,
+    build_request,
+    parse_timestamp,
+    replica_from_path,
 )
+from infdebug.collectors.readers_shipper import frames
+from infdebug.schema import LineError, Request, encode_record
 
-FORMATS = ("vllm", "sglang", "openai", "contract")
+__all__ = [  # Context, ReadStats, build_request, parse_timestamp, replica_from_path: from readers_base
+    "DETECT_LINES", "READERS", "ConvertReport", "Context", "EngineLogReader", "ReadStats", "ReaderSpec",
+    "build_request", "convert_to_contract", "detect_format", "detect_line", "format_names", "not_recognised",
+    "parse_timestamp", "read_engine_log", "reader", "register", "replica_from_path",
+]
+
 DETECT_LINES = 2000  # lines looked at to detect a file's format
+UNKNOWN = "unknown"
 
-# --- timestamps ---------------------------------------------------------------------------
+# --- the registry ------------------------------------------------------------------------------
 
-_TS_RE = re.compile(
-    r"(?:(?P<y>\d{4})-)?(?P<mo>\d\d)-(?P<d>\d\d)[ T](?P<h>\d\d):(?P<mi>\d\d):(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?"
-)
-
-
-def parse_timestamp(prefix: str, default_year: int, not_after: float | None = None) -> float | None:
-    """Unix seconds (read as UTC) of the first log timestamp in ``prefix``, or None."""
-    m = _TS_RE.search(prefix)
-    if m is None:
-        return None
-    year_given = m.group("y") is not None
-    year = int(m.group("y")) if year_given else default_year
-    try:
-        parts = (int(m.group("mo")), int(m.group("d")), int(m.group("h")), int(m.group("mi")), int(m.group("s")))
-        t = float(calendar.timegm((year, *parts, 0, 0, 0)))
-        if not year_given and not_after is not None and t > not_after + 86400:
-            t = float(calendar.timegm((year - 1, *parts, 0, 0, 0)))  # a December line in a January file
-    except (ValueError, OverflowError):
-        return None
-    f = m.group("f")
-    return t + (int(f) / 10 ** len(f) if f else 0.0)
+READERS: dict[str, ReaderSpec] = {}
 
 
-# --- what the format readers share ---------------------------------------------------------
+def register(spec: ReaderSpec) -> ReaderSpec:
+    """Add a format to the registry (a second spec under a taken name is an error)."""
+    if spec.name in READERS and READERS[spec.name] is not spec:
+        raise ValueError(f"log format {spec.name!r} registered twice")
+    if spec.name in ("auto", UNKNOWN):
+        raise ValueError(f"{spec.name!r} cannot name a log format")
+    READERS[spec.name] = spec
+    return spec
 
 
-@dataclass
-class ReadStats:
-    lines: int = 0  # non-blank lines read
-    requests: int = 0  # requests yielded
-    ignored: int = 0  # other log output, skipped without a word
-    errors: int = 0  # lines reported as unparseable
-    notes: Counter[str] = field(default_factory=Counter)  # things worth knowing, counted
+def _discover() -> None:
+    """Register the ``READER`` of every ``readers_*`` module of this package."""
+    pkg = __name__.rpartition(".")[0]
+    for mod in pkgutil.iter_modules(importlib.import_module(pkg).__path__):
+        if mod.name.startswith("readers_"):
+            spec = getattr(importlib.import_module(f"{pkg}.{mod.name}"), "READER", None)
+            if isinstance(spec, ReaderSpec):
+                register(spec)
 
 
-@dataclass
-class Context:
-    """One file being read: where it is, what year its timestamps are in, the counters."""
-
-    path: str
-    replica: str
-    engine: str
-    stats: ReadStats
-    mtime: float = 0.0
-    year: int = 1970
-    meta: dict[str, Any] = field(default_factory=dict)  # model / engine_version from startup lines
-
-    def timestamp(self, prefix: str) -> float | None:
-        return parse_timestamp(prefix, self.year, self.mtime or None)
+def specs() -> list[ReaderSpec]:
+    """Every registered format, in detection order."""
+    return sorted(READERS.values(), key=lambda s: (s.order, s.name))
 
 
-def replica_from_path(path: str) -> str:
-    """``logs/replica-a.log.gz`` -> ``replica-a``."""
-    name = os.path.basename(path)
-    for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".log", ".txt", ".out", ".err"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-    return name or "unknown"
+def format_names() -> list[str]:
+    """The ``--format`` values (besides ``auto``), in detection order."""
+    return [s.name for s in specs()]
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, str]]:
-    """``(line_number, text)`` for every line of a (possibly gzipped) file; bad UTF-8 replaced."""
-    with open_bytes(path) as fh:
-        for n, raw in enumerate(fh, 1):
-            yield n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+def reader(name: str) -> ReaderSpec:
+    """The spec of format ``name`` (ValueError naming the known ones if there is none)."""
+    spec = READERS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown format {name!r} (expected auto, {', '.join(format_names())})")
+    return spec
 
 
-def as_ids(v: Any, what: str, ctx: Context | None = None) -> list[int] | None:
-    """Token IDs from a list / tuple / array; None for None; LineError for anything else.
-    IDs a logger shortened are left out (noted in ``ctx``), or an error without one."""
-    if v is None:
-        return None
-    if isinstance(v, Truncated):
-        if ctx is not None:
-            ctx.stats.notes[f"{what} truncated by the engine's logger: left out"] += 1
-            return None
-        raise LineError(f"{what} were truncated by the engine's logger (… in the list); raise its max log length")
-    if isinstance(v, list | tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-        return list(v)
-    raise LineError(f"{what}: expected a list of token IDs, found {str(v)[:60]!r}", what)
+def not_recognised(path: str) -> str:
+    """The one "format not recognised" message: what each registered format looks like."""
+    described = [s.describe for s in specs()]
+    expected = ", ".join(described[:-1]) + (" or " if len(described) > 1 else "") + described[-1]
+    return f"{path}: format not recognised in its first {DETECT_LINES} lines (expected {expected}); pass --format"
 
 
-def as_text(v: Any, what: str, ctx: Context) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, Truncated):
-        ctx.stats.notes[f"{what} truncated by the engine's logger: left out"] += 1
-        return None
-    if isinstance(v, str):
-        return v
-    raise LineError(f"{what}: expected a string, found {str(v)[:60]!r}", what)
-
-
-def plain(v: Any) -> Any:
-    """A parsed repr value as JSON-able data (calls become dicts with their ``__type__``)."""
-    if isinstance(v, Call):
-        d = {k: plain(x) for k, x in v.kwargs.items()}
-        d["__type__"] = v.name
-        if v.args:
-            d["__args__"] = [plain(a) for a in v.args]
-        return d
-    if isinstance(v, Truncated):
-        return None
-    if isinstance(v, list | tuple):
-        return [plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): plain(x) for k, x in v.items()}
-    if isinstance(v, float) and v != v:
-        return None
-    return v
-
-
-def sampling_from(params: dict[str, Any], renames: dict[str, str]) -> dict[str, Any] | None:
-    """Sampling parameters under contract names (``stop_ids``, ``max_tokens``), Nones left out."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if k.startswith("__"):
-            continue
-        v = plain(v)
-        if v is None or isinstance(v, dict) and v.get("__type__"):
-            continue
-        if isinstance(v, float) and v in (float("inf"), float("-inf")):
-            v = None if k != "max_tokens" else v
-            if v is None:
-                continue
-        out[renames.get(k, k)] = v
-    return out or None
-
-
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort", "error": "error", "eos": "stop",
-           "tool_calls": "stop", "function_call": "stop"}
-
-
-def finish_reason(v: Any) -> str | None:
-    """A contract finish reason from what engines write: ``stop``, ``{'type': 'length', …}``,
-    ``FINISH_LENGTH: 128`` (older SGLang), ``tool_calls`` (OpenAI)."""
-    if isinstance(v, dict):
-        v = v.get("type")
-    if not isinstance(v, str) or not v:
-        return None
-    low = v.lower()
-    if low in _FINISH:
-        return _FINISH[low]
-    for key in ("length", "abort", "stop", "matched", "error"):
-        if key in low:
-            return "stop" if key == "matched" else key
-    return None
-
-
-def build_request(ctx: Context, line: int, fields: dict[str, Any]) -> Request | LineError:
-    """A validated contract Request from the fields a reader found (LineError if invalid)."""
-    f = {k: v for k, v in fields.items() if v is not None}
-    f.setdefault("replica", ctx.replica)
-    f.setdefault("engine", ctx.engine)
-    for k, v in ctx.meta.items():
-        f.setdefault(k, v)
-    no_time = f.get("t_arrival") is None
-    if no_time:
-        f["t_arrival"] = 0.0
-    f["request_id"] = str(f.get("request_id") or f"{ctx.replica}:{line}")
-    try:
-        req = Request(**f)
-        decoded = decode_record(encode_record(req))  # the contract's own checks (UInt32 IDs, …)
-    except LineError as e:
-        return LineError(f"not a valid request record: {e.reason}", e.field)
-    except (TypeError, ValueError) as e:
-        return LineError(f"not a valid request record: {e}")
-    assert isinstance(decoded, Request)
-    if no_time:
-        ctx.stats.notes["no timestamp on the line: t_arrival set to 0"] += 1
-    return decoded
-
-
-# --- detection and the public API ----------------------------------------------------------
-
-_VLLM_MARKS = ("Received request ", "RequestOutput(request_id=", "Generated response ")
-_SGLANG_MARKS = ("Receive: obj=GenerateReqInput(", "Finish: obj=GenerateReqInput(", "in=GenerateReqInput(",
-                 "Receive: obj=", "Finish: obj=")
+# --- detection -----------------------------------------------------------------------------------
 
 
 def detect_line(text: str) -> str | None:
+    """The format one line belongs to: a line that is a JSON object is asked of each format's
+    ``json_line``, any other line of each ``text_line`` (in detection order); None."""
     s = text.lstrip()
     if s.startswith("{"):
         try:
             obj = json.loads(s)
         except ValueError:
             return None
-        if isinstance(obj, dict):
-            if isinstance(obj.get("kind"), str):
-                return "contract"
-            if isinstance(obj.get("request"), dict) or isinstance(obj.get("response"), dict):
-                return "openai"
-        return None
-    if any(m in text for m in _SGLANG_MARKS):
-        return "sglang"
-    if any(m in text for m in _VLLM_MARKS):
-        return "vllm"
-    return None
+        if not isinstance(obj, dict):
+            return None
+        return next((sp.name for sp in specs() if sp.json_line is not None and sp.json_line(obj)), None)
+    return next((sp.name for sp in specs() if sp.text_line is not None and sp.text_line(text)), None)
 
 
 def detect_format(path: str) -> str:
-    """``vllm``, ``sglang``, ``openai`` or ``contract`` from the first lines that tell; ``unknown``."""
-    for n, text in iter_lines(path):
+    """A registered format's name, from the file's name (``suffixes``), its first non-blank
+    line (``first_line``) or the first of its first ``DETECT_LINES`` lines that tells (inside
+    any CRI / Docker wrapping); ``unknown``."""
+    ordered = specs()
+    for sp in ordered:
+        if sp.suffixes and path.endswith(sp.suffixes):
+            return sp.name
+    first = True
+    for n, text, _ in frames(path, Counter()):
+        if first and text.strip():
+            first = False
+            head = text.lstrip("\ufeff").strip()
+            hit = next((sp.name for sp in ordered if sp.first_line is not None and sp.first_line(head)), None)
+            if hit is not None:
+                return hit
         fmt = detect_line(text)
         if fmt is not None:
             return fmt
         if n >= DETECT_LINES:
             break
-    return "unknown"
+    return UNKNOWN
+
+
+# --- reading -------------------------------------------------------------------------------------
 
 
 class EngineLogReader:
-    """Reads one engine log file; ``stats`` holds the counts once it has been iterated."""
+    """Reads one request log file; ``stats`` holds the counts once it has been iterated."""
 
     def __init__(self, path: str, fmt: str = "auto", replica: str | None = None) -> None:
         if fmt == "auto":
             fmt = detect_format(path)
-            if fmt == "unknown":
-                raise ValueError(
-                    f"{path}: format not recognised in its first {DETECT_LINES} lines (expected vLLM "
-                    "'Received request' / RequestOutput lines, SGLang 'Receive:'/'Finish:' lines, "
-                    "OpenAI-style {\"request\", \"response\"} JSONL or contract JSONL); pass --format"
-                )
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r} (expected auto, {', '.join(FORMATS)})")
-        self.path, self.fmt = path, fmt
+            if fmt == UNKNOWN:
+                raise ValueError(not_recognised(path))
+        else:
+            detected = [s for s in specs() if s.variant_of == fmt]
+            if detected and (found := detect_format(path)) in {s.name for s in detected}:
+                fmt = found  # --format openai on a Batch API file: its own reader
+        spec = reader(fmt)
+        if spec.read is None:
+            raise ValueError(f"{path}: {spec.describe}, not a request log; `infdebug ingest` loads it")
+        self.path, self.fmt, self.spec = path, fmt, spec
         self.stats = ReadStats()
         try:
             mtime = os.stat(path).st_mtime
@@ -276,39 +169,20 @@ class EngineLogReader:
         self.ctx = Context(
             path=path,
             replica=replica or replica_from_path(path),
-            engine=fmt,
+            engine=spec.engine or fmt,
             stats=self.stats,
             mtime=mtime,
             year=time.gmtime(mtime).tm_year,
         )
 
     def __iter__(self) -> Iterator[tuple[int, Request | LineError]]:
-        for n, item in self._raw():
+        assert self.spec.read is not None
+        for n, item in self.spec.read(self.ctx.lines(), self.ctx):
             if isinstance(item, LineError):
                 self.stats.errors += 1
             else:
                 self.stats.requests += 1
             yield n, item
-
-    def _raw(self) -> Iterator[tuple[int, Request | LineError]]:
-        if self.fmt == "contract":
-            yield from self._contract()
-            return
-        if self.fmt == "vllm":
-            from infdebug.collectors.readers_vllm import read_vllm as read
-        elif self.fmt == "sglang":
-            from infdebug.collectors.readers_sglang import read_sglang as read
-        else:
-            from infdebug.collectors.readers_openai import read_openai as read
-        yield from read(iter_lines(self.path), self.ctx)
-
-    def _contract(self) -> Iterator[tuple[int, Request | LineError]]:
-        for n, rec in read_records(self.path):
-            self.stats.lines += 1
-            if isinstance(rec, LineError | Request):
-                yield n, rec
-            else:
-                self.stats.ignored += 1
 
 
 def read_engine_log(path: str, fmt: str = "auto", replica: str | None = None) -> Iterator[tuple[int, Request | LineError]]:
@@ -384,7 +258,7 @@ def convert_to_contract(
             report.error = f"{path}: {e}"
     if bad:
         wanted = {n for n, _ in bad}
-        raw_lines = {n: t.encode() for n, t in iter_lines(path) if n in wanted}
+        raw_lines = {n: t.encode() for n, t, _ in frames(path, Counter()) if n in wanted}
     for n, err in bad:
         r = Reject(path, n, err.reason, err.field, raw_lines.get(n, b""))
         report.rejects.append(r)
@@ -394,3 +268,6 @@ def convert_to_contract(
     report.lines, report.requests, report.ignored = st.lines, st.requests, st.ignored
     report.notes = dict(st.notes)
     return report
+
+
+_discover()

@@ -6,6 +6,11 @@ optionally with a time (``t`` / ``t_arrival`` / ``timestamp``: unix seconds or I
 (``choices[0].token_ids``; ``prompt_token_ids`` at the top level of the response or on the
 choice) or from ``return_tokens_as_token_ids`` logprobs (``"token_id:128009"``); plain
 logprobs give output logprobs only (IDs unknown: ``[]``). Messages are kept as received.
+``usage`` gives the engine's own counts (``prompt_tokens``, ``completion_tokens`` → prompt_tokens /
+output_tokens; ``prompt_tokens_details.cached_tokens``). Sampling values are parsed to their
+types and finish reasons mapped by ``readers_fields`` (a line with a bad value is rejected).
+``record_fields`` is shared with the Batch API reader (``readers_batch``), whose lines carry
+the same request and response bodies.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from infdebug.collectors.readers import Context, as_ids, build_request, finish_reason
+from infdebug.collectors.readers_base import Context, ReaderSpec, as_ids, build_request
+from infdebug.collectors.readers_fields import check_sampling, finish
 from infdebug.schema import LineError, Request
 
 _TOKEN_ID_RE = re.compile(r"token_id:(\d+)")
@@ -48,7 +54,7 @@ def _sampling(req: dict[str, Any]) -> dict[str, Any] | None:
         s["max_tokens"] = mt
     if req.get("stop_token_ids") is not None:
         s["stop_ids"] = req["stop_token_ids"]
-    return s or None
+    return check_sampling(s)
 
 
 def _logprobs(choice: dict[str, Any]) -> tuple[list[float] | None, list[int] | None]:
@@ -73,7 +79,12 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[float] | None, list[int] | N
     return logprobs, ids
 
 
-def _record(obj: Any, n: int) -> dict[str, Any]:
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 else None
+
+
+def record_fields(obj: Any) -> dict[str, Any]:
+    """Request fields from ``{"request": {…}, "response": {…} | None, …}`` (LineError if not one)."""
     if not isinstance(obj, dict):
         raise LineError("expected a JSON object with 'request' and 'response'")
     req, resp = obj.get("request"), obj.get("response")
@@ -111,17 +122,19 @@ def _record(obj: Any, n: int) -> dict[str, Any]:
         f["output_text"] = msg.get("content")
     elif isinstance(choice.get("text"), str):
         f["output_text"] = choice["text"]
-    f["finish_reason"] = finish_reason(choice.get("finish_reason"))
+    f["finish_reason"], f["finish_reason_raw"] = finish(choice.get("finish_reason"))
     pids = resp.get("prompt_token_ids", choice.get("prompt_token_ids"))
     if pids is not None:
         f["prompt_ids"] = as_ids(pids, "prompt_token_ids")
     f["output_logprobs"], lp_ids = _logprobs(choice)
     f["output_ids"] = as_ids(choice.get("token_ids"), "token_ids") if choice.get("token_ids") is not None else lp_ids
     usage = resp.get("usage")
-    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens_details"), dict):
-        cached = usage["prompt_tokens_details"].get("cached_tokens")
-        if isinstance(cached, int) and cached >= 0:
-            f["cached_prompt_tokens"] = cached
+    if isinstance(usage, dict):
+        f["prompt_tokens"] = _count(usage.get("prompt_tokens"))
+        f["output_tokens"] = _count(usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            f["cached_prompt_tokens"] = _count(details.get("cached_tokens"))
     if isinstance(resp.get("error"), dict | str):
         err = resp["error"]
         f["error"] = err.get("message", json.dumps(err)) if isinstance(err, dict) else err
@@ -143,8 +156,17 @@ def read_openai(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tupl
             ctx.stats.ignored += 1
             continue
         try:
-            f = _record(obj, n)
+            f = record_fields(obj)
         except LineError as e:
             yield n, e
             continue
         yield n, build_request(ctx, n, f)
+
+
+READER = ReaderSpec(
+    "openai",
+    'OpenAI-style {"request", "response"} JSONL',
+    read=read_openai,
+    json_line=lambda obj: isinstance(obj.get("request"), dict) or isinstance(obj.get("response"), dict),
+    order=30,
+)

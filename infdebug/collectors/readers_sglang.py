@@ -8,6 +8,13 @@ when it ends (older versions: ``in=GenerateReqInput(…), out={…}``). Values a
 ``dataclass_to_string_truncated``: reprs, with long strings and lists shortened to
 ``'head' ... 'tail'`` — such a field is left out (and counted in the notes), never guessed.
 Output IDs come from ``output_ids``, or else from ``meta_info.output_token_logprobs``.
+``meta_info`` (``python/sglang/srt/managers/tokenizer_manager.py``) also gives the engine's
+counts (``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` → prompt_tokens /
+output_tokens / cached_prompt_tokens), timings (``e2e_latency``, ``ttft``, ``queue_time``), the
+finish reason (``{'type': 'stop', 'matched': 128009}``, ``{'type': 'length', 'length': 128}``,
+``{'type': 'abort', 'message': '…', 'status_code': …}``: the message → abort_message; mapped
+by ``readers_fields``) and speculative-decoding counts. ``server_args=ServerArgs(model_path=…,
+served_model_name=…)`` names the model (the served name first) for the requests after it.
 """
 
 from __future__ import annotations
@@ -17,14 +24,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from infdebug.collectors.pyrepr import Call, ReprError, ReprParser, Truncated
-from infdebug.collectors.readers import (
+from infdebug.collectors.readers_base import (
     Context,
+    ReaderSpec,
     as_ids,
     as_text,
     build_request,
-    finish_reason,
     sampling_from,
 )
+from infdebug.collectors.readers_fields import finish
 from infdebug.schema import LineError, Request
 
 _MARK_RE = re.compile(r"\b(Receive|Finish): obj=(?=[A-Za-z_]\w*\()|\bin=(?=GenerateReqInput\()")
@@ -32,6 +40,8 @@ _OUT_RE = re.compile(r"\s*,\s*out=")
 _MODEL_RE = re.compile(r"\bmodel_path='([^']+)'")
 _SERVED_RE = re.compile(r"\bserved_model_name='([^']+)'")
 _SAMPLING_RENAMES = {"max_new_tokens": "max_tokens", "stop_token_ids": "stop_ids"}
+_MARKS = ("Receive: obj=GenerateReqInput(", "Finish: obj=GenerateReqInput(", "in=GenerateReqInput(",
+          "Receive: obj=", "Finish: obj=")  # a line of this format
 
 
 def _one(v: Any, what: str) -> Any:
@@ -75,11 +85,16 @@ def _from_out(out: Any, ctx: Context) -> dict[str, Any]:
         "output_text": as_text(out.get("text"), "out.text", ctx),
         "output_ids": ids,
         "output_logprobs": logprobs,
-        "finish_reason": finish_reason(meta.get("finish_reason")),
     }
-    cached = meta.get("cached_tokens")
-    if isinstance(cached, int) and cached >= 0:
-        f["cached_prompt_tokens"] = cached
+    fr = meta.get("finish_reason")
+    f["finish_reason"], f["finish_reason_raw"] = finish(fr)
+    if isinstance(fr, dict) and isinstance(fr.get("message"), str) and fr["message"]:
+        f["abort_message"] = fr["message"]
+    for key, src in (("cached_prompt_tokens", "cached_tokens"), ("prompt_tokens", "prompt_tokens"),
+                     ("output_tokens", "completion_tokens")):
+        v = meta.get(src)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32:
+            f[key] = v
     for key, src in (("e2e_s", "e2e_latency"), ("ttft_s", "ttft"), ("queue_s", "queue_time")):
         v = meta.get(src)
         if isinstance(v, int | float) and v >= 0:
@@ -119,10 +134,19 @@ def _parse(text: str, m: re.Match[str], ctx: Context) -> tuple[str, dict[str, An
 
 
 def _sniff_startup(text: str, ctx: Context) -> None:
-    if "model" not in ctx.meta and "server_args=" in text:
+    """The latest ``server_args=`` names the model of the requests after it (a restart may
+    serve another one)."""
+    if "server_args=" in text:
         mm = _SERVED_RE.search(text) or _MODEL_RE.search(text)
         if mm:
             ctx.meta["model"] = mm.group(1)
+
+
+def _stamp(f: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    for k, v in ctx.meta.items():
+        if not k.startswith("_"):
+            f.setdefault(k, v)
+    return f
 
 
 def read_sglang(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
@@ -147,6 +171,7 @@ def read_sglang(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tupl
             out.append((n, e))
             continue
         rid = f["request_id"]
+        _stamp(f, ctx)
         if kind == "Receive":
             entries.append((n, f))
             waiting[rid] = f
@@ -167,3 +192,12 @@ def read_sglang(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tupl
         out.append((n, build_request(ctx, n, {k: v for k, v in f.items() if not k.startswith("_")})))
     out.sort(key=lambda x: x[0])
     yield from out
+
+
+READER = ReaderSpec(
+    "sglang",
+    "SGLang 'Receive:'/'Finish:' lines",
+    read=read_sglang,
+    text_line=lambda text: any(m in text for m in _MARKS),
+    order=40,  # before vLLM's marks
+)

@@ -1,20 +1,39 @@
 """vLLM log lines into contract requests.
 
-What is read (0.2–0.8-era and later lines; the prefix ``INFO 05-14 10:23:45 logger.py:39]``,
+What is read (0.2-era to current lines; the prefix ``INFO 05-14 10:23:45 logger.py:39]``,
 ``INFO 05-14 10:23:45 [logger.py:39]``, ``(APIServer pid=1) INFO …`` or
-``INFO 2024-05-14 10:23:45,123 …`` gives the arrival time):
+``INFO 2024-05-14 10:23:45,123 …`` gives the arrival time). Shapes from
+``vllm/entrypoints/logger.py`` (``RequestLogger``) and ``vllm/outputs.py`` across versions:
 
-- ``Received request ID: prompt: '…', params: SamplingParams(…), prompt_token_ids: […],
-  lora_request: None, prompt_adapter_request: None.`` and its older spellings
-  (``sampling params:`` / ``sampling_params:``, ``prompt token ids:``, ``prefix_pos: None,``)
-  and newer ones (``prompt_embeds shape: None``). ``prompt_token_ids: None`` gives ``[]``.
+- up to 0.11.1, one INFO line: ``Received request ID: prompt: '…', params: SamplingParams(…),
+  prompt_token_ids: […], lora_request: None, prompt_adapter_request: None.`` and its older
+  spellings (``sampling params:`` / ``sampling_params:``, ``prompt token ids:``,
+  ``prefix_pos: None,``) and newer ones (``prompt_embeds shape: None``).
+  ``prompt_token_ids: None`` gives ``[]``.
+- from 0.11.2, two lines: INFO ``Received request ID: params: SamplingParams(…), lora_request:
+  None.`` and, before it, DEBUG ``Request ID details: prompt: '…', prompt_token_ids: […],
+  prompt_embeds shape: None.`` (logged only at ``VLLM_LOGGING_LEVEL=DEBUG``). They are joined
+  by request ID, in either order; the INFO line alone is a request with its sampling
+  parameters and no prompt.
 - ``RequestOutput(request_id=…, prompt='…', prompt_token_ids=[…], …, outputs=[CompletionOutput(
-  index=0, text='…', token_ids=[…] | array('l', […]) | (…), …, finish_reason=stop, …)], …,
-  metrics=RequestMetrics(arrival_time=…, …), …)`` as printed by ``print(output)``.
+  index=0, text='…', token_ids=[…] | array('l', […]) | (…), …, finish_reason=stop, …)],
+  finished=True, metrics=RequestMetrics(arrival_time=…, …), …)`` as printed by ``print(output)``.
+  A ``finished=False`` one is not a finished request: it is superseded by the finished one of
+  the same ID (cumulative outputs), or joined to it (delta outputs), or left out with a note.
 - ``Generated response ID: output: '…', output_token_ids: […], finish_reason: stop``
-  (``--enable-log-outputs``; streaming deltas are joined).
+  (``--enable-log-outputs``); ``(streaming delta)`` lines are joined, a ``(streaming
+  complete)`` line gives the full text (or, as ``<streaming_complete: N tokens>``, the count).
 
-Lines of one request id are joined into one record. Startup lines give the model and version.
+Lines of one request are joined by ID: exactly, else by the ID without vLLM's random
+``-<8 hex>`` suffix (internal request IDs since 0.11.1) or without an endpoint prefix
+(``chatcmpl-``, ``cmpl-``, …) — only where that form names a single open request.
+
+Startup lines give the model and version for the requests after them: ``non-default args:
+{'model': …, 'served_model_name': […]}``, ``Initializing a V1 LLM engine (v0.11.2) with config:
+model='…', …, served_model_name=…``, ``args: Namespace(…)``, ``vLLM server version X, serving
+model Y`` and its logo form. The served model name wins over the model path (it is what
+clients and the OpenAI-style logs call the model); a restart that serves another model
+re-labels the requests after it.
 """
 
 from __future__ import annotations
@@ -24,21 +43,30 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from infdebug.collectors.pyrepr import Call, ReprError, ReprParser
-from infdebug.collectors.readers import (
+from infdebug.collectors.readers_base import (
     Context,
+    ReaderSpec,
     as_ids,
     as_text,
     build_request,
-    finish_reason,
     sampling_from,
 )
+from infdebug.collectors.readers_fields import finish
 from infdebug.schema import LineError, Request
 
-_RECEIVED_RE = re.compile(r"Received request (\S+?): (?=prompt\b)")
+_RECEIVED_RE = re.compile(r"Received request (\S+?): (?=prompt\b|params\b|sampling[ _]params\b)")
+_DETAILS_RE = re.compile(r"\bRequest (\S+?) details: (?=prompt\b)")
 _GENERATED_RE = re.compile(r"Generated response (\S+?)( \(streaming (?:delta|complete)\))?: (?=output\b)")
+_PLACEHOLDER_RE = re.compile(r"<streaming_complete: (\d+) tokens>")
 _KEY_RE = re.compile(r"\s*([A-Za-z_][A-Za-z_ ]*?): ")
-_VERSION_RE = re.compile(r"(?:engine \(v|vLLM API server version |vLLM version )v?([0-9][\w.+-]*)")
+_VERSION_RE = re.compile(r"(?:engine \(v|vLLM API server version |vLLM server version |vLLM version )v?([0-9][\w.+-]*)")
+_LOGO_RE = re.compile(r"█\s+(version|model)\s+(\S+)\s*$")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 _MODEL_RE = re.compile(r"\bmodel='([^']+)'")
+_SERVED_RE = re.compile(r"\bserved_model_name=(?:'([^']*)'|\['([^']*)'|([^\s,')\[]+))")
+_SERVING_RE = re.compile(r"vLLM server version v?(\S+?),? serving model (\S+)")
+_SUFFIX_RE = re.compile(r"^(.+)-[0-9a-f]{8}$")
+_ID_PREFIXES = ("chatcmpl-", "cmpl-", "embd-", "resp-", "classify-", "score-", "rerank-", "pool-", "tokn-")
 _KEY_ALIASES = {
     "sampling_params": "params",
     "sampling params": "params",
@@ -46,6 +74,7 @@ _KEY_ALIASES = {
     "output token ids": "output_token_ids",
 }
 _SAMPLING_RENAMES = {"stop_token_ids": "stop_ids"}
+_MARKS = ("Received request ", "RequestOutput(request_id=", "Generated response ")  # a line of this format
 
 
 def parse_kv_message(text: str, pos: int) -> dict[str, Any]:
@@ -70,8 +99,11 @@ def parse_kv_message(text: str, pos: int) -> dict[str, Any]:
     return out
 
 
-def _params(v: Any) -> dict[str, Any] | None:
+def _params(v: Any, ctx: Context) -> dict[str, Any] | None:
     if isinstance(v, Call):
+        if v.name == "PoolingParams":
+            ctx.stats.notes["pooling (embedding) requests: no sampling parameters"] += 1
+            return None
         return sampling_from(v.kwargs, _SAMPLING_RENAMES)
     if v is None:
         return None
@@ -80,15 +112,27 @@ def _params(v: Any) -> dict[str, Any] | None:
 
 def _received(text: str, m: re.Match[str], ctx: Context) -> dict[str, Any]:
     kv = parse_kv_message(text, m.end())
-    if "prompt" not in kv:
-        raise LineError("Received request line without a prompt", "prompt")
-    ids = as_ids(kv.get("prompt_token_ids"), "prompt_token_ids")
-    return {
+    f: dict[str, Any] = {
         "request_id": m.group(1),
         "t_arrival": ctx.timestamp(text[: m.start()]),
+        "sampling": _params(kv.get("params"), ctx),
+        "_has_params": True,
+    }
+    if "prompt" in kv or "prompt_token_ids" in kv:  # before 0.11.2: the prompt on the same line
+        f["prompt_text"] = as_text(kv.get("prompt"), "prompt", ctx)
+        f["prompt_ids"] = as_ids(kv.get("prompt_token_ids"), "prompt_token_ids")
+        f["_has_prompt"] = True
+    return f
+
+
+def _details(text: str, m: re.Match[str], ctx: Context) -> dict[str, Any]:
+    kv = parse_kv_message(text, m.end())
+    return {
+        "request_id": m.group(1),
         "prompt_text": as_text(kv.get("prompt"), "prompt", ctx),
-        "prompt_ids": ids,
-        "sampling": _params(kv.get("params")),
+        "prompt_ids": as_ids(kv.get("prompt_token_ids"), "prompt_token_ids", ctx),
+        "_has_prompt": True,
+        "_t_line": ctx.timestamp(text[: m.start()]),
     }
 
 
@@ -116,7 +160,7 @@ def _request_output(text: str, start: int, ctx: Context) -> dict[str, Any]:
         "request_id": str(ro.get("request_id")),
         "prompt_text": as_text(ro.get("prompt"), "prompt", ctx),
         "prompt_ids": as_ids(ro.get("prompt_token_ids"), "prompt_token_ids"),
-        "_finished": ro.get("finished") is True,
+        "_kind": "final" if ro.get("finished") is not False else "partial",
     }
     cached = ro.get("num_cached_tokens")
     if isinstance(cached, int) and cached >= 0:
@@ -129,12 +173,9 @@ def _request_output(text: str, start: int, ctx: Context) -> dict[str, Any]:
     if outputs:
         co = outputs[0]
         ids = as_ids(co.get("token_ids"), "token_ids")
-        f.update(
-            output_text=as_text(co.get("text"), "text", ctx),
-            output_ids=ids,
-            finish_reason=finish_reason(co.get("finish_reason")),
-            output_logprobs=_logprobs(co.get("logprobs"), ids),
-        )
+        f.update(output_text=as_text(co.get("text"), "text", ctx), output_ids=ids,
+                 output_logprobs=_logprobs(co.get("logprobs"), ids))
+        f["finish_reason"], f["finish_reason_raw"] = finish(co.get("finish_reason"))
     metrics = ro.get("metrics")
     if isinstance(metrics, Call):
         arr = metrics.get("arrival_time")
@@ -153,71 +194,206 @@ def _request_output(text: str, start: int, ctx: Context) -> dict[str, Any]:
 
 def _generated(text: str, m: re.Match[str], ctx: Context) -> dict[str, Any]:
     kv = parse_kv_message(text, m.end())
-    return {
+    stream = m.group(2) or ""
+    f: dict[str, Any] = {
         "request_id": m.group(1),
         "output_text": as_text(kv.get("output"), "output", ctx),
         "output_ids": as_ids(kv.get("output_token_ids"), "output_token_ids"),
-        "finish_reason": finish_reason(kv.get("finish_reason")),
-        "_delta": bool(m.group(2) and "delta" in m.group(2)),
+        "_kind": "delta" if "delta" in stream else "complete" if "complete" in stream else "final",
+        "_src": "gen",
         "_t_line": ctx.timestamp(text[: m.start()]),
     }
+    f["finish_reason"], f["finish_reason_raw"] = finish(kv.get("finish_reason"))
+    ph = _PLACEHOLDER_RE.fullmatch(f["output_text"] or "")
+    if ph is not None:  # the streaming-complete line without the text: only the count
+        f["output_text"], f["output_tokens"] = None, int(ph.group(1))
+    return f
 
 
-def _sniff_startup(text: str, ctx: Context) -> None:
-    if "engine_version" not in ctx.meta:
+# --- startup lines ------------------------------------------------------------------------------
+
+
+def _first_name(v: Any) -> str | None:
+    if isinstance(v, list | tuple) and v:
+        v = v[0]
+    return v if isinstance(v, str) and v and v != "None" else None
+
+
+def _sniff_startup(text: str, ctx: Context, requests_so_far: int) -> None:
+    model = served = version = None
+    if "non-default args: {" in text:
+        i = text.index("non-default args: {") + len("non-default args: ")
+        try:
+            d, _ = ReprParser(text).value(i, ",")
+        except ReprError:
+            d = None
+        if isinstance(d, dict):
+            model = _first_name(d.get("model")) or _first_name(d.get("model_tag"))
+            served = _first_name(d.get("served_model_name"))
+    elif " with config: " in text or "Namespace(" in text:
+        mm, sm = _MODEL_RE.search(text), _SERVED_RE.search(text)
+        model = mm.group(1) if mm else None
+        served = _first_name(next((g for g in sm.groups() if g), None)) if sm else None
+    elif "serving model " in text:
+        s = _SERVING_RE.search(text)
+        if s:
+            version, served = s.group(1), s.group(2)
+    elif "█" in text:
+        lg = _LOGO_RE.search(_ANSI_RE.sub("", text))
+        if lg and lg.group(1) == "model":
+            served = lg.group(2)
+        elif lg:
+            version = lg.group(2)
+    if version is None and ("ersion" in text or "engine (v" in text):
         v = _VERSION_RE.search(text)
-        if v:
-            ctx.meta["engine_version"] = v.group(1).rstrip(".,)")
-    if "model" not in ctx.meta and ("Initializing" in text or "Namespace(" in text or "args" in text):
-        mm = _MODEL_RE.search(text)
-        if mm:
-            ctx.meta["model"] = mm.group(1)
+        version = v.group(1).rstrip(".,)") if v else version
+    if version:
+        ctx.meta["engine_version"] = version
+    if not (model or served):
+        return
+    if ctx.meta.get("_boot_requests", -1) != requests_so_far:  # requests since the last startup line: a restart
+        ctx.meta["_served"] = False
+        ctx.meta["_boot_requests"] = requests_so_far
+    if served:
+        ctx.meta["model"], ctx.meta["_served"] = served, True
+    elif not ctx.meta.get("_served"):
+        ctx.meta["model"] = model
+
+
+# --- joining the lines of one request ----------------------------------------------------------
+
+
+def _forms(rid: str) -> list[str]:
+    """Other spellings of a request ID that vLLM's layers use for the same request."""
+    out = [rid]
+    m = _SUFFIX_RE.match(rid)
+    if m and m.group(1) + "-" not in _ID_PREFIXES:
+        out.append(m.group(1))
+    for x in list(out):
+        for p in _ID_PREFIXES:
+            if x.startswith(p) and len(x) > len(p):
+                out.append(x[len(p):])
+    return out
 
 
 class _Joiner:
-    """Joins the lines of one request id: the input side and the output side."""
+    """Joins the lines of one request: input (Received / details) and output lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         self.entries: list[tuple[int, dict[str, Any]]] = []
         self.open: dict[str, dict[str, Any]] = {}
+        self.alias: dict[str, str | None] = {}  # another form -> the open ID (None: more than one)
 
-    def add_input(self, n: int, f: dict[str, Any]) -> None:
-        cur = self.open.get(f["request_id"])
-        if cur is not None and not cur.get("_has_in"):
-            for k, v in f.items():
-                if v is not None and (k not in ("prompt_ids", "prompt_text") or not cur.get(k)):
-                    cur[k] = v
-            cur["_has_in"] = True
-            return
-        f["_has_in"] = True
-        self._new(n, f)
-
-    def add_output(self, n: int, f: dict[str, Any]) -> None:
-        cur = self.open.get(f["request_id"])
-        if cur is None or cur.get("_finished"):
-            self._new(n, f)
-            return
-        delta = f.pop("_delta", False)
-        for k, v in f.items():
-            if v is None:
-                continue
-            if delta and k == "output_text":
-                cur[k] = (cur.get(k) or "") + v
-            elif delta and k == "output_ids":
-                cur[k] = (cur.get(k) or []) + v
-            elif k == "prompt_ids" and len(v) < len(cur.get(k) or []):
-                continue  # keep the longer: the request logger may have cut it at max_log_len
-            else:
-                cur[k] = v
+    def find(self, rid: str) -> dict[str, Any] | None:
+        if rid in self.open:
+            return self.open[rid]
+        for form in _forms(rid):
+            if form in self.open:
+                return self.open[form]
+            target = self.alias.get(form)
+            if target is not None:
+                return self.open.get(target)
+        return None
 
     def _new(self, n: int, f: dict[str, Any]) -> None:
-        f.pop("_delta", None)
+        f["_meta"] = {k: v for k, v in self.ctx.meta.items() if not k.startswith("_")}
         self.entries.append((n, f))
-        self.open[f["request_id"]] = f
+        rid = f["request_id"]
+        self.open[rid] = f
+        for form in _forms(rid)[1:]:
+            prev = self.alias.get(form, "")
+            self.alias[form] = rid if prev in ("", rid) else None
+
+    def add_input(self, n: int, f: dict[str, Any]) -> None:
+        """A Received line (``_has_params``) or a details line (``_has_prompt`` only)."""
+        cur = self.find(f["request_id"])
+        if (cur is None or cur.get("_finished") or f.get("_has_params") and cur.get("_has_params")
+                or f.get("_has_prompt") and cur.get("_has_prompt")):
+            self._new(n, f)
+            return
+        for k, v in f.items():
+            if v is None or k in ("prompt_ids", "prompt_text") and cur.get(k):
+                continue
+            if k == "t_arrival" and cur.get("_t_metrics") or k == "_t_line" and cur.get(k) is not None:
+                continue  # RequestMetrics.arrival_time is the engine's own, finer time
+            cur[k] = v
+        if f.get("_has_params"):
+            cur["request_id"] = f["request_id"]  # the request logger's spelling of the ID
+
+    def add_output(self, n: int, f: dict[str, Any]) -> None:
+        kind, src = f.pop("_kind"), f.pop("_src", "ro")
+        cur = self.find(f["request_id"])
+        if cur is not None and cur.get("_finished"):
+            if src == "gen" and kind != "delta" and cur.get("_by_log"):
+                self.ctx.stats.notes["more than one completion logged for a request (n>1): the first kept"] += 1
+                return
+            cur = None  # the ID used again by a later request
+        if cur is None:
+            self._new(n, {"request_id": f["request_id"]})
+            cur = self.open[f["request_id"]]
+        if kind == "partial":
+            self._partial(cur, f)
+            return
+        if cur.get("_partial_ids") is not None:
+            self._after_partials(cur, f)
+        fr, raw = f.pop("finish_reason", None), f.pop("finish_reason_raw", None)
+        del f["request_id"]
+        for k, v in f.items():
+            if v is None or k == "prompt_ids" and len(v) < len(cur.get(k) or []):
+                continue  # keep the longer: the request logger may have cut it at max_log_len
+            if kind == "delta" and k == "output_text":
+                cur[k] = (cur.get(k) or "") + v
+            elif kind == "delta" and k == "output_ids":
+                cur[k] = (cur.get(k) or []) + v
+            elif not (k == "_t_line" and cur.get(k) is not None):
+                cur[k] = v
+        if f.get("t_arrival") is not None:
+            cur["_t_metrics"] = True
+        if fr is not None or raw is not None and cur.get("finish_reason") is None and cur.get("finish_reason_raw") is None:
+            cur["finish_reason"], cur["finish_reason_raw"] = fr, raw  # streaming_complete never hides a stop
+        if kind != "delta":
+            cur["_finished"], cur["_by_log"] = True, src == "gen"
+
+    def _partial(self, cur: dict[str, Any], f: dict[str, Any]) -> None:
+        """A RequestOutput(finished=False): its input side is kept, its output held back."""
+        for k in ("prompt_text", "prompt_ids", "t_arrival", "cached_prompt_tokens"):
+            if f.get(k) is not None and cur.get(k) is None:
+                cur[k] = f[k]
+        ids, text = f.get("output_ids") or [], f.get("output_text") or ""
+        last = cur.get("_partial_last") or []
+        if ids:  # cumulative outputs grow: each one starts with the one before
+            cur["_partial_cumulative"] = cur.get("_partial_cumulative", True) and ids[: len(last)] == last
+            cur["_partial_last"] = ids
+        cur["_partial_ids"] = (cur.get("_partial_ids") or []) + ids
+        cur["_partial_text"] = (cur.get("_partial_text") or "") + text
+
+    def _after_partials(self, cur: dict[str, Any], f: dict[str, Any]) -> None:
+        last = cur.pop("_partial_last", None) or []
+        cumulative = cur.pop("_partial_cumulative", True)
+        acc_ids, acc_text = cur.pop("_partial_ids"), cur.pop("_partial_text")
+        ids = f.get("output_ids") or []
+        if cumulative and ids[: len(last)] == last:  # the finished one has it all
+            self.ctx.stats.notes["partial RequestOutput(finished=False) lines: superseded by the finished one"] += 1
+            return
+        f["output_ids"] = acc_ids + ids
+        f["output_text"] = acc_text + (f.get("output_text") or "")
+        f["output_logprobs"] = None
+        self.ctx.stats.notes["partial RequestOutput(finished=False) deltas: joined with the finished one"] += 1
+
+    def finished(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        for n, f in self.entries:
+            if f.get("_partial_ids") is not None:
+                if not (f.get("_has_params") or f.get("_has_prompt")):
+                    self.ctx.stats.notes["RequestOutput(finished=False) with no finished one: not a "
+                                         "finished request, left out"] += 1
+                    continue
+                self.ctx.stats.notes["a request whose output never finished in the log: its partial output left out"] += 1
+            yield n, f
 
 
 def read_vllm(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
-    joiner = _Joiner()
+    joiner = _Joiner(ctx)
     errors: list[tuple[int, LineError]] = []
     for n, text in lines:
         if not text.strip():
@@ -227,6 +403,10 @@ def read_vllm(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[
             m = _RECEIVED_RE.search(text)
             if m is not None:
                 joiner.add_input(n, _received(text, m, ctx))
+                continue
+            d = _DETAILS_RE.search(text)
+            if d is not None:
+                joiner.add_input(n, _details(text, d, ctx))
                 continue
             i = text.find("RequestOutput(request_id=")
             if i >= 0:
@@ -243,14 +423,25 @@ def read_vllm(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[
             errors.append((n, e))
             continue
         if "Received request " in text:
-            errors.append((n, LineError("a 'Received request' line without 'ID: prompt:'")))
+            errors.append((n, LineError("a 'Received request' line without 'ID: params:' or 'ID: prompt:'")))
             continue
-        _sniff_startup(text, ctx)
+        _sniff_startup(text, ctx, len(joiner.entries))
         ctx.stats.ignored += 1
     out: list[tuple[int, Request | LineError]] = list(errors)
-    for n, f in joiner.entries:
+    for n, f in joiner.finished():
         if f.get("t_arrival") is None:
             f["t_arrival"] = f.get("_t_line")
+        for k, v in f["_meta"].items():
+            f.setdefault(k, v)
         out.append((n, build_request(ctx, n, {k: v for k, v in f.items() if not k.startswith("_")})))
     out.sort(key=lambda x: x[0])
     yield from out
+
+
+READER = ReaderSpec(
+    "vllm",
+    "vLLM 'Received request' / RequestOutput lines",
+    read=read_vllm,
+    text_line=lambda text: any(m in text for m in _MARKS),
+    order=50,
+)

@@ -1,13 +1,13 @@
-"""The store: ClickHouse, embedded (chDB) by default or a server through clickhouse-connect.
+"""The store: ClickHouse through one clickhouse-connect client, chDB in-process by default
+or a server named by ``--clickhouse URL`` (``store/client.py``).
 
 ``open_store()`` resolves configuration as flag, then ``INFDEBUG_*`` environment, then
-default, opens the backend and applies pending schema migrations.
+default, opens the store and applies pending schema migrations.
 """
 
 from __future__ import annotations
 
-import os
-
+from infdebug import settings
 from infdebug.store.base import (
     Store,
     StoreBusy,
@@ -32,21 +32,15 @@ __all__ = [
 
 
 def default_home() -> str:
-    return os.environ.get("INFDEBUG_HOME") or os.path.join(os.getcwd(), ".infdebug")
+    return settings.home()
 
 
 def open_store(clickhouse: str | None = None, home: str | None = None) -> Store:
     """Open the store named by ``clickhouse`` (a server URL) or the embedded one at ``home``."""
-    url = clickhouse or os.environ.get("INFDEBUG_CLICKHOUSE_URL") or None
-    store: Store
-    if url:
-        from infdebug.store.server import ServerStore
+    url = settings.clickhouse_url(clickhouse)
+    from infdebug.store.client import open_embedded, open_server
 
-        store = ServerStore(url)
-    else:
-        from infdebug.store.embedded import EmbeddedStore
-
-        store = EmbeddedStore(home or default_home())
+    store: Store = open_server(url) if url else open_embedded(home or default_home())
     try:
         migrate(store)
     except Exception:

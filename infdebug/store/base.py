@@ -1,21 +1,18 @@
-"""The store seam: one Protocol, two backends (chDB embedded, ClickHouse server), same SQL."""
+"""The store seam: one Protocol over ClickHouse (chDB in-process or a server), the same SQL on both."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from infdebug import settings
+from infdebug.errors import StoreBusy, StoreError
 from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, TABLES, Table
 
 Params = Mapping[str, Any] | None
 
 
-class StoreError(RuntimeError):
-    """A store operation failed; the message says what and where."""
-
-
-class StoreBusy(StoreError):
-    """The embedded store is held by another process."""
+__all__ = ["Params", "Store", "StoreBusy", "StoreError", "insert_select", "migrate", "query_dicts", "schema_version"]
 
 
 @runtime_checkable
@@ -72,10 +69,11 @@ def migrate(store: Store) -> list[int]:
     _, rows = store.query("SELECT max(version) FROM schema_migrations")
     current = int(rows[0][0] or 0) if rows else 0
     applied = []
+    retention = settings.retention_days()
     for m in MIGRATIONS:
         if m.version <= current:
             continue
-        for stmt in m.statements:
+        for stmt in m.sql(retention):
             store.command(stmt)
         store.command(
             "INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",

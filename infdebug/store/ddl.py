@@ -9,12 +9,13 @@ structure and the ``INSERT … SELECT`` list from these, so DDL and loader canno
 
 from __future__ import annotations
 
-import os
+import re
 from dataclasses import dataclass
 
-# Rows are kept this many days after they were ingested (not after they happened: old
-# incident logs must stay analysable the day they are loaded).
-RETENTION_DAYS = int(os.environ.get("INFDEBUG_RETENTION_DAYS", "30"))
+# Rows are kept INFDEBUG_RETENTION_DAYS (default 30) after they were ingested, not after they
+# happened: old incident logs must stay analysable the day they are loaded. The DDL carries
+# this mark; ``Migration.sql`` puts the setting in when the migration runs, never at import.
+RETENTION_MARK = "__RETENTION_DAYS__"
 
 U32 = 2**32 - 1
 
@@ -223,6 +224,7 @@ class Table:
     columns: tuple[Column, ...]
     order_by: str
     time_expr: str  # a DateTime expression for partitioning
+    extra_guard: str = ""  # a fast-path condition beyond the columns' own (request_latency_guard)
 
     def ddl(self) -> str:
         cols = ",\n  ".join(f"`{c.name}` {c.type}" for c in self.columns)
@@ -234,7 +236,7 @@ class Table:
             ") ENGINE = MergeTree\n"
             f"PARTITION BY toDate({self.time_expr})\n"
             f"ORDER BY ({self.order_by})\n"
-            f"TTL _ingested_at + toIntervalDay({RETENTION_DAYS})"
+            f"TTL _ingested_at + toIntervalDay({RETENTION_MARK})"
         )
 
     def structure(self) -> str:
@@ -254,7 +256,8 @@ class Table:
     def guard(self) -> str:
         """One condition every row must meet on the fast path (see ``Column``)."""
         kind = "position(`kind`, '.') > 0" if self.kind == "finding" else f"`kind` = '{self.kind}'"
-        return " AND ".join([kind, *(c.guard for c in self.columns if c.check)])
+        extra = [f"({self.extra_guard})"] if self.extra_guard else []
+        return " AND ".join([kind, *(c.guard for c in self.columns if c.check), *extra])
 
     def insert_columns(self) -> str:
         return ", ".join(f"`{c.name}`" for c in self.columns) + ", `_file`, `_batch`"
@@ -262,6 +265,27 @@ class Table:
     @property
     def json_columns(self) -> frozenset[str]:
         return frozenset(c.name for c in self.columns if c.json)
+
+
+def _num(v: float) -> str:
+    """A Float64 literal (ClickHouse reads ``inf`` as infinity)."""
+    return "inf" if v == float("inf") else repr(float(v))
+
+
+def request_latency_guard(ceiling_s: float, tol_abs_s: float, tol_rel: float) -> str:
+    """Fast-path condition that every request latency is plausible (collectors/timing.py:
+    not negative, not past ``ceiling_s``, not past ``e2e_s`` plus the tolerance). A row that
+    fails it goes to the careful path, where ``sanitize_timing`` drops those fields."""
+    lim = _num(ceiling_s)
+    span = f"(`e2e_s` + greatest({_num(tol_abs_s)}, {_num(tol_rel)} * `e2e_s`))"
+    conds = [f"(`e2e_s` IS NULL OR (`e2e_s` >= 0 AND `e2e_s` <= {lim}))"]
+    for c in ("queue_s", "prefill_s", "ttft_s"):
+        conds.append(f"(`{c}` IS NULL OR (`{c}` >= 0 AND `{c}` <= {lim} AND (`e2e_s` IS NULL OR `{c}` <= {span})))")
+    conds.append(
+        f"(empty(`token_times_s`) OR (arrayMin(`token_times_s`) >= 0 AND arrayMax(`token_times_s`) <= {lim} "
+        f"AND (`e2e_s` IS NULL OR arrayMax(`token_times_s`) <= {span})))"
+    )
+    return " AND ".join(conds)
 
 
 def _clamped_time(col: str) -> str:
@@ -298,7 +322,7 @@ ORDER BY content_id
 
 # Spans in the column layout of the OpenTelemetry Collector's ClickHouse exporter, so a
 # fleet that already ships OTLP into ClickHouse through an OTel Collector can be read as is.
-OTEL_TRACES_DDL = f"""
+OTEL_TRACES_DDL = """
 CREATE TABLE IF NOT EXISTS otel_traces (
   Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
   TraceId String CODEC(ZSTD(1)),
@@ -335,7 +359,7 @@ CREATE TABLE IF NOT EXISTS otel_traces (
 ) ENGINE = MergeTree
 PARTITION BY toDate(Timestamp)
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
-TTL toDateTime(Timestamp) + toIntervalDay({RETENTION_DAYS})
+TTL toDateTime(Timestamp) + toIntervalDay(__RETENTION_DAYS__)
 SETTINGS ttl_only_drop_parts = 1
 """
 
@@ -345,6 +369,10 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+
+    def sql(self, retention_days: int) -> list[str]:
+        """The statements to run, with the table TTL set to ``retention_days``."""
+        return [s.replace(RETENTION_MARK, str(int(retention_days))) for s in self.statements]
 
 
 # Ordered; never edit a released migration, append a new one.
@@ -385,6 +413,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   applied_at DateTime DEFAULT now()
 ) ENGINE = MergeTree ORDER BY version
 """
+
+
+def table_names() -> list[str]:
+    """Every table infdebug creates: the contract kinds' tables, then the others (ingest
+    state, OpenTelemetry spans, schema migrations), read from their DDL."""
+    others = [m.group(1) for ddl in (INGEST_STATE_DDL, OTEL_TRACES_DDL, MIGRATIONS_DDL)
+              for m in [re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)] if m]
+    return [t.name for t in TABLES.values()] + others
 
 # Settings for reading contract JSONL: strict about types (a number is not a string, a bool
 # is not a number), objects and arrays of objects kept as their JSON text.

@@ -14,7 +14,7 @@ from typing import Any
 from infdebug.store.base import Store
 from infdebug.store.q_common import UNIT as _UNIT
 from infdebug.store.q_common import WINDOW as _WINDOW
-from infdebug.store.q_common import window_params
+from infdebug.store.q_common import earliest_ids, window_params
 
 # The stop token IDs a request was sent with, and whether it asked to ignore EOS.
 _STOP_IDS = "JSONExtract(ifNull(sampling, '{}'), 'stop_ids', 'Array(UInt32)')"
@@ -26,7 +26,7 @@ def _window(w: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _q(store: Store, sql: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    return store.query(sql, params)  # lists bind as Array literals (store/embedded.py _param)
+    return store.query(sql, params)  # lists bind as Array(…) parameters, server-side
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class FinishCounts:
     first_seen: float  # the first request that hit the cap (the first request when none did)
     last_seen: float
     length_request_ids: list[str]  # the earliest ones that hit the cap
+    # requests with room to end their turn: max_tokens ≥ the floor asked for, not ignore_eos
+    roomy: int = 0
+    roomy_length: int = 0  # …of which hit the cap
+    roomy_first_length: float | None = None
+    roomy_length_request_ids: tuple[str, ...] = ()
 
 
 def count_requests(store: Store, window: Mapping[str, Any]) -> int:
@@ -46,24 +51,30 @@ def count_requests(store: Store, window: Mapping[str, Any]) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-def finish_counts(store: Store, window: Mapping[str, Any]) -> list[FinishCounts]:
-    """Per (model, replica): requests with a known finish reason and how many hit the length cap."""
+def finish_counts(store: Store, window: Mapping[str, Any], room: int = 0) -> list[FinishCounts]:
+    """Per (model, replica): requests with a known finish reason and how many hit the length
+    cap; and the same among the requests sent with ``max_tokens`` ≥ ``room`` (not ignore_eos)."""
+    roomy = f"(JSONExtractUInt(ifNull(sampling, '{{}}'), 'max_tokens') >= {{room:UInt32}} AND NOT {_IGNORE_EOS})"
+    roomy_len = f"({roomy} AND finish_reason = 'length')"
     _, rows = _q(
         store,
         f"""
         SELECT ifNull(model, '') AS m, {_UNIT} AS unit, count(), countIf(finish_reason = 'length') AS n_len,
                if(n_len > 0, minIf(t_arrival, finish_reason = 'length'), min(t_arrival)), max(t_arrival),
                arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id),
-                                                                    finish_reason = 'length'))), 1, 10)
+                                                                    finish_reason = 'length'))), 1, 10),
+               countIf({roomy}), countIf({roomy_len}) AS n_roomy_len, minIf(t_arrival, {roomy_len}),
+               {earliest_ids(10, roomy_len)}
         FROM requests
         WHERE {_WINDOW} AND finish_reason IN ('stop', 'length')
         GROUP BY m, unit
         ORDER BY m, unit
         """,
-        _window(window),
+        {**_window(window), "room": room},
     )
     return [
-        FinishCounts(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), [str(x) for x in r[6]])
+        FinishCounts(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), [str(x) for x in r[6]],
+                     int(r[7]), int(r[8]), float(r[9]) if int(r[8]) else None, tuple(str(x) for x in r[10]))
         for r in rows
     ]
 
@@ -177,6 +188,7 @@ class RepetitionCandidates:
     requests: int  # requests with an output on this replica
     candidates: list[tuple[str, float, list[int]]]  # (request_id, t_arrival, output tail)
     capped: bool  # more candidates than the cap: the rest were not examined
+    candidates_total: int = 0  # candidates before the cap
 
 
 def repetition_candidates(
@@ -215,6 +227,6 @@ def repetition_candidates(
     for rep, rid, t, ids, n_cand in rows:
         rc = by.setdefault(str(rep), RepetitionCandidates(str(rep), 0, [], False))
         rc.candidates.append((str(rid), float(t), [int(x) for x in ids]))
-        if int(n_cand) > cap and not rc.capped:
-            by[str(rep)] = RepetitionCandidates(rc.replica, rc.requests, rc.candidates, True)
+        if rc.candidates_total != int(n_cand):
+            by[str(rep)] = RepetitionCandidates(rc.replica, rc.requests, rc.candidates, int(n_cand) > cap, int(n_cand))
     return [by[k] for k in sorted(by)]

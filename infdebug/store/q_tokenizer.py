@@ -75,6 +75,9 @@ class TextVariant:
     request_id: str  # the earliest
     request_ids: list[str]  # the earliest few
     doubled_first: bool  # the IDs start with one ID twice (a doubled BOS)
+    first_id: int  # the IDs' first (a BOS, where the tokenizer writes one)
+    max_id: int
+    n_ids: int
 
 
 def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVariant]:
@@ -87,12 +90,14 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
             SELECT ifNull(model, '') AS m, prompt_text_hash AS th,
                    prompt_ids_hash AS ih, {_UNIT} AS unit,
                    count() AS n, min(t_arrival) AS first, {earliest_ids(10)} AS rids,
-                   max(length(prompt_ids) >= 2 AND prompt_ids[1] = prompt_ids[2]) AS doubled
+                   max(length(prompt_ids) >= 2 AND prompt_ids[1] = prompt_ids[2]) AS doubled,
+                   any(prompt_ids[1]) AS first_id, any(arrayMax(prompt_ids)) AS max_id,
+                   any(length(prompt_ids)) AS n_ids
             FROM requests
             WHERE {_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
             GROUP BY m, th, ih, unit
         )
-        SELECT m, th, ih, unit, n, first, rids, doubled FROM per
+        SELECT m, th, ih, unit, n, first, rids, doubled, first_id, max_id, n_ids FROM per
         WHERE (m, th) IN (SELECT m, th FROM per GROUP BY m, th HAVING uniqExact(ih) > 1)
         ORDER BY m, th, ih, unit
         """,
@@ -100,9 +105,63 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
     )
     return [
         TextVariant(str(m), int(th), int(ih), str(u), int(n), float(first), str(rids[0]), [str(x) for x in rids],
-                    bool(doubled))
-        for m, th, ih, u, n, first, rids, doubled in rows
+                    bool(doubled), int(fid), int(mx), int(nids))
+        for m, th, ih, u, n, first, rids, doubled, fid, mx, nids in rows
     ]
+
+
+@dataclass(frozen=True)
+class SideOverlap:
+    """Two ID sequences one prompt text was logged with (``ids_a`` ≤ ``ids_b``; equal: one
+    sequence with itself): how many distinct IDs ≥ the floor they share, and how many the
+    one with fewer holds."""
+
+    model: str
+    text_hash: int
+    ids_a: int
+    ids_b: int
+    shared: int
+    smaller: int
+
+
+_CONFLICT_ROWS = f"{_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)"
+
+
+def side_overlaps(store: Store, window: Mapping[str, Any], per_unit: int, floor: int) -> list[SideOverlap]:
+    """For the prompt texts logged with more than one ID sequence — up to ``per_unit`` of each
+    unit's, chosen by text hash (no replica name decides) — every pair of their sequences
+    with the distinct IDs ≥ ``floor`` both hold. Only counts come back, no IDs; the keys are
+    chosen on the hash columns first, so only the chosen texts' IDs are read."""
+    _, rows = store.query(
+        f"""
+        WITH picked AS (
+            SELECT DISTINCT m, th FROM (
+                SELECT ifNull(model, '') AS m, prompt_text_hash AS th, {_UNIT} AS unit
+                FROM requests
+                WHERE {_CONFLICT_ROWS}
+                  AND (ifNull(model, ''), prompt_text_hash) IN (
+                      SELECT ifNull(model, ''), prompt_text_hash FROM requests
+                      WHERE {_CONFLICT_ROWS}
+                      GROUP BY 1, 2 HAVING uniqExact(prompt_ids_hash) > 1)
+                GROUP BY m, th, unit
+                ORDER BY m, unit, th
+                LIMIT {{n:UInt64}} BY m, unit)
+        ),
+        sides AS (
+            SELECT ifNull(model, '') AS m, prompt_text_hash AS th, prompt_ids_hash AS ih,
+                   arrayDistinct(arrayFilter(x -> x >= {{floor:UInt32}}, any(prompt_ids))) AS hi
+            FROM requests
+            WHERE {_CONFLICT_ROWS} AND (ifNull(model, ''), prompt_text_hash) IN (SELECT m, th FROM picked)
+            GROUP BY m, th, ih
+        )
+        SELECT a.m, a.th, a.ih, b.ih, length(arrayIntersect(a.hi, b.hi)), least(length(a.hi), length(b.hi))
+        FROM sides AS a INNER JOIN sides AS b ON a.m = b.m AND a.th = b.th
+        WHERE a.ih <= b.ih
+        ORDER BY a.m, a.th, a.ih, b.ih
+        """,
+        _params(window, n=per_unit, floor=floor),
+    )
+    return [SideOverlap(str(m), int(th), int(a), int(b), int(k), int(s)) for m, th, a, b, k, s in rows]
 
 
 def requests_by_id(

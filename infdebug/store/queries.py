@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infdebug.store.base import Store
+from infdebug.store.q_common import make_unit, unit_label
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -23,16 +24,26 @@ class LatencySummary:
 
 @dataclass(frozen=True)
 class ReplicaStats:
+    """One unit of the fleet: a replica within a deployment (names are reused across
+    deployments, so ``r3`` of ``stable`` and ``r3`` of ``canary`` are two rows)."""
+
     replica: str
+    deployment: str | None
     requests: int
     errors: int
     ttft_s: LatencySummary
     itl_s: LatencySummary
     e2e_s: LatencySummary
 
+    @property
+    def label(self) -> str:
+        """``r3`` or ``r3 (canary)``, as findings name it."""
+        return unit_label(make_unit(self.replica, self.deployment))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "replica": self.replica,
+            "deployment": self.deployment,
             "requests": self.requests,
             "errors": self.errors,
             "ttft_s": self.ttft_s.to_json(),
@@ -63,15 +74,17 @@ def replica_stats(
     since: float = 0.0,
     until: float = 1e11,
 ) -> list[ReplicaStats]:
-    """Per-replica request counts and TTFT / inter-token / end-to-end p50, p90, p99.
+    """Request counts and TTFT / inter-token / end-to-end p50, p90, p99 per replica within
+    its deployment (one row per (replica, deployment), ordered by replica then deployment).
 
     Inter-token latency is every gap between consecutive output tokens (the first token's
-    time is TTFT, not an inter-token gap), pooled over the replica's requests.
+    time is TTFT, not an inter-token gap), pooled over the unit's requests.
     """
     params = {"replica": replica, "deployment": deployment, "since": since, "until": until}
     _, rows = store.query(
         f"""
         SELECT replica,
+               ifNull(deployment, '') AS dep,
                count() AS requests,
                countIf(error IS NOT NULL OR finish_reason = 'error') AS errors,
                countIf(ttft_s IS NOT NULL) AS n_ttft,
@@ -80,35 +93,45 @@ def replica_stats(
                quantilesExactIf(0.5, 0.9, 0.99)(e2e_s, e2e_s IS NOT NULL) AS q_e2e
         FROM requests
         {_FILTER}
-        GROUP BY replica
-        ORDER BY replica
+        GROUP BY replica, dep
+        ORDER BY replica, dep
         """,
         params,
     )
     _, itl_rows = store.query(
         f"""
-        SELECT replica, count() AS n, quantilesExact(0.5, 0.9, 0.99)(gap) AS q
+        SELECT replica, ifNull(deployment, '') AS dep, count() AS n, quantilesExact(0.5, 0.9, 0.99)(gap) AS q
         FROM requests
         ARRAY JOIN arrayPopFront(arrayDifference(token_times_s)) AS gap
         {_FILTER}
-        GROUP BY replica
+        GROUP BY replica, dep
         """,
         params,
     )
-    itl = {r[0]: _summary(r[1], r[2]) for r in itl_rows}
+    itl = {(r[0], r[1]): _summary(r[2], r[3]) for r in itl_rows}
     out = []
-    for rep, n, errors, n_ttft, q_ttft, n_e2e, q_e2e in rows:
+    for rep, dep, n, errors, n_ttft, q_ttft, n_e2e, q_e2e in rows:
         out.append(
             ReplicaStats(
                 replica=rep,
+                deployment=dep or None,
                 requests=int(n),
                 errors=int(errors),
                 ttft_s=_summary(n_ttft, q_ttft),
-                itl_s=itl.get(rep, LatencySummary(0, None, None, None)),
+                itl_s=itl.get((rep, dep), LatencySummary(0, None, None, None)),
                 e2e_s=_summary(n_e2e, q_e2e),
             )
         )
     return out
+
+
+def startup_times(store: Store) -> list[tuple[str, str, float]]:
+    """(replica, event, seconds) of each replica's start-up milestones (weights_loaded, ready)."""
+    _, rows = store.query(
+        "SELECT replica, name, duration_s FROM events WHERE name IN ('weights_loaded', 'ready') "
+        "AND duration_s IS NOT NULL ORDER BY replica, t"
+    )
+    return [(str(r), str(n), float(d)) for r, n, d in rows]
 
 
 def table_counts(store: Store) -> dict[str, int]:

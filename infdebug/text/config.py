@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from infdebug.errors import InputError
+
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
     "eos_token",
@@ -24,7 +26,7 @@ SPECIAL_TOKEN_KEYS = (
 )
 
 
-class TextFormatError(ValueError):
+class TextFormatError(InputError):
     """A tokenizer or template file is not what it should be. The message names the file."""
 
 

@@ -29,6 +29,7 @@ import jinja2.nodes
 import jinja2.parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from infdebug.errors import InputError
 from infdebug.text.config import TextFormatError, chat_template_from_config, read_json
 from infdebug.text.fingerprint import template_fingerprint
 
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 
-class ChatTemplateError(Exception):
+class ChatTemplateError(InputError):
     """A chat template did not render. ``raised_by_template`` is true for the template's own
     ``raise_exception(...)``; ``lineno`` is the template line where Jinja knows it."""
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypedDict
 
 from infdebug.schema import GpuSample
 
-log = logging.getLogger("infdebug.gpu")
+log = logging.getLogger(__name__)
 
 NO_GPU_MESSAGE = "no NVIDIA GPU/NVML here: GPU telemetry off (use --simulate-gpu for a labelled synthetic signal)"
 

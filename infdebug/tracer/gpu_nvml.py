@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from infdebug.errors import UnavailableError
 from infdebug.tracer.gpu import DeviceInfo, GpuReading, XidEvent
 
-log = logging.getLogger("infdebug.gpu")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ _REASON_SUFFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
-class NvmlUnavailable(RuntimeError):
+class NvmlUnavailable(UnavailableError):
     """NVML cannot be used here: pynvml missing, no driver/library, or init failed."""
 
 

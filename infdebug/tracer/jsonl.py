@@ -4,7 +4,8 @@
 and puts the line on a bounded queue (the oldest line is dropped and counted when it is
 full), so encoding overlaps the writer's system calls, which release the GIL. The writer
 thread writes each drained batch and flushes it to the OS, so a process that is killed loses nothing it had finished writing;
-``close`` drains, flushes and fsyncs. Files rotate by size (``max_bytes``) and age
+``force_flush`` waits until what was queued before it is written and flushed to the OS;
+``shutdown`` drains, flushes and fsyncs. Files rotate by size (``max_bytes``) and age
 (``max_age_s``); a rotated file is gzipped by the writer thread
 (``NAME.requests.jsonl`` → ``NAME.requests.jsonl.gz``). Writing never raises into the caller.
 """
@@ -19,12 +20,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
 from infdebug.schema import Record, Request, encode_record
-from infdebug.tracer.tracer import DropOldestQueue
+from infdebug.tracer.exporters import DropOldestQueue, Progress
 
-_log = logging.getLogger("infdebug.tracer.jsonl")
+_log = logging.getLogger(__name__)
 
 
 class JsonlExporter:
@@ -52,6 +53,7 @@ class JsonlExporter:
         self._stem = f"{replica}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
         self._segment = 0
         self._q: DropOldestQueue[bytes] = DropOldestQueue(max_queue, on_drop)
+        self._progress = Progress(self._q)
         self.path = ""
         self._fh: IO[bytes] | None = None
         self._opened = 0.0
@@ -72,7 +74,7 @@ class JsonlExporter:
             self._thread.start()
 
     # -- producer side -------------------------------------------------------------------
-    def export(self, record: Request, seq: Any = None) -> None:
+    def export(self, record: Request) -> None:
         self._q.put(encode_record(record))
 
     def put(self, record: Record) -> None:
@@ -84,7 +86,7 @@ class JsonlExporter:
         seg = "" if self._segment == 0 else f".{self._segment}"
         name = f"{self._stem}{seg}.{self.suffix}.jsonl"
         self.path = os.path.join(self.trace_dir, name)
-        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed by _rotate()/close()
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed by _rotate()/shutdown()
         self._size = self._fh.tell()
         self._opened = time.monotonic()
 
@@ -94,6 +96,7 @@ class JsonlExporter:
             batch = self._q.get_batch(timeout=wait)
             if batch:
                 self._write(batch)
+                self._progress.done(len(batch))
             elif self._q.closed:
                 return
             if self._due_by_age():
@@ -140,7 +143,15 @@ class JsonlExporter:
             os.fsync(fh.fileno())
         fh.close()
 
-    def close(self) -> None:
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Wait until every record queued before this call is written and flushed to the OS
+        (not fsynced; ``shutdown`` does that). False on timeout, or when records are queued
+        and no writer thread runs (``start=False``)."""
+        if self._thread is None or not self._thread.is_alive():
+            return len(self._q) == 0
+        return self._progress.wait_for(self._q.puts, timeout_millis / 1000)
+
+    def shutdown(self) -> None:
         """Write what is queued, flush, fsync, close. Safe to call twice."""
         if self._closed:
             return

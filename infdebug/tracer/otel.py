@@ -9,6 +9,9 @@ the GenAI semantic conventions (``gen_ai.*``), vLLM's latency attributes
 ``SpanAttributes``, computed as vLLM does: prefill = first token − scheduled, decode = last
 token − first token), and ``infdebug.*`` for the request ID, replica, fingerprints and,
 size-capped and never under ``--redact all``, the token IDs. No per-token span events.
+Everything comes from the contract record: token counts from ``prompt_tokens`` /
+``output_tokens``, request parameters from ``sampling`` (absent keys give no attribute),
+the operation from ``messages`` (chat when present; roles survive redaction).
 
 Endpoint: ``--otlp-endpoint URL`` (a base URL gets ``/v1/traces`` appended, as the
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable does); without it the SDK reads
@@ -17,7 +20,6 @@ Endpoint: ``--otlp-endpoint URL`` (a base URL gets ``/v1/traces`` appended, as t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from opentelemetry import trace
@@ -28,13 +30,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from infdebug import __version__
 from infdebug.schema import Request
-from infdebug.tracer.engine.engine import Sequence
+from infdebug.tracer.exporters import token_counts
 
 MAX_TOKEN_IDS = 4096  # per attribute; longer lists are cut (infdebug.*_token_ids_truncated says so)
-
-
-def otlp_endpoint_from_env() -> str | None:
-    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def traces_url(endpoint: str) -> str:
@@ -65,7 +63,7 @@ class OtelExporter:
         self.replica = replica
         self.token_ids = token_ids
 
-    def export(self, record: Request, seq: Sequence) -> None:
+    def export(self, record: Request) -> None:
         ns = 1_000_000_000
         t0 = int(record.t_arrival * ns)
 
@@ -74,24 +72,25 @@ class OtelExporter:
 
         t_sched, t_first, t_last = at(record.queue_s), at(record.ttft_s), at(record.e2e_s)
         end = t_last or t_sched or t0
-        op = "chat" if seq.messages is not None else "text_completion"
-        n_out = len(seq.output_ids)
+        op = "chat" if record.messages is not None else "text_completion"
+        n_prompt, n_out = token_counts(record)
         attrs: dict[str, Any] = {
             "gen_ai.system": "infdebug",
             "gen_ai.operation.name": op,
             "gen_ai.request.model": record.model or "",
             "gen_ai.response.model": record.model or "",
-            "gen_ai.request.temperature": seq.params.temperature,
-            "gen_ai.request.top_p": seq.params.top_p,
-            "gen_ai.request.max_tokens": seq.params.max_tokens,
             "gen_ai.request.id": record.request_id,
             "gen_ai.response.finish_reasons": [record.finish_reason or "unknown"],
-            "gen_ai.usage.input_tokens": len(seq.prompt_ids),
+            "gen_ai.usage.input_tokens": n_prompt,
             "gen_ai.usage.output_tokens": n_out,
             "infdebug.request_id": record.request_id,
             "infdebug.replica": record.replica,
             "infdebug.cached_prompt_tokens": record.cached_prompt_tokens or 0,
         }
+        sampling = record.sampling or {}
+        for key in ("temperature", "top_p", "max_tokens"):
+            if sampling.get(key) is not None:
+                attrs[f"gen_ai.request.{key}"] = sampling[key]
         if record.deployment:
             attrs["infdebug.deployment"] = record.deployment
         if record.tokenizer_fp:
@@ -110,7 +109,7 @@ class OtelExporter:
             attrs["gen_ai.latency.time_in_model_decode"] = record.e2e_s - record.ttft_s
         if self.token_ids:
             for key, ids in (("prompt", record.prompt_ids), ("output", record.output_ids)):
-                if ids is not None:  # None under --redact all
+                if ids:  # empty under --redact all (and then token_ids is off too)
                     attrs[f"infdebug.{key}_token_ids"] = list(ids[:MAX_TOKEN_IDS])
                     if len(ids) > MAX_TOKEN_IDS:
                         attrs[f"infdebug.{key}_token_ids_truncated"] = True
@@ -119,7 +118,7 @@ class OtelExporter:
         ctx = trace.set_span_in_context(span)
         if t_sched is not None and t_first is not None:
             self.tracer.start_span("prefill", context=ctx, start_time=t_sched, attributes={
-                "gen_ai.usage.input_tokens": len(seq.prompt_ids),
+                "gen_ai.usage.input_tokens": n_prompt,
                 "infdebug.cached_prompt_tokens": record.cached_prompt_tokens or 0}).end(end_time=t_first)
         if t_first is not None and t_last is not None:
             self.tracer.start_span("decode", context=ctx, start_time=t_first, attributes={
@@ -128,9 +127,9 @@ class OtelExporter:
             span.set_status(trace.Status(trace.StatusCode.ERROR, record.error or "error"))
         span.end(end_time=end)
 
-    def flush(self, timeout_ms: int = 30_000) -> bool:
-        return self.provider.force_flush(timeout_ms)
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.provider.force_flush(timeout_millis)
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
         self.provider.force_flush(30_000)
         self.provider.shutdown()

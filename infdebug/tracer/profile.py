@@ -20,13 +20,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
+from infdebug.errors import OperationError
 from infdebug.schema import ProfileSample
 
 ENGINE_THREAD = "infdebug-engine"
 
 # (category, pattern on "function (file:line)" frames), tried from the leaf towards the root.
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("tracer", re.compile(r"\(.*infdebug/tracer/(tracer|jsonl|prom|otel|lifecycle|gpu\w*)\.py:")),
+    ("tracer", re.compile(r"\(.*infdebug/tracer/(tracer|hooks|exporters|jsonl|prom|otel|lifecycle|gpu\w*)\.py:")),
     ("detokenization", re.compile(r"^(Engine\._detok|TokenizerBundle\.decode|decode_text|<lambda>) \(.*infdebug/")),
     ("tokenization", re.compile(r"^(encode_prompt|TokenizerBundle\.encode|render_chat|Replica\.(encode_\w+|render)) ")),
     ("model step", re.compile(r"^LlamaForCausalLM\.(prefill|decode|_run|_attend) ")),
@@ -51,15 +52,23 @@ class Stack:
         return "other"
 
 
-class ProfilerError(RuntimeError):
+class ProfilerError(OperationError):
     pass
 
 
+PY_SPY_MISSING = (
+    "py-spy is not installed; it comes with infdebug's profile extra: pip install 'infdebug[profile]' "
+    "(in a checkout: .venv/bin/pip install -e '.[profile]'; make demo installs only the engine extra, "
+    "make test installs the profile extra too)"
+)
+
+
 def py_spy_binary() -> str:
+    """The py-spy next to this interpreter, else on PATH; ProfilerError naming the install command."""
     here = os.path.join(os.path.dirname(sys.executable), "py-spy")
     found = here if os.path.exists(here) else shutil.which("py-spy")
     if not found:
-        raise ProfilerError("py-spy is not installed: pip install py-spy (or pip install -e '.[profile]')")
+        raise ProfilerError(PY_SPY_MISSING)
     return found
 
 

@@ -13,8 +13,10 @@ vLLM v0.10.x, commit 005a810bc40f) with the ``vllm:`` prefix replaced by ``infde
 - ``request_queue_time_seconds``: here the request-latency edges start at 1 ms (vLLM's start
   at 0.3 s, which puts every healthy queue time in the first bucket).
 
-Every series is labelled ``replica`` and ``model_name``. The histograms are fed from the
-finished-request records, on the tracer's background thread, never on the engine thread.
+Every series is labelled ``replica`` and ``model_name``. The histograms and token counters
+are fed from the finished-request records alone (token counts from ``prompt_tokens`` /
+``output_tokens``, which survive ``--redact all``), on the tracer's background thread,
+never on the engine thread; the running/waiting gauges read the engine's load at scrape time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infdebug.schema import Request
-from infdebug.tracer.engine.engine import Sequence
+from infdebug.tracer.exporters import token_counts
 
 PREFIX = "infdebug_"
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -82,7 +84,7 @@ class ReplicaMetrics:
                                      ).labels(*lv)
 
     def dropped(self, stage: str) -> Callable[[int], None]:
-        """The ``on_drop`` callback of one queue (``stage``: tracer, jsonl)."""
+        """The ``on_drop`` callback of one queue (``stage``: tracer, jsonl, gpu)."""
         child = self._dropped.labels(self.replica, self.model_name, stage)
         return child.inc
 
@@ -101,10 +103,9 @@ class PromExporter:
     def __init__(self, metrics: ReplicaMetrics) -> None:
         self.m = metrics
 
-    def export(self, record: Request, seq: Sequence) -> None:
+    def export(self, record: Request) -> None:
         m = self.m
-        # counts come from the sequence: under ``--redact all`` the record has no IDs
-        n_prompt, n_out = len(seq.prompt_ids), len(seq.output_ids)
+        n_prompt, n_out = token_counts(record)  # under ``--redact all`` the record has counts, no IDs
         m.prompt_tokens.inc(n_prompt)
         m.generation_tokens.inc(n_out)
         if record.queue_s is not None:  # it was scheduled, so the prefix cache was queried
@@ -124,5 +125,8 @@ class PromExporter:
             m.tpot.observe((record.e2e_s - record.ttft_s) / (len(times) - 1))
         m.success(record.finish_reason or "unknown")
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
         pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # nothing pending: every export updates the registry at once

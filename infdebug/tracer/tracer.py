@@ -2,11 +2,13 @@
 ``request`` record and fan it out to exporters (JSONL, Prometheus, OpenTelemetry).
 
 The engine thread does almost nothing here. The engine itself appends each output token's
-ID and monotonic time to the sequence's lists (the columnar buffers the trace is built
-from); ``step_tokens`` is a no-op, and ``finished`` only hands the finished sequence to a
-bounded queue. A background thread builds the record, applies redaction, and calls the
-exporters. When that queue is full the oldest sequence is dropped and counted; an exporter
-that raises is counted and skipped. Nothing here raises into the engine.
+ID and monotonic time to the request's lists (the columnar buffers the trace is built
+from); ``step_tokens`` is a no-op, and ``finished`` only hands the finished request (a
+:class:`~infdebug.tracer.hooks.TracedRequest`) to a bounded queue. A background thread
+builds the record, applies redaction, and calls the exporters with the record alone. When
+that queue is full the oldest request is dropped and counted; an exporter that raises is
+counted and skipped. Nothing here raises into the engine. This module knows no engine: it
+reads requests through the hook interface only.
 
 Redaction (``--redact``), applied once to the record every exporter receives:
 
@@ -14,9 +16,9 @@ Redaction (``--redact``), applied once to the record every exporter receives:
 - ``prompts``: no prompt text, no message contents (roles stay), no output text; token IDs,
   lengths, timings and fingerprints stay, so token-level analysis still works.
 - ``all``: ``prompts`` and no token IDs either (``prompt_ids``/``output_ids`` are left
-  empty: ``None``). Output length survives as ``len(token_times_s)``; prompt length is
-  only in the metrics and spans (``gen_ai.usage.input_tokens``), which read it from the
-  sequence, not from the record.
+  empty: ``[]``, the contract's "not recorded"). Lengths survive in ``prompt_tokens`` and ``output_tokens``, which every
+  record carries whatever the redaction (and in ``len(token_times_s)``); the metrics and
+  spans (``gen_ai.usage.input_tokens``) read them from the record.
 """
 
 from __future__ import annotations
@@ -24,73 +26,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import deque
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Literal
 
 from infdebug.schema import FinishReason, Request
-from infdebug.tracer.engine.engine import NoHooks, Sequence
+from infdebug.tracer.exporters import DropOldestQueue, Exporter, Progress
+from infdebug.tracer.hooks import NoHooks, TracedRequest
 
 Redact = Literal["none", "prompts", "all"]
 REDACT_CHOICES: tuple[str, ...] = ("none", "prompts", "all")
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
-_log = logging.getLogger("infdebug.tracer")
-
-T = TypeVar("T")
-
-
-class Exporter(Protocol):
-    """One destination for finished-request records. ``export`` runs on the tracer's
-    background thread, never on the engine thread; it should not block for long."""
-
-    def export(self, record: Request, seq: Sequence) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class DropOldestQueue(Generic[T]):
-    """A bounded FIFO between two threads: ``put`` never blocks; when full it drops the
-    oldest item and reports it through ``on_drop``."""
-
-    def __init__(self, maxsize: int, on_drop: Callable[[int], None] | None = None) -> None:
-        if maxsize < 1:
-            raise ValueError(f"queue size must be >= 1, got {maxsize}")
-        self.maxsize = maxsize
-        self.dropped = 0
-        self._on_drop = on_drop
-        self._items: deque[T] = deque()
-        self._cv = threading.Condition()
-        self.closed = False
-
-    def put(self, item: T) -> None:
-        with self._cv:
-            if len(self._items) >= self.maxsize:
-                self._items.popleft()
-                self.dropped += 1
-                if self._on_drop is not None:
-                    with contextlib.suppress(Exception):  # a metric must never break the producer
-                        self._on_drop(1)
-            self._items.append(item)
-            self._cv.notify()
-
-    def get_batch(self, timeout: float | None) -> list[T]:
-        """Everything queued now (waiting up to ``timeout`` for the first item)."""
-        with self._cv:
-            if not self._items and not self.closed:
-                self._cv.wait(timeout)
-            out = list(self._items)
-            self._items.clear()
-            return out
-
-    def close(self) -> None:
-        with self._cv:
-            self.closed = True
-            self._cv.notify_all()
-
-    def __len__(self) -> int:
-        return len(self._items)
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,11 +55,9 @@ class ReplicaInfo:
     template_fp: str | None = None
 
 
-def build_record(seq: Sequence, info: ReplicaInfo, redact: Redact = "none") -> Request:
-    """The contract record for one finished sequence, redacted as asked."""
+def build_record(seq: TracedRequest, info: ReplicaInfo, redact: Redact = "none") -> Request:
+    """The contract record for one finished request, redacted as asked."""
     t = seq.timing()
-    sampling: dict[str, Any] = seq.params.to_json()
-    sampling["stop_ids"] = sorted(seq.stop_ids)
     text_ok = redact == "none"
     ids_ok = redact != "all"
     messages = seq.messages
@@ -134,12 +81,14 @@ def build_record(seq: Sequence, info: ReplicaInfo, redact: Redact = "none") -> R
         messages=messages,
         prompt_text=seq.prompt_text if text_ok else None,
         prompt_ids=list(seq.prompt_ids) if ids_ok else None,
-        output_text=seq.text if text_ok else None,
+        output_text=seq.output_text if text_ok else None,
         output_ids=list(seq.output_ids) if ids_ok else None,
         cached_prompt_tokens=seq.cached_tokens,
         finish_reason=_FINISH.get(seq.finish_reason or ""),
-        sampling=sampling,
+        sampling=seq.sampling(),
         error="engine step failed" if seq.finish_reason == "error" else None,
+        prompt_tokens=len(seq.prompt_ids),
+        output_tokens=len(seq.output_ids),
     )
 
 
@@ -165,7 +114,8 @@ class Tracer(NoHooks):
         self.errors = 0
         self.exported = 0
         self._on_error = on_error
-        self._q: DropOldestQueue[Sequence] = DropOldestQueue(max_queue, on_drop)
+        self._q: DropOldestQueue[TracedRequest] = DropOldestQueue(max_queue, on_drop)
+        self._progress = Progress(self._q)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="infdebug-tracer", daemon=True)
         self._thread.start()
@@ -178,7 +128,7 @@ class Tracer(NoHooks):
     # admitted / scheduled / prefill_done / step_tokens: the engine already stamps the
     # times and appends token IDs and times to the sequence; nothing more to do here.
 
-    def finished(self, seq: Sequence) -> None:
+    def finished(self, seq: TracedRequest) -> None:
         try:
             self._q.put(seq)
         except Exception:
@@ -190,10 +140,12 @@ class Tracer(NoHooks):
             batch = self._q.get_batch(timeout=0.5)
             for seq in batch:
                 self._export(seq)
-            if not batch and self._q.closed:
+            if batch:
+                self._progress.done(len(batch))
+            elif self._q.closed:
                 return
 
-    def _export(self, seq: Sequence) -> None:
+    def _export(self, seq: TracedRequest) -> None:
         try:
             rec = build_record(seq, self.info, self.redact)
         except Exception:
@@ -202,7 +154,7 @@ class Tracer(NoHooks):
             return
         for ex in self.exporters:
             try:
-                ex.export(rec, seq)
+                ex.export(rec)
             except Exception:
                 _log.exception("exporter %s failed on %s", type(ex).__name__, seq.request_id)
                 self._count_error()
@@ -214,8 +166,25 @@ class Tracer(NoHooks):
             with contextlib.suppress(Exception):
                 self._on_error(1)
 
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export every request finished before this call, then flush every exporter; False
+        when that did not finish within the timeout."""
+        deadline = time.monotonic() + timeout_millis / 1000
+        if not self._progress.wait_for(self._q.puts, timeout_millis / 1000):
+            return False
+        ok = True
+        for ex in self.exporters:
+            left = int(max(0.0, deadline - time.monotonic()) * 1000)
+            try:
+                ok = ex.force_flush(left) and ok
+            except Exception:
+                _log.exception("flushing exporter %s failed", type(ex).__name__)
+                self._count_error()
+                ok = False
+        return ok
+
     def close(self, timeout: float = 30.0) -> None:
-        """Export everything queued, then close every exporter (they flush and fsync)."""
+        """Export everything queued, then shut every exporter down (they flush and fsync)."""
         if self._closed:
             return
         self._closed = True
@@ -223,7 +192,7 @@ class Tracer(NoHooks):
         self._thread.join(timeout=timeout)
         for ex in self.exporters:
             try:
-                ex.close()
+                ex.shutdown()
             except Exception:
-                _log.exception("closing exporter %s failed", type(ex).__name__)
+                _log.exception("shutting down exporter %s failed", type(ex).__name__)
                 self._count_error()

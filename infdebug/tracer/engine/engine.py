@@ -8,6 +8,8 @@ last running sequence into it, so slots ``0..B-1`` always hold the batch.
 
 Events (tokens, finish) are delivered to each request's callback on the engine thread;
 callbacks must be quick and must not raise (the server hands them to its event loop).
+The engine calls its hooks (``infdebug.tracer.hooks``) with each ``Sequence``, which
+implements the hooks' ``TracedRequest`` view; it never imports the tracer.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from infdebug.tracer.engine.model import KVCache, LlamaForCausalLM
+from infdebug.tracer.hooks import EngineHooks, NoHooks
 
 
 @dataclass(frozen=True)
@@ -61,28 +64,6 @@ class TokenEvent:
     timing: dict[str, Any] | None = None  # on the last event: the request's timings
 
 
-class EngineHooks(Protocol):
-    """The narrow interface a tracer attaches to (every call on the engine thread)."""
-
-    def admitted(self, seq: Sequence) -> None: ...
-
-    def scheduled(self, seq: Sequence) -> None: ...
-
-    def prefill_done(self, seq: Sequence) -> None: ...
-
-    def step_tokens(self, seqs: list[Sequence], t_mono: float) -> None: ...
-
-    def finished(self, seq: Sequence) -> None: ...
-
-
-class NoHooks:
-    def admitted(self, seq: Sequence) -> None: ...
-    def scheduled(self, seq: Sequence) -> None: ...
-    def prefill_done(self, seq: Sequence) -> None: ...
-    def step_tokens(self, seqs: list[Sequence], t_mono: float) -> None: ...
-    def finished(self, seq: Sequence) -> None: ...
-
-
 @dataclass
 class Sequence:
     request_id: str
@@ -107,6 +88,16 @@ class Sequence:
     aborted: bool = False
     prompt_text: str | None = None  # what the server rendered, for the trace
     messages: list[dict[str, Any]] | None = None
+
+    @property
+    def output_text(self) -> str:
+        return self.text
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters and the stop IDs in force (``TracedRequest.sampling``)."""
+        out = self.params.to_json()
+        out["stop_ids"] = sorted(self.stop_ids)
+        return out
 
     def timing(self) -> dict[str, Any]:
         def off(t: float | None) -> float | None:
@@ -276,7 +267,7 @@ class Engine:
         self.running.clear()
         import logging
 
-        logging.getLogger("infdebug.engine").exception("engine step failed: %s", err)
+        logging.getLogger(__name__).exception("engine step failed: %s", err)
 
     def step(self) -> None:
         """One engine iteration: admit and prefill, then decode the running batch."""

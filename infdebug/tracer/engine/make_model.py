@@ -1,4 +1,4 @@
-"""Write a complete, local, HF-format checkpoint with random weights and a real tokenizer.
+"""Write a complete, local, HF-format checkpoint (random or trained weights, a real tokenizer).
 
 The tokenizer is a byte-level BPE trained in-process with ``tokenizers`` on ``corpus.txt``
 (English prose, Q&A, code and numbers written for this project), with the special tokens of
@@ -7,14 +7,18 @@ models do, and reserved special tokens filling the vocabulary up to the preset's
 chat templates are this project's own. Everything is deterministic in ``seed``.
 
 Weights: matrices and embeddings ~ N(0, 0.02); q/k/v biases (qwen2) ~ N(0, 0.1); RMSNorm
-weights 1 + N(0, 0.1), so that a mixed-up norm or bias shows in the logits.
+weights 1 + N(0, 0.1), so that a mixed-up norm or bias shows in the logits. With
+``train_steps``, those weights are the start of a short chat training on the same corpus
+(``train.py``): the model then answers in words and ends its turns, where a random-weight one
+loops under greedy decoding. ``training.json`` in the directory records the recipe.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -33,6 +37,7 @@ from infdebug.tracer.engine.checkpoint import GENERATION_CONFIG, save_checkpoint
 from infdebug.tracer.engine.model import LlamaForCausalLM, ModelConfig
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus.txt")
+TRAINING = "training.json"  # written by a trained make_model: the recipe and the losses
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(
@@ -229,9 +234,15 @@ def make_model(
     *,
     tie_word_embeddings: bool = False,
     rope_scaling: dict[str, Any] | None = None,
+    train_steps: int | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> str:
-    """Write a random-weight ``arch`` model of ``preset`` size, with a trained tokenizer and
-    ``chat_format``'s template, into ``out_dir`` as a HF checkpoint; returns the path."""
+    """Write an ``arch`` model of ``preset`` size, with a trained tokenizer and
+    ``chat_format``'s template, into ``out_dir`` as a HF checkpoint; returns the path.
+
+    Random weights, or with ``train_steps`` (0: the preset's default) those weights trained
+    to chat on the shipped corpus (``train.py``; ``on_step(step, steps, loss)`` reports
+    progress), deterministic in ``seed`` as well."""
     _choice("preset", preset, PRESETS)
     _choice("architecture", arch, ARCHS)
     _choice("chat format", chat_format, CHAT_FORMATS)
@@ -250,10 +261,27 @@ def make_model(
         num_attention_heads=p["num_attention_heads"], num_key_value_heads=p["num_key_value_heads"],
         head_dim=p["head_dim"], max_position_embeddings=p["max_position_embeddings"],
     )
-    save_checkpoint(random_model(cfg, seed), cfg, out_dir)
     _write_json(os.path.join(out_dir, GENERATION_CONFIG), {
         "bos_token_id": ids[fmt.bos],
         "eos_token_id": stop_ids,
         "pad_token_id": ids[fmt.pad],
     })
+    model = random_model(cfg, seed)
+    training = os.path.join(out_dir, TRAINING)
+    if os.path.exists(training):
+        os.remove(training)  # a random-weight remake of a trained directory
+    if train_steps is not None:
+        from infdebug.tracer.engine.train import train_in_dir
+
+        report = train_in_dir(model, out_dir, preset, steps=train_steps, seed=seed, pad_id=ids[fmt.pad],
+                              on_step=on_step)
+        save_checkpoint(model, cfg, out_dir)
+        _write_json(training, asdict(report))
+    else:
+        save_checkpoint(model, cfg, out_dir)
     return os.path.abspath(out_dir)
+
+
+def is_trained(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds a model make_model trained (it wrote ``training.json``)."""
+    return os.path.isfile(os.path.join(model_dir, TRAINING))

@@ -10,6 +10,9 @@ Fault injection (``--inject``), each a real change to how requests are served:
 - ``ignore-eos=ID``: drop an end-of-turn / EOS ID from the stop set.
 - ``slow=FACTOR``: sleep so that every engine step takes FACTOR times as long.
 - ``dtype=float16`` (or bfloat16, float32): run the model in another dtype (numerics skew).
+- ``throttle``: with ``--simulate-gpu``, the simulated GPU overheats and throttles.
+
+The registry of these (what help texts and errors list) is ``faults.FAULTS``.
 """
 
 from __future__ import annotations
@@ -27,19 +30,12 @@ from infdebug import __version__
 from infdebug.text.template import load_template, render_chat, template_fingerprint
 from infdebug.text.tokenizer import TokenizerBundle, encode_prompt, load_tokenizer
 from infdebug.tracer.engine.checkpoint import load_checkpoint
-from infdebug.tracer.engine.engine import (
-    Engine,
-    EngineConfig,
-    EngineHooks,
-    SamplingParams,
-    Sequence,
-    TokenEvent,
-)
-from infdebug.tracer.gpu import GpuSampler, make_probe
-from infdebug.tracer.jsonl import JsonlExporter
+from infdebug.tracer.engine.engine import Engine, EngineConfig, SamplingParams, Sequence, TokenEvent
+from infdebug.tracer.engine.faults import FAULT_KEYS, fault_specs
+from infdebug.tracer.hooks import EngineHooks
 from infdebug.tracer.lifecycle import Lifecycle
-from infdebug.tracer.prom import PromExporter, ReplicaMetrics
-from infdebug.tracer.tracer import Exporter, Redact, ReplicaInfo, Tracer
+from infdebug.tracer.tracer import Redact, ReplicaInfo
+from infdebug.tracer.wiring import TracerConfig, make_tracer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,7 +52,7 @@ class Injections:
     ignore_eos: list[int] = field(default_factory=list)
     slow: float = 1.0
     dtype: str | None = None
-    throttle: bool = False  # for the simulated GPU (tracer issue); no effect on serving here
+    throttle: bool = False  # for the simulated GPU (TracerConfig.throttle); no effect on serving here
     raw: list[str] = field(default_factory=list)
 
     @classmethod
@@ -65,6 +61,8 @@ class Injections:
         for spec in specs:
             key, _, val = spec.partition("=")
             key = key.strip()
+            if key not in FAULT_KEYS:  # the registry decides what exists; the branches below, how
+                raise InjectionError(f"unknown injection {spec!r}; known: {fault_specs()}")
             if key == "double-bos" and not val:
                 inj.double_bos = True
             elif key == "template" and val:
@@ -94,10 +92,7 @@ class Injections:
             elif key == "throttle" and not val:
                 inj.throttle = True
             else:
-                raise InjectionError(
-                    f"unknown injection {spec!r}; known: double-bos, template=FILE, tokenizer=DIR, "
-                    "ignore-eos=ID, slow=FACTOR, dtype=float16|bfloat16|float32, throttle"
-                )
+                raise InjectionError(f"unknown injection {spec!r}; known: {fault_specs()}")
             inj.raw.append(spec)
         return inj
 
@@ -144,48 +139,24 @@ class Replica:
         self.vocab_size = self.model_cfg.vocab_size
         self.tokenizer_fp = self.tokenizer.fingerprint
         self.template_fp = template_fingerprint(self.template) if self.template else None
-        # The tracer: metrics always (served at /metrics), JSONL with --trace-dir, OTLP spans
-        # with --otlp-endpoint (or OTEL_EXPORTER_OTLP_*ENDPOINT in the environment).
-        self.metrics = ReplicaMetrics(name, self.model_name)
-        exporters: list[Exporter] = [PromExporter(self.metrics)]
-        self.trace: JsonlExporter | None = None
-        if trace_dir:
-            self.trace = JsonlExporter(trace_dir, replica=name, max_bytes=trace_max_bytes, max_age_s=trace_max_age_s,
-                                       on_drop=self.metrics.dropped("jsonl"))
-            exporters.append(self.trace)
-        self.otlp_endpoint = (otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                              or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        if self.otlp_endpoint:
-            from infdebug.tracer.otel import OtelExporter
-
-            exporters.append(OtelExporter(replica=name, model=self.model_name, deployment=deployment,
-                                          endpoint=otlp_endpoint, token_ids=redact != "all"))
-        self.tracer = Tracer(
+        # The tracer, its exporters, metrics and GPU sampler (see infdebug.tracer.wiring).
+        self.telemetry = make_tracer(
+            TracerConfig(trace_dir=trace_dir, otlp_endpoint=otlp_endpoint, redact=redact, trace_max_bytes=trace_max_bytes,
+                         trace_max_age_s=trace_max_age_s, simulate_gpu=simulate_gpu, gpu_hz=gpu_hz,
+                         throttle=self.inj.throttle),
             ReplicaInfo(replica=name, model=self.model_name, deployment=deployment, engine_version=__version__,
                         tokenizer_fp=self.tokenizer_fp, template_fp=self.template_fp),
-            exporters, redact=redact, on_drop=self.metrics.dropped("tracer"), on_error=self.metrics.tracer_errors.inc,
+            load=lambda: self.engine.load, max_batch=max_batch,
         )
-        hooks = hooks or self.tracer
+        self.metrics, self.tracer, self.trace = self.telemetry.metrics, self.telemetry.tracer, self.telemetry.trace
+        self.otlp_endpoint = self.telemetry.otlp_endpoint
         self.engine = Engine(
             self.model,
             eos_ids=self.eos_ids,
             decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
             config=EngineConfig(max_batch=max_batch, max_model_len=max_model_len, slow_factor=self.inj.slow),
-            hooks=hooks,
+            hooks=hooks or self.tracer,
         )
-        self.metrics.watch_load(lambda: self.engine.load)
-        # GPU telemetry: NVML when there is a GPU; with simulate_gpu a labelled synthetic signal
-        # that follows this engine's load (and --inject throttle).
-        self.gpu_trace: JsonlExporter | None = None
-        self.gpu_sampler: GpuSampler | None = None
-        probe = make_probe(simulate_gpu, load_fn=lambda: self.engine.load[0] / max(1, self.engine.cfg.max_batch),
-                           throttle=self.inj.throttle)
-        if probe is not None:
-            if trace_dir:
-                self.gpu_trace = JsonlExporter(trace_dir, replica=name, suffix="gpu", max_bytes=trace_max_bytes,
-                                               max_age_s=trace_max_age_s, on_drop=self.metrics.dropped("gpu"))
-            emit = self.gpu_trace.put if self.gpu_trace is not None else (lambda rec: None)
-            self.gpu_sampler = GpuSampler(probe, name, emit=emit, hz=gpu_hz, gauges=self.metrics.registry)
 
     def _load_template(self) -> str | None:
         if self.inj.template:
@@ -254,16 +225,11 @@ class Replica:
     def start(self) -> None:
         self.warm_up()
         self.engine.start()
-        if self.gpu_sampler is not None:
-            self.gpu_sampler.start()
+        self.telemetry.start()
 
     def stop(self) -> None:
         self.engine.stop()
-        if self.gpu_sampler is not None:
-            self.gpu_sampler.stop()
-        self.tracer.close()  # exports what is queued; JSONL flushed + fsynced, spans flushed
-        if self.gpu_trace is not None:
-            self.gpu_trace.close()
+        self.telemetry.stop()  # exports what is queued; JSONL flushed + fsynced, spans flushed
         self.lifecycle.mark("shutdown")
 
 

@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from infdebug.errors import InfdebugError
 from infdebug.tracer.engine.engine import Engine, SamplingParams, Sequence, TokenEvent
 from infdebug.tracer.engine.replica import Replica
 
 
-class ApiError(Exception):
+class ApiError(InfdebugError):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
