@@ -34,7 +34,7 @@ class _Console(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
-        dims = Console.size.fget(self)  # type: ignore[attr-defined]
+        dims: ConsoleDimensions = Console.size.fget(self)  # type: ignore[attr-defined]
         if self.is_terminal:
             return dims
         return ConsoleDimensions(UNWRAPPED_WIDTH, dims.height)

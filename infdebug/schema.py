@@ -181,9 +181,12 @@ RECORD_TYPES: dict[str, type[TaggedRecord]] = {
 KINDS: tuple[str, ...] = ("request", "gpu", "metrics", "event", "profile", "finding")
 
 
-def kind_of(record: Record) -> str:
-    """The contract kind name of a record: request, gpu, metrics or finding."""
-    return "finding" if isinstance(record, Finding) else record.__struct_config__.tag  # type: ignore[return-value]
+def kind_of(record: Record | msgspec.Struct) -> str:
+    """The contract kind name of a decoded record: request, gpu, metrics, event, profile or
+    finding — of the contract classes and of the strict twins ``RecordDecoder(strict=True)``
+    decodes into alike. Only a finding has no tag (its ``kind`` field is its dotted kind)."""
+    tag = record.__struct_config__.tag
+    return tag if isinstance(tag, str) else "finding"
 
 
 def is_finding_kind(kind: str) -> bool:

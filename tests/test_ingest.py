@@ -11,9 +11,10 @@ from typing import Any
 from conftest import make_gpu, make_metric, make_request
 
 from infdebug.collectors.ingest import ingest_paths
-from infdebug.collectors.jsonl import Ingestor, RejectSink, _State
+from infdebug.collectors.ingestor import Ingestor, RejectSink
 from infdebug.schema import Finding, encode_record, encode_records
 from infdebug.store.ddl import TABLES
+from infdebug.store.ingest_state import IngestState, save_state
 from infdebug.store.queries import fetch_records
 
 
@@ -178,7 +179,7 @@ def test_a_failed_load_is_rolled_back_on_the_next_run(store: Any, tmp_path: Any)
     q.write_bytes(encode_records([make_request(i) for i in range(100, 104)]))
     ing = Ingestor(store, rejects=RejectSink(str(tmp_path / "r.jsonl")))
     cid = hashlib.sha256(q.read_bytes().split(b"\n", 1)[0] + b"\n").hexdigest()[:32]
-    ing._save_state(_State(cid, pending_batch=777), str(q))
+    save_state(store, IngestState(cid, pending_batch=777), str(q))
     store.insert_jsonl(TABLES["request"], str(q), str(q), 777, ing._settings, guarded=False)
     assert _count(store, "requests") == 12
     rep = _ingest(store, tmp_path, str(q))

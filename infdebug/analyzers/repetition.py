@@ -34,6 +34,13 @@ from infdebug.store.q_common import split_unit, unit_label
 
 MAX_PERIOD = 8
 MIN_REPEATS = 10
+# The outputs the store hands over as candidates, so that only those that can end in a loop
+# are read: a loop of period ≤ MAX_PERIOD repeated ≥ MIN_REPEATS times leaves at most
+# MAX_PERIOD distinct IDs among the last MIN_REPEATS (or the MIN_REPEATS before a final token).
+CANDIDATE_LOOK = MIN_REPEATS
+CANDIDATE_MAX_DISTINCT = MAX_PERIOD
+TAIL_IDS = 160  # the last IDs of each candidate read (room for the longest loop twice over)
+CANDIDATE_CAP = 2000  # candidates examined per replica, the earliest; past it loops are estimated
 # A replica (or deployment) above the rest of the fleet: an error once this share of its
 # outputs loop.
 DRIFT_ERROR = 0.20
@@ -101,7 +108,8 @@ def severity_of(rate: float, k: int, t: RateTest | None, alike: bool) -> str:
 
 @analyzer("repetition")
 def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
-    cands = q.repetition_candidates(ctx.store, ctx.window())
+    cands = q.repetition_candidates(ctx.store, ctx.window(), look=CANDIDATE_LOOK,
+                                    max_distinct=CANDIDATE_MAX_DISTINCT, tail=TAIL_IDS, cap=CANDIDATE_CAP)
     cases: dict[str, list[tuple[str, float, Loop]]] = {}
     for rc in cands:
         hits: list[tuple[str, float, Loop]] = []

@@ -51,6 +51,8 @@ FAMILY_SEP = "\x1f"  # family key: model, separator, role sequence
 NEW_SHARE = 0.10  # … when it is at least this share of one family's prompts here
 NEW_MIN = 3  # … and at least this many of them
 EXAMPLES = 5
+DOUBLED_BOS_RUN = 2  # a prompt that starts with the BOS this many times has a doubled BOS
+HEAD_IDS = 8  # first prompt IDs shown in a BOS finding's evidence
 LEADING_BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>", "<｜begin▁of▁sentence｜>")
 Unit = tuple[str, str | None]  # (replica, deployment)
 
@@ -130,7 +132,8 @@ def _bos_findings_of(ctx: AnalysisContext, model: str, *, several: bool) -> list
     ref = _resolve_bos(ctx, model)
     if ref is None:
         return []
-    counts = q_template.bos_counts(ctx.store, ctx.window(), ref.bos_id, EXAMPLES, model=model)
+    counts = q_template.bos_counts(ctx.store, ctx.window(), ref.bos_id, double_run=DOUBLED_BOS_RUN,
+                                   examples=EXAMPLES, head=HEAD_IDS, model=model)
     tok = ctx.tokenizer
     add_bos = bool(getattr(tok, "add_bos", False)) if tok is not None else bool(ctx.options.get("add_bos", False))
     out: list[Finding] = []

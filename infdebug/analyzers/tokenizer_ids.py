@@ -24,7 +24,7 @@ from infdebug.analyzers.tokenizer_vocab import (
     load_conflicts,
     vocabulary_findings,
 )
-from infdebug.schema import Finding
+from infdebug.schema import UINT32_MAX, Finding
 from infdebug.store import q_tokenizer as q
 from infdebug.store.q_common import split_unit, unit_label
 
@@ -37,6 +37,8 @@ MAX_IDS = 10
 OOV_FACTOR = 1.25
 OOV_MARGIN = 1024
 OOV_MIN_PEER_REQUESTS = 100
+# The ceiling asked for when only the largest IDs are wanted: no ID below it counts as out of range.
+NO_CEILING = UINT32_MAX
 
 
 def _severity(affected: int, total: int) -> str:
@@ -143,6 +145,12 @@ def _leading_repeat(ids: list[int], ref_ids: list[int]) -> str | None:
     return None
 
 
+def _starts_doubled(v: q.TextVariant) -> bool:
+    """Whether a logged ID sequence starts with one ID twice: a doubled BOS, never the right
+    encoding (so the suspect side of a tie)."""
+    return v.n_ids >= 2 and v.first_id == v.second_id
+
+
 @dataclass
 class _Blame:
     """The prompt texts one unit encoded otherwise than the reference side."""
@@ -216,7 +224,7 @@ def attribute_conflicts(
         # not suspect: no unit blamed on other texts, and not starting with one ID twice (a
         # doubled BOS is never the right encoding)
         clean = [h for h, units in sides.items() if len(units) == top and not set(units) & blamed
-                 and not any(v.doubled_first for v in units.values())]
+                 and not any(_starts_doubled(v) for v in units.values())]
         if len(clean) == 1:
             _blame_all(blames, model_g[0], sides, clean[0])
         else:
@@ -369,7 +377,7 @@ def oov_findings(ctx: AnalysisContext, conflicts: Conflicts | None = None) -> li
             for r in q.id_ranges(ctx.store, w, vocab, model)
             if r.bad
         ]
-    ranges = q.id_ranges(ctx.store, w)
+    ranges = q.id_ranges(ctx.store, w, NO_CEILING)
     vocabs = (conflicts if conflicts is not None else load_conflicts(ctx)).vocab
     by_model: dict[str, list[q.IdRange]] = defaultdict(list)
     for r in ranges:

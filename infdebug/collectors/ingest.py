@@ -1,6 +1,6 @@
 """``ingest_paths``: what ``infdebug ingest`` runs — expand paths, tell each file's format
 (the log-format registry, collectors/readers.py), convert engine logs and Prometheus
-snapshots to contract records, load every file through ``Ingestor`` (jsonl.py), and report
+snapshots to contract records, load every file through ``Ingestor`` (ingestor.py), and report
 rows, rejects, notes and errors.
 
 A file that is empty, a JSON array or binary is named for what it is (collectors/sniff.py);
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infdebug.collectors.jsonl import (
+from infdebug.collectors.ingestor import (
     JSONL_SUFFIXES,
     FileResult,
     Ingestor,

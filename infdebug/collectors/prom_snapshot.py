@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from infdebug.collectors.jsonl import Reject, RejectSink
+from infdebug.collectors.ingestor import Reject, RejectSink
 from infdebug.collectors.readers_base import replica_from_path
 from infdebug.schema import MetricSample, MetricType, encode_record, open_bytes
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from infdebug.collectors.jsonl import Reject, RejectSink
+from infdebug.collectors.ingestor import Reject, RejectSink
 from infdebug.collectors.readers_base import (
     Context,
     ReaderSpec,

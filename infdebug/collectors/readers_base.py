@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from infdebug.collectors.jsonl import Reject
+from infdebug.collectors.ingestor import Reject
 from infdebug.collectors.pyrepr import Call, Truncated
 from infdebug.collectors.readers_fields import check_sampling
 from infdebug.collectors.readers_shipper import frames, year_anchors

@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from infdebug.collectors.jsonl import JSONL_SUFFIXES
+from infdebug.collectors.ingestor import JSONL_SUFFIXES
 from infdebug.collectors.readers_base import Context, ReaderSpec, build_request, replica_from_path
 from infdebug.collectors.readers_openai import record_fields
 from infdebug.schema import LineError, Request, open_bytes

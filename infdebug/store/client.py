@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
+from infdebug.lineblocks import line_blocks
 from infdebug.schema import open_bytes
 from infdebug.store.base import Params, StoreBusy, StoreError, as_rows, insert_select
 from infdebug.store.ddl import JSONL_READ_SETTINGS, Table
@@ -226,20 +227,8 @@ def _pieces(path: str, size: int) -> Iterator[bytes]:
     """The file's bytes in pieces of about ``size``, each ending at a line end (the last
     one at the end of the file)."""
     with open_bytes(path) as fh:
-        carry = b""
-        while True:
-            block = fh.read(size)
-            if not block:
-                if carry:
-                    yield carry
-                return
-            block = carry + block
-            cut = block.rfind(b"\n") + 1
-            if cut == 0:
-                carry = block
-                continue
-            carry = block[cut:]
-            yield block[:cut]
+        for piece, _complete in line_blocks(fh, size):
+            yield piece
 
 
 def _setting_str(v: Any) -> str:

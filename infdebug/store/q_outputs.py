@@ -51,7 +51,7 @@ def count_requests(store: Store, window: Mapping[str, Any]) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-def finish_counts(store: Store, window: Mapping[str, Any], room: int = 0) -> list[FinishCounts]:
+def finish_counts(store: Store, window: Mapping[str, Any], room: int) -> list[FinishCounts]:
     """Per (model, replica): requests with a known finish reason and how many hit the length
     cap; and the same among the requests sent with ``max_tokens`` ≥ ``room`` (not ignore_eos)."""
     roomy = f"(JSONExtractUInt(ifNull(sampling, '{{}}'), 'max_tokens') >= {{room:UInt32}} AND NOT {_IGNORE_EOS})"
@@ -151,7 +151,7 @@ def eot_counts(
 
 
 def eot_hits(
-    store: Store, window: Mapping[str, Any], model: str, eot_ids: list[int], per_replica: int = 10
+    store: Store, window: Mapping[str, Any], model: str, eot_ids: list[int], per_replica: int
 ) -> list[EotHit]:
     """The earliest ``per_replica`` outputs per replica with an ignored end-of-turn ID."""
     params = {**_window(window), "model": model, "eot": sorted(set(eot_ids)), "k": per_replica}
@@ -192,12 +192,13 @@ class RepetitionCandidates:
 
 
 def repetition_candidates(
-    store: Store, window: Mapping[str, Any], *, tail: int = 160, cap: int = 2000
+    store: Store, window: Mapping[str, Any], *, look: int, max_distinct: int, tail: int, cap: int
 ) -> list[RepetitionCandidates]:
-    """Per replica: outputs whose last tokens are few distinct IDs (≤ 8 among the last 10, or
-    the 10 before a final token) — the only outputs that can end in a short loop — with the
-    last ``tail`` IDs of each, the earliest ``cap`` per replica."""
-    params = {**_window(window), "tail": tail, "cap": cap}
+    """Per replica: outputs of at least ``look`` IDs whose last ``look`` (or the ``look``
+    before a final token) hold at most ``max_distinct`` distinct IDs — the criterion is the
+    analyzer's (analyzers/repetition.py) — with the last ``tail`` IDs of each, the earliest
+    ``cap`` per replica."""
+    params = {**_window(window), "look": look, "distinct": max_distinct, "tail": tail, "cap": cap}
     w = _window(window)
     _, totals = _q(
         store,
@@ -205,9 +206,9 @@ def repetition_candidates(
         w,
     )
     cond = (
-        "length(output_ids) >= 10 AND ("
-        "length(arrayDistinct(arraySlice(output_ids, -10))) <= 8 OR "
-        "length(arrayDistinct(arraySlice(output_ids, -11, 10))) <= 8)"
+        "length(output_ids) >= {look:UInt32} AND ("
+        "length(arrayDistinct(arraySlice(output_ids, -{look:UInt32}))) <= {distinct:UInt32} OR "
+        "length(arrayDistinct(arraySlice(output_ids, -{look:UInt32} - 1, {look:UInt32}))) <= {distinct:UInt32})"
     )
     _, rows = _q(
         store,

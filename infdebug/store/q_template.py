@@ -77,10 +77,13 @@ class BosCounts:
 
 
 def bos_counts(
-    store: Store, window: dict[str, Any], bos_id: int, examples: int = 5, model: str = ""
+    store: Store, window: dict[str, Any], bos_id: int, *, double_run: int, examples: int, head: int, model: str = ""
 ) -> list[BosCounts]:
-    params = dict(window, bos=bos_id, examples=examples, model=model)
-    double = "(length(prompt_ids) >= 2 AND prompt_ids[1] = {bos:UInt32} AND prompt_ids[2] = {bos:UInt32})"
+    """Per replica and deployment: prompts that start with ``bos_id`` ``double_run`` times
+    (the analyzer's criterion of a doubled BOS) and prompts that do not start with it, with
+    up to ``examples`` request IDs and the first ``head`` IDs of the earliest of each."""
+    params = dict(window, bos=bos_id, run=double_run, examples=examples, head=head, model=model)
+    double = "(arraySlice(prompt_ids, 1, {run:UInt32}) = arrayWithConstant({run:UInt32}, {bos:UInt32}))"
     missing = "(prompt_ids[1] != {bos:UInt32})"
     _, rows = store.query(
         f"""
@@ -90,12 +93,12 @@ def bos_counts(
                minIf(t_arrival, {double}) AS double_first,
                arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id), {double}))),
                           1, {{examples:UInt32}}) AS double_ids,
-               argMinIf(arraySlice(prompt_ids, 1, 8), t_arrival, {double}) AS double_head,
+               argMinIf(arraySlice(prompt_ids, 1, {{head:UInt32}}), t_arrival, {double}) AS double_head,
                countIf({missing}) AS n_missing,
                minIf(t_arrival, {missing}) AS missing_first,
                arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id), {missing}))),
                           1, {{examples:UInt32}}) AS missing_ids,
-               argMinIf(arraySlice(prompt_ids, 1, 8), t_arrival, {missing}) AS missing_head
+               argMinIf(arraySlice(prompt_ids, 1, {{head:UInt32}}), t_arrival, {missing}) AS missing_head
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND length(prompt_ids) > 0
         GROUP BY replica, deployment

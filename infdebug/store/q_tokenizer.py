@@ -74,8 +74,8 @@ class TextVariant:
     first_seen: float
     request_id: str  # the earliest
     request_ids: list[str]  # the earliest few
-    doubled_first: bool  # the IDs start with one ID twice (a doubled BOS)
     first_id: int  # the IDs' first (a BOS, where the tokenizer writes one)
+    second_id: int  # the IDs' second (0 where there is one ID)
     max_id: int
     n_ids: int
 
@@ -90,14 +90,14 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
             SELECT ifNull(model, '') AS m, prompt_text_hash AS th,
                    prompt_ids_hash AS ih, {_UNIT} AS unit,
                    count() AS n, min(t_arrival) AS first, {earliest_ids(10)} AS rids,
-                   max(length(prompt_ids) >= 2 AND prompt_ids[1] = prompt_ids[2]) AS doubled,
-                   any(prompt_ids[1]) AS first_id, any(arrayMax(prompt_ids)) AS max_id,
+                   any(prompt_ids[1]) AS first_id, any(prompt_ids[2]) AS second_id,
+                   any(arrayMax(prompt_ids)) AS max_id,
                    any(length(prompt_ids)) AS n_ids
             FROM requests
             WHERE {_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)
             GROUP BY m, th, ih, unit
         )
-        SELECT m, th, ih, unit, n, first, rids, doubled, first_id, max_id, n_ids FROM per
+        SELECT m, th, ih, unit, n, first, rids, first_id, second_id, max_id, n_ids FROM per
         WHERE (m, th) IN (SELECT m, th FROM per GROUP BY m, th HAVING uniqExact(ih) > 1)
         ORDER BY m, th, ih, unit
         """,
@@ -105,8 +105,8 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
     )
     return [
         TextVariant(str(m), int(th), int(ih), str(u), int(n), float(first), str(rids[0]), [str(x) for x in rids],
-                    bool(doubled), int(fid), int(mx), int(nids))
-        for m, th, ih, u, n, first, rids, doubled, fid, mx, nids in rows
+                    int(fid), int(sid), int(mx), int(nids))
+        for m, th, ih, u, n, first, rids, fid, sid, mx, nids in rows
     ]
 
 
@@ -265,7 +265,7 @@ class IdRange:
     bad_request_ids: list[str]
 
 
-def id_ranges(store: Store, window: Mapping[str, Any], threshold: int = 2**32 - 1, model: str = "") -> list[IdRange]:
+def id_ranges(store: Store, window: Mapping[str, Any], threshold: int, model: str = "") -> list[IdRange]:
     _, rows = store.query(
         f"""
         SELECT m, unit, count(), max(mx), countIf(bad), minIf(t_arrival, bad),

@@ -209,9 +209,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_w is None:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            result: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return result
         g, u = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
-        return self.down_proj(F.silu(g) * u)
+        result = self.down_proj(F.silu(g) * u)
+        return result
 
 
 class DecoderLayer(nn.Module):
@@ -303,7 +305,8 @@ class LlamaForCausalLM(nn.Module):
             kk = cache.k[layer, slots, :, :kv_len]
             vv = cache.v[layer, slots, :, :kv_len]
         o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, enable_gqa=attn.kv != attn.h)
-        return attn.o_proj(o.transpose(1, 2).reshape(B, T, attn.h * attn.d))
+        result: torch.Tensor = attn.o_proj(o.transpose(1, 2).reshape(B, T, attn.h * attn.d))
+        return result
 
     def _run(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, slots: slice | int,
              mask: torch.Tensor | None, kv_len: int, write: Any) -> torch.Tensor:
@@ -313,7 +316,8 @@ class LlamaForCausalLM(nn.Module):
         for i, layer in enumerate(cast(list[DecoderLayer], m.layers)):
             h = h + self._attend(i, layer.self_attn, layer.input_layernorm(h), rope, cache, slots, mask, kv_len, write)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return m.norm(h)
+        result: torch.Tensor = m.norm(h)
+        return result
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, slot: int, start: int, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
@@ -330,7 +334,8 @@ class LlamaForCausalLM(nn.Module):
 
         h = self._run(tokens.unsqueeze(0), pos, cache, slot, mask, end, write)
         out = h[0] if all_logits else h[0, -1:]
-        return self.lm_head(out).float()
+        result: torch.Tensor = self.lm_head(out).float()
+        return result
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -344,4 +349,5 @@ class LlamaForCausalLM(nn.Module):
             buf[idx, :, positions] = new[:, :, 0]
 
         h = self._run(tokens.unsqueeze(1), positions.unsqueeze(1), cache, slice(0, B), mask, kv_len, write)
-        return self.lm_head(h[:, 0]).float()
+        result: torch.Tensor = self.lm_head(h[:, 0]).float()
+        return result

@@ -22,6 +22,9 @@ How a file is loaded:
 
 Each load is tagged with a batch number, recorded as pending before it starts, so a load
 that fails or a process that dies half way is rolled back instead of leaving duplicates.
+The bookkeeping's SQL (``ingest_state``, batches) is the store's: store/ingest_state.py.
+
+Not to be confused with tracer/jsonl.py, the exporter that writes these files.
 """
 
 from __future__ import annotations
@@ -32,11 +35,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -46,22 +48,24 @@ from infdebug.collectors.timing import (
     max_latency_s,
     sanitize_timing,
 )
-from infdebug.schema import Finding, LineError, RecordDecoder, encode_record, open_bytes
+from infdebug.lineblocks import line_blocks
+from infdebug.schema import LineError, RecordDecoder, encode_record, kind_of, open_bytes
 from infdebug.store.base import Store, StoreError
 from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES, request_latency_guard
+from infdebug.store.ingest_state import (
+    IngestState,
+    batch_rows,
+    load_state,
+    next_batch,
+    rollback_batch,
+    save_state,
+)
 
 CHUNK_BYTES = 64 << 20
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json.gz")
 
 _FULL = RecordDecoder()
 _FULL_STRICT = RecordDecoder(strict=True)
-
-
-def _kind(obj: Any) -> str:
-    if isinstance(obj, Finding) or type(obj).__name__ == "FindingStrict":
-        return "finding"
-    tag: str = obj.__struct_config__.tag
-    return tag
 
 
 @dataclass
@@ -121,18 +125,6 @@ class FileResult:
     notes: Counter[str] = field(default_factory=Counter)  # fields dropped, counted per reason
 
 
-@dataclass
-class _State:
-    content_id: str
-    size: int = 0
-    mtime: float = 0.0
-    offset: int = 0
-    lines: int = 0
-    rows: int = 0
-    rejected: int = 0
-    pending_batch: int = 0
-
-
 Progress = Callable[[int], None]  # called with bytes just processed
 
 
@@ -169,25 +161,6 @@ def _first_line(path: str) -> bytes:
     return b""
 
 
-def _chunks(fh: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, bool]]:
-    """Blocks of whole lines; the last block may end without a newline (``True`` = complete)."""
-    carry = b""
-    while True:
-        block = fh.read(chunk_bytes)
-        if not block:
-            if carry:
-                yield carry, carry.endswith(b"\n")
-            return
-        if carry:
-            block = carry + block
-        cut = block.rfind(b"\n") + 1
-        if cut == 0:
-            carry = block
-            continue
-        carry = block[cut:]
-        yield block[:cut], True
-
-
 def _skip(fh: IO[bytes], n: int) -> None:
     """Move past the first ``n`` bytes (a gzip stream decompresses its way there)."""
     if n > 0:
@@ -220,45 +193,6 @@ class Ingestor:
         self._settings["input_format_skip_unknown_fields"] = 1
         self._label = ""
 
-    # -- state ---------------------------------------------------------------------------
-    def _load_state(self, content_id: str) -> _State:
-        _, rows = self.store.query(
-            "SELECT size, mtime, offset, lines, rows, rejected, pending_batch FROM ingest_state FINAL "
-            "WHERE content_id = {cid:String}",
-            {"cid": content_id},
-        )
-        if not rows:
-            return _State(content_id)
-        size, mtime, offset, lines, nrows, rejected, pending = rows[0]
-        return _State(content_id, size, mtime, offset, lines, nrows, rejected, pending)
-
-    def _save_state(self, st: _State, path: str) -> None:
-        self.store.command(
-            "INSERT INTO ingest_state (content_id, path, size, mtime, offset, lines, rows, rejected, "
-            "pending_batch, updated_at) VALUES ({cid:String}, {path:String}, {size:UInt64}, "
-            "{mtime:Float64}, {offset:UInt64}, {lines:UInt64}, {rows:UInt64}, {rej:UInt64}, "
-            "{pending:UInt64}, now64(6))",
-            {
-                "cid": st.content_id,
-                "path": path,
-                "size": st.size,
-                "mtime": st.mtime,
-                "offset": st.offset,
-                "lines": st.lines,
-                "rows": st.rows,
-                "rej": st.rejected,
-                "pending": st.pending_batch,
-            },
-        )
-
-    def _rollback(self, batch: int) -> None:
-        for t in TABLES.values():
-            self.store.command(
-                f"ALTER TABLE {t.name} DELETE WHERE _batch = {{b:UInt64}}",
-                {"b": batch},
-                {"mutations_sync": 2},
-            )
-
     # -- one file ------------------------------------------------------------------------
     def ingest_file(self, path: str, label: str | None = None) -> FileResult:
         """Load one contract JSONL file; ``label`` names it in results and rows (``_file``)
@@ -277,9 +211,9 @@ class Ingestor:
             res.message = "empty file: nothing to load" if empty else "only blank lines: nothing to load"
             return res
         cid = hashlib.sha256(head).hexdigest()[:32]
-        state = self._load_state(cid)
+        state = load_state(self.store, cid)
         if state.pending_batch:
-            self._rollback(state.pending_batch)  # a previous load died half way
+            rollback_batch(self.store, state.pending_batch)  # a previous load died half way
             state.pending_batch = 0
         if state.size == st_os.st_size and state.mtime == st_os.st_mtime and state.offset > 0:
             res.status, res.message = "unchanged", "already ingested"
@@ -292,16 +226,16 @@ class Ingestor:
                 "under the same first line; it was rewritten in place, not appended to — not re-read"
             )
             return res
-        batch = random.getrandbits(63) or 1
-        prev = _State(**state.__dict__)
-        self._save_state(_State(**{**prev.__dict__, "pending_batch": batch}), self._label)
+        batch = next_batch()
+        prev = dataclasses.replace(state)
+        save_state(self.store, dataclasses.replace(prev, pending_batch=batch), self._label)
         state.size, state.mtime = st_os.st_size, st_os.st_mtime
         try:
             if state.offset == 0:
                 kind = self._peek_kind(head)
                 done = kind is not None and self._fast(path, kind, batch, state, res)
                 if not done:
-                    self._rollback(batch)
+                    rollback_batch(self.store, batch)
                     res.rows.clear()
                     self._careful(path, batch, state, res)
             else:
@@ -310,21 +244,21 @@ class Ingestor:
             # Roll back and forget the batch; if even that fails, the pending mark makes the
             # next run roll it back before reading the file again.
             with contextlib.suppress(Exception):
-                self._rollback(batch)
-                self._save_state(prev, self._label)
+                rollback_batch(self.store, batch)
+                save_state(self.store, prev, self._label)
             raise
         state.rows += sum(res.rows.values())
         state.rejected += res.rejected
-        self._save_state(state, self._label)
+        save_state(self.store, state, self._label)
         return res
 
     def _peek_kind(self, head: bytes) -> str | None:
         try:
-            return _kind(_FULL.decode(head))
+            return kind_of(_FULL.decode(head))
         except LineError:
             return None
 
-    def _fast(self, path: str, kind: str, batch: int, state: _State, res: FileResult) -> bool:
+    def _fast(self, path: str, kind: str, batch: int, state: IngestState, res: FileResult) -> bool:
         """Let ClickHouse parse and load the whole file, with the fast-path checks of
         ``Table.guard`` on every row. False (nothing kept) when any row is in doubt."""
         table = TABLES[kind]
@@ -342,14 +276,11 @@ class Ingestor:
         after = os.stat(path)
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             return False  # written to while ClickHouse read it: read it line by line instead
-        _, rows = self.store.query(
-            f"SELECT count() FROM {table.name} WHERE _batch = {{b:UInt64}}", {"b": batch}
-        )
         if path.endswith(".gz"):
             size, lines = _measure(path)  # offsets count decompressed bytes
         else:
             size, lines = before.st_size, 0  # lines are counted only if the file ever grows
-        res.rows[kind] = int(rows[0][0])
+        res.rows[kind] = batch_rows(self.store, table, batch)
         res.bytes += size
         res.path_taken = "fast"
         state.offset += size
@@ -357,7 +288,7 @@ class Ingestor:
         self.progress(size)
         return True
 
-    def _careful(self, path: str, batch: int, state: _State, res: FileResult) -> None:
+    def _careful(self, path: str, batch: int, state: IngestState, res: FileResult) -> None:
         res.path_taken = "careful"
         dec = _FULL_STRICT if self.strict else _FULL
         gz = path.endswith(".gz")
@@ -370,7 +301,7 @@ class Ingestor:
         try:
             with open_bytes(path) as fh:
                 _skip(fh, state.offset)
-                for block, complete in _chunks(fh):
+                for block, complete in line_blocks(fh, CHUNK_BYTES):
                     lines = block.split(b"\n")
                     if complete:
                         lines.pop()  # the empty piece after the final newline
@@ -404,7 +335,7 @@ class Ingestor:
                             self.rejects.add(Reject(self._label, line_no, reason, e.field, line))
                             res.rejected += 1
                             continue
-                        k = _kind(obj)
+                        k = kind_of(obj)
                         if k == "request":
                             obj, notes = sanitize_timing(obj, self.max_latency_s)
                             if notes:
@@ -443,9 +374,7 @@ class Ingestor:
             pass
         # ClickHouse refused something msgspec accepted (e.g. a duplicated key): roll this
         # kind back and bisect the lines down to the ones it refuses.
-        self.store.command(
-            f"ALTER TABLE {table.name} DELETE WHERE _batch = {{b:UInt64}}", {"b": batch}, {"mutations_sync": 2}
-        )
+        rollback_batch(self.store, batch, [table])
         with open(spill, "rb") as fh:
             lines = fh.read().split(b"\n")[:-1]
         pairs = list(zip(line_nos, lines, strict=True))
