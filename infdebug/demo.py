@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from infdebug import settings
 from infdebug.console import err_console, fmt_seconds, out_console
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,7 +93,7 @@ def _analyze(st: Any, model_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=float(os.environ.get("INFDEBUG_DEMO_SECONDS", "60")))
+    ap.add_argument("--seconds", type=float, default=settings.demo_seconds())
     ap.add_argument("--rate", type=float, default=4.0,
                     help="mean requests/s over the fleet (the trace's own burstiness is kept)")
     ap.add_argument("--trace", default=None, help="workload trace (Azure CSV or Mooncake JSONL)")
@@ -102,14 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deployment-of", action="append", default=None, metavar="REPLICA=LABEL",
                     help="labels (default: r1=stable r2=stable r3=canary)")
     ap.add_argument("--clean", action="store_true", help="inject no fault (a baseline fleet)")
-    ap.add_argument("--base-port", type=int, default=int(os.environ.get("INFDEBUG_DEMO_PORT", "8100")))
+    ap.add_argument("--base-port", type=int, default=settings.demo_port())
     ap.add_argument("--no-ingest", action="store_true")
     args = ap.parse_args(argv)
 
     from infdebug.cli_engine import training_progress
     from infdebug.tracer.engine.make_model import is_trained, make_model
+    from infdebug.traces import read_trace
 
-    home = os.environ.get("INFDEBUG_HOME") or os.path.join(os.getcwd(), ".infdebug")
+    read_trace(find_trace(args.trace), limit=100)  # a bad trace fails now, not after training
+    home = settings.home()
     model_dir = os.path.join(home, "demo", "model")
     if not is_trained(model_dir):  # also remakes a random-weight model an older demo left
         err_console.print(f"making a small checkpoint in {model_dir} and training it to chat (under a minute) …")

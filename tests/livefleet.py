@@ -1,13 +1,18 @@
 """Logs the reference engine really produces with a fault injected: a fleet of in-process
-replicas of one tiny checkpoint (random weights, the tokenizer and chat template make-model
-trains and writes), each behind the ``infdebug serve`` app and its tracer, all answering the
-same chat conversations, each writing its own trace JSONL as ``serve --trace-dir`` does.
+replicas of one tiny checkpoint (trained by make-model to chat, with the tokenizer and chat
+template make-model trains and writes), each behind the ``infdebug serve`` app and its
+tracer, all answering the same chat conversations, each writing its own trace JSONL as
+``serve --trace-dir`` does.
 
 Requests go through the real HTTP handler (``server.App`` over an in-process ASGI transport,
 so no sockets and no subprocesses), concurrently, so the engine batches them. Sampling is
 seeded per conversation (temperature 1): every replica draws the same tokens wherever its
-logits are the same, and a random-weight model's near-flat distribution neither loops (as
-greedy decoding does) nor avoids any ID, so end-of-turn IDs appear at their natural rate.
+logits are the same. The trained model answers in a few words and ends its turn with the
+end-of-turn ID, so a clean replica stops on almost every request and does not loop; a
+random-weight one would run to ``max_tokens`` on most, hiding a replica that ignores EOS.
+
+The checkpoint is trained once per test session (``trained_model``: a few seconds) and
+shared by every test that asks for it.
 
 The faulty inputs are made from the model's own files: a variant of its chat template that
 writes a fixed Llama-3.1-style system preamble, and a copy of its tokenizer with one
@@ -25,11 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 import torch
 
 from infdebug.text.template import load_template
 from infdebug.text.tokenizer import TokenizerBundle, load_tokenizer
-from infdebug.tracer.engine.make_model import make_model
+from infdebug.tracer.engine.make_model import is_trained, make_model
 from infdebug.tracer.engine.replica import Injections, Replica
 from infdebug.tracer.engine.server import App
 
@@ -42,6 +48,22 @@ PREAMBLE = (
     "{{- '<|eot_id|>' -}}\n"
 )
 SYSTEMS = ("You are terse.", "Answer in French.", "You are a careful assistant.")
+
+
+def trained_model(
+    factory: pytest.TempPathFactory, preset: str = "tiny", chat_format: str = "llama3", arch: str = "llama"
+) -> str:
+    """A make-model checkpoint trained to chat (the preset's default recipe), made once per
+    test session under pytest's base temporary directory and shared after that."""
+    path = str(factory.getbasetemp() / "trained-models" / f"{preset}-{arch}-{chat_format}")
+    if not is_trained(path):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a 64-wide model trains as fast on one thread, and spares the other CPU
+        try:
+            make_model(path, preset=preset, arch=arch, chat_format=chat_format, train_steps=0)
+        finally:
+            torch.set_num_threads(threads)
+    return path
 
 
 def conversation(i: int) -> list[dict[str, Any]]:
@@ -170,12 +192,17 @@ def serve_requests(
 
 
 def build(
-    root: str, *, n: int = 48, max_tokens: int = 256, faulty: dict[str, str] | None = None
+    root: str,
+    model_dir: str,
+    *,
+    n: int = 48,
+    max_tokens: int = 256,
+    faulty: dict[str, str] | None = None,
 ) -> LiveFleet:
-    """Make the model and the faulty inputs under ``root``, then run the fleet: r1 and r2
-    clean, and one replica per fault in ``faulty`` (replica → "double-bos", "template",
-    "tokenizer" or "ignore-eos"; the faults' files and IDs are filled in here)."""
-    model_dir = make_model(os.path.join(root, "tiny-llama3"), preset="tiny", chat_format="llama3")
+    """Make the faulty inputs for ``model_dir`` (a llama3-format checkpoint, see
+    ``trained_model``) under ``root``, then run the fleet: r1 and r2 clean, and one replica
+    per fault in ``faulty`` (replica → "double-bos", "template", "tokenizer" or
+    "ignore-eos"; the faults' files and IDs are filled in here)."""
     tok = load_tokenizer(model_dir)
     template = load_template(model_dir)
     eot = tok.tok.token_to_id(EOT)

@@ -1,16 +1,15 @@
 """Every finding kind from logs the reference engine really produces with the matching
-``--inject`` fault: a tiny model served in-process by the ``infdebug serve`` app (real torch,
-real tokenizer and chat template, real tracer JSONL; see tests/livefleet.py), clean
-replicas r1 and r2 beside one faulty replica per fault, all answering the same
+``--inject`` fault: a tiny model trained to chat, served in-process by the ``infdebug serve``
+app (real torch, real tokenizer and chat template, real tracer JSONL; see tests/livefleet.py),
+clean replicas r1 and r2 beside one faulty replica per fault, all answering the same
 conversations; the traces ingested into a real store and every analyzer run over them.
 
 Each fault is checked in a fleet of r1, r2 and its own replica (the findings above info must
 be exactly the fault's, on that replica), and all together in one fleet of six.
 
-Not covered here: ``stop.runaway_rate``. It needs a replica's length-cap rate to at least
-double the fleet's, and a random-weight model rarely ends a turn, so even the clean
-replicas run to ``max_tokens`` on most requests (the faulty one can at most go from ~70 %
-to ~80 %). ``stop.end_of_turn_ignored`` is what names the ignored end-of-turn ID here.
+The model is trained (make-model --train), so the clean replicas end nearly every turn with
+the end-of-turn ID: the replica whose stop set lacks it runs to ``max_tokens`` on nearly
+every request, and ``stop.runaway_rate`` names it beside ``stop.end_of_turn_ignored``.
 """
 
 from __future__ import annotations
@@ -27,9 +26,11 @@ from infdebug.schema import Finding  # noqa: E402
 from infdebug.store import Store  # noqa: E402
 from infdebug.text.template import load_template, template_fingerprint  # noqa: E402
 from infdebug.text.tokenizer import load_tokenizer  # noqa: E402
-from tests.livefleet import CLEAN, LiveFleet, build  # noqa: E402
+from infdebug.tracer.engine.make_model import make_model  # noqa: E402
+from tests.livefleet import CLEAN, LiveFleet, build, trained_model  # noqa: E402
 
 N = 48  # conversations per replica: ≥ 30 for the rate tests, ≥ 10 in two template families
+MAX_TOKENS = 256
 FAULTS = {"r3": "double-bos", "r4": "template", "r5": "tokenizer", "r6": "ignore-eos"}
 REPLICA = {fault: rep for rep, fault in FAULTS.items()}
 # The findings above info each fault gives on its replica (kind → severity): without any
@@ -43,7 +44,8 @@ EXPECTED: dict[str, dict[str, str]] = {
         "tokenizer.fingerprint_mismatch": "error",
         "tokenizer.cross_replica_ids": "error",
     },
-    "ignore-eos": {"stop.end_of_turn_ignored": "error"},
+    # the clean replicas stop on ~all requests, r6 runs to the length cap on ~all: ≥ 30 points
+    "ignore-eos": {"stop.end_of_turn_ignored": "error", "stop.runaway_rate": "error"},
 }
 WITH_REFERENCE: dict[str, dict[str, str]] = {
     "double-bos": {},
@@ -55,7 +57,13 @@ WITH_REFERENCE: dict[str, dict[str, str]] = {
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> LiveFleet:
-    return build(str(tmp_path_factory.mktemp("live")), n=N, max_tokens=256, faulty=FAULTS)
+    return build(
+        str(tmp_path_factory.mktemp("live")),
+        trained_model(tmp_path_factory),
+        n=N,
+        max_tokens=MAX_TOKENS,
+        faulty=FAULTS,
+    )
 
 
 def analyze(
@@ -148,10 +156,13 @@ def test_every_replica_served_the_same_conversations_with_its_fault(live: LiveFl
     assert {tuple(r["sampling"]["stop_ids"]) for r in recs["r6"]} == {
         tuple(sorted(set(tok.eos_ids) - {live.eot_id}))
     }
-    # the tiny model does end turns now and then: the clean replicas stop at the end-of-turn ID
-    assert any(
-        r["output_ids"][-1] == live.eot_id and r["finish_reason"] == "stop" for r in recs["r1"]
-    )
+    # the trained model ends its turns: the clean replicas stop at the end-of-turn ID on nearly
+    # every request, in words (no output is one ID over and over)
+    for rep in CLEAN:
+        stopped = [r for r in recs[rep] if r["finish_reason"] == "stop"]
+        assert len(stopped) >= 0.9 * N and all(r["output_ids"][-1] == live.eot_id for r in stopped)
+        assert all(len(set(r["output_ids"])) >= 3 for r in recs[rep])
+        assert sum(any(w.isalpha() for w in r["output_text"].split()) for r in recs[rep]) >= 0.9 * N
 
 
 # --- each fault in a fleet of r1, r2 and its replica ----------------------------------------
@@ -269,6 +280,22 @@ def test_ignored_end_of_turn(store: Store, tmp_path: Any, live: LiveFleet) -> No
         assert all(ex["position"] == ran_on[ex["request_id"]] for ex in f.evidence["examples"])
 
 
+def test_runaway_rate(store: Store, tmp_path: Any, live: LiveFleet) -> None:
+    found = found_for(store, tmp_path, live, "ignore-eos")
+    capped = {
+        rep: sum(r["finish_reason"] == "length" for r in live.records(rep)) for rep in live.faults
+    }
+    assert capped["r6"] >= 0.9 * N and capped["r1"] + capped["r2"] <= 0.2 * N
+    r6_ids = {r["id"] for r in live.responses["r6"]}
+    for name in ("none", "reference"):
+        f = one(found[name], "stop.runaway_rate")
+        assert f.scope is not None and f.scope["replica"] == "r6" and f.severity == "error"
+        assert f.values is not None and f.evidence is not None
+        assert f.values["count"] == capped["r6"] and f.values["requests"] == N
+        assert f.values["rest_rate"] == pytest.approx((capped["r1"] + capped["r2"]) / (2 * N))
+        assert f.evidence["request_ids"] and set(f.evidence["request_ids"]) <= r6_ids
+
+
 # --- no false alarms ------------------------------------------------------------------------
 
 
@@ -286,11 +313,20 @@ def test_whole_fleet_every_fault_on_its_replica(
         assert kinds(above_info(found[name], live)) == want, name
 
 
+@pytest.fixture(scope="module")
+def random_live(tmp_path_factory: pytest.TempPathFactory) -> LiveFleet:
+    """r1 and r2 serving a random-weight model: its outputs are random IDs, byte tokens
+    among them, cut by ``max_tokens`` anywhere (the trained model writes ASCII and stops)."""
+    root = tmp_path_factory.mktemp("live-random")
+    model_dir = make_model(str(root / "tiny-random-llama3"), preset="tiny", chat_format="llama3")
+    return build(str(root), model_dir, n=N, max_tokens=32)
+
+
 def test_an_output_cut_inside_a_utf8_character_is_no_decode_mismatch(
-    store: Store, tmp_path: Any, live: LiveFleet
+    store: Store, tmp_path: Any, random_live: LiveFleet
 ) -> None:
-    cut = {rep: cut_utf8_outputs(live, rep) for rep in CLEAN}
+    cut = {rep: cut_utf8_outputs(random_live, rep) for rep in CLEAN}
     if not any(cut.values()):
         pytest.skip("no output of r1 or r2 ends inside a UTF-8 character on this machine")
-    found = analyze(store, tmp_path, live, list(CLEAN))["reference"]
+    found = analyze(store, tmp_path, random_live, list(CLEAN))["reference"]
     assert [f for f in found if f.kind == "tokenizer.decode_mismatch"] == []
