@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -13,7 +14,7 @@ import pytest
 from infdebug.analyzers.base import AnalysisContext
 from infdebug.analyzers.template_drift import classify_mismatch, skeleton, template_drift
 from infdebug.collectors.ingest import ingest_paths
-from infdebug.schema import Finding, Request, encode_records
+from infdebug.schema import Finding, Request, encode_records, read_records
 from infdebug.store import Store
 from infdebug.text.template import fixed_now, load_template, render_chat, template_fingerprint
 from infdebug.text.tokenizer import TokenizerBundle, encode_prompt, load_tokenizer
@@ -311,17 +312,24 @@ def test_sample_logs_double_bos_only_on_canary_r3(store: Store, tmp_path: Any, w
         tok = sample_tokenizer(tmp_path)
         assert tok.fingerprint == "tok-c02fa7267fc8868267d7"  # the sample fleet's tokenizer_fp
     found = template_drift(AnalysisContext(store=store, tokenizer=tok))
+    # the fault is on from the canary r3's first request (read from its log: `make sample-logs` remakes it)
+    r3 = sorted(
+        (r for path in glob.glob(os.path.join(REPO, "sample_logs", "canary", "r3-*.requests.jsonl"))
+         for _, r in read_records(path) if isinstance(r, Request)),
+        key=lambda r: (r.t_arrival, r.request_id),
+    )
+    t_start = r3[0].t_arrival
     assert [(f.kind, f.scope) for f in above_info(found)] == [
-        ("template.double_bos", {"replica": "r3", "deployment": "canary", "t_start": pytest.approx(1795876484.88)})
+        ("template.double_bos", {"replica": "r3", "deployment": "canary", "t_start": pytest.approx(t_start)})
     ]
     f = above_info(found)[0]
     assert f.severity == "error" and f.values is not None and f.evidence is not None
-    assert f.values["bos_id"] == 5072 and f.values["affected"] == 19
+    assert f.values["bos_id"] == 5072 and f.values["affected"] == len(r3)  # every request of canary r3
     assert f.values["bos_source"] == ("tokenizer" if with_tokenizer else "inferred")
     if not with_tokenizer:
         assert f.values["bos_inferred_share"] == 1.0 and f.values["bos_text"] == "<|begin_of_text|>"
     assert f.evidence["first_ids"][:2] == [5072, 5072]
-    assert f.evidence["request_ids"][0] == "chatcmpl-aecf4afeb57043f88597fa8c"
+    assert f.evidence["request_ids"][0] == r3[0].request_id  # the earliest
 
 
 # --- no false alarms -----------------------------------------------------------------------

@@ -157,10 +157,11 @@ def test_training_forward_is_the_engines(random_dirs: dict[str, str]) -> None:
 
 def test_training_is_seeded_and_deterministic(tmp_path: Any) -> None:
     a, b, c = (
-        make_model(str(tmp_path / n), chat_format="llama3", seed=s, train_steps=3) for n, s in (("a", 0), ("b", 0), ("c", 1))
+        make_model(str(tmp_path / n), chat_format="llama3", seed=s, train_steps=3)
+        for n, s in (("a", 0), ("b", 0), ("c", 1))
     )
     with open(os.path.join(a, "model.safetensors"), "rb") as fa, open(os.path.join(b, "model.safetensors"), "rb") as fb:
-        assert fa.read() == fb.read()
+        assert fa.read() == fb.read()  # the same call, the same bytes (one process, one thread count)
     wa, wc = (load_file(os.path.join(x, "model.safetensors")) for x in (a, c))
     assert not torch.equal(wa["lm_head.weight"], wc["lm_head.weight"])
     rnd = load_file(os.path.join(make_model(str(tmp_path / "r"), chat_format="llama3"), "model.safetensors"))
@@ -208,10 +209,10 @@ def test_trained_model_ends_its_turn_in_words(tmp_path_factory: pytest.TempPathF
     stopped = [ev[-1].finish_reason == "stop" and out[-1] == eot for ev, out in zip(events, outputs, strict=True)]
     texts = [tok.decode(out, skip_special_tokens=True) for out in outputs]
     report = [(s, t[:80]) for s, t in zip(stopped, texts, strict=True)]
-    assert sum(stopped) >= 0.7 * len(prompts), report  # measured: 21 of 24
+    assert sum(stopped) >= 0.7 * len(prompts), report  # measured: 24 of 24
     # a random-weight model ends every output in one ID over and over; this one seldom does
     loops = [t for out, t in zip(outputs, texts, strict=True) if len(out) >= 10 and len(set(out[-10:])) == 1]
-    assert len(loops) <= 0.2 * len(prompts), loops  # measured: 3 of 24
+    assert len(loops) <= 0.2 * len(prompts), loops  # measured: 0 of 24
     # words: an answer may be empty (the turn ended at once), but most answers say something
     worded = [t for t in texts if any(len(w) >= 3 and w.isalpha() for w in t.split())]
     assert len(worded) >= 0.8 * len(prompts), texts
