@@ -54,9 +54,9 @@ def find_trace(path: str | None) -> str:
 
 def run_fleet(model_dir: str, trace_dir: str, trace_path: str, *, seconds: float, rate: float,
               injections: list[str], deployments: list[str], base_port: int) -> dict[str, Any]:
-    from infdebug.fleet import Fleet
-    from infdebug.loadgen import Target, run_load, summarize
-    from infdebug.traces import PlannedRequest, plan, read_trace
+    from infdebug.fleet.loadgen import Target, run_load, summarize
+    from infdebug.fleet.replicas import Fleet
+    from infdebug.fleet.traces import PlannedRequest, plan, read_trace
 
     trace = read_trace(trace_path)
     with Fleet(model_dir, 3, injections=injections, deployments=deployments, base_port=base_port,
@@ -79,7 +79,7 @@ def _analyze(st: Any, model_dir: str) -> None:
     """Every analyzer over what was just ingested, with the served checkpoint's tokenizer and
     chat template as the reference; the findings are stored and printed."""
     from infdebug.analyzers.base import AnalysisContext, analyze
-    from infdebug.cli_analyze import print_findings
+    from infdebug.render import print_findings
     from infdebug.store.findings import store_findings
     from infdebug.text.tokenizer import load_tokenizer
 
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ingest", action="store_true")
     args = ap.parse_args(argv)
 
-    from infdebug.cli_engine import training_progress
+    from infdebug.fleet.traces import read_trace
+    from infdebug.render import training_progress
     from infdebug.tracer.engine.make_model import is_trained, make_model
-    from infdebug.traces import read_trace
 
     read_trace(find_trace(args.trace), limit=100)  # a bad trace fails now, not after training
     home = settings.home()
@@ -178,7 +178,7 @@ def _fleet_ingest_analyze(args: argparse.Namespace, home: str, model_dir: str, t
     try:
         rep = ingest_paths(st, [trace_dir], rejects_path=os.path.join(home, "rejects", "demo.jsonl"))
         out_console.print(f"ingested {dict(rep.rows)} from {len(rep.files)} files into {st.description}")
-        from infdebug.cli import stats_table
+        from infdebug.render import stats_table
 
         out_console.print(stats_table(replica_stats(st)))
         rows = startup_times(st)

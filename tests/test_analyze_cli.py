@@ -17,7 +17,7 @@ from infdebug.schema import encode_records
 RUNNER = (
     "import click, sys\n"
     "from infdebug.cli import cli\n"
-    "from infdebug.cli_analyze import register\n"
+    "from infdebug.cli.analyze import register\n"
     "if 'analyze' not in cli.commands: register(cli)\n"
     "cli(prog_name='infdebug')\n"
 )

@@ -154,7 +154,7 @@ RUNNER = (
     "import infdebug.analyzers as pkg\n"
     "pkg.__path__.append(sys.argv.pop(1))\n"
     "from infdebug.cli import cli\n"
-    "from infdebug.cli_analyze import register\n"
+    "from infdebug.cli.analyze import register\n"
     "if 'analyze' not in cli.commands: register(cli)\n"
     "cli(prog_name='infdebug')\n"
 )

@@ -66,7 +66,7 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_root: Any) -> None:
 def test_a_failing_demo_removes_its_trace_dir(tmp_root: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch", reason="the demo's engine needs torch (pip install -e '.[engine]')")
     from infdebug import demo
-    from infdebug.traces import TraceFormatError
+    from infdebug.fleet.traces import TraceFormatError
 
     home = tmp_path / "home"
     (home / "demo" / "model").mkdir(parents=True)

@@ -17,7 +17,7 @@ from click.testing import CliRunner  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from infdebug.cli import cli  # noqa: E402
-from infdebug.prompts import unique_text  # noqa: E402
+from infdebug.fleet.prompts import unique_text  # noqa: E402
 from infdebug.text.template import load_template  # noqa: E402
 from infdebug.text.tokenizer import load_tokenizer  # noqa: E402
 from infdebug.tracer.engine.checkpoint import load_checkpoint, read_config  # noqa: E402

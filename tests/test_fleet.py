@@ -78,7 +78,7 @@ def test_a_replica_that_dies_is_reported_with_its_stderr(tiny_model: str, tmp_pa
 
 
 def test_least_loaded_and_refusals(fleet: Fleet, tmp_path: Any) -> None:
-    from infdebug.cli_fleet import load_cmd
+    from infdebug.cli.fleet import load_cmd
 
     trace = tmp_path / "t.csv"
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
@@ -100,7 +100,7 @@ def test_least_loaded_and_refusals(fleet: Fleet, tmp_path: Any) -> None:
 
 
 def test_fleet_serves_replayed_load_and_every_replica_traces(fleet: Fleet, tmp_path: Any) -> None:
-    from infdebug.cli_fleet import load_cmd
+    from infdebug.cli.fleet import load_cmd
 
     trace = tmp_path / "t.jsonl"  # Mooncake format: every request opens with the same block
     lines = [{"timestamp": 100 * i, "input_length": 900 + 37 * i, "output_length": 60,

@@ -17,11 +17,11 @@ import httpx  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from infdebug.fleet import Fleet  # noqa: E402
-from infdebug.loadgen import run_load  # noqa: E402
+from infdebug.fleet.loadgen import run_load  # noqa: E402
+from infdebug.fleet.replicas import Fleet  # noqa: E402
+from infdebug.fleet.traces import plan, read_trace  # noqa: E402
 from infdebug.schema import Request, read_records  # noqa: E402
 from infdebug.tracer.engine.make_model import make_model  # noqa: E402
-from infdebug.traces import plan, read_trace  # noqa: E402
 
 
 def test_fleet_under_azure_load_exports_agree(tmp_path: Any, shared_data: str) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from infdebug.loadgen import LoadError, check_urls, run_load, summarize
-from infdebug.prompts import TOKENS_PER_WORD, prompt_text, word_list
-from infdebug.traces import TraceFormatError, TraceRequest, detect_format, plan, read_trace
+from infdebug.fleet.loadgen import LoadError, check_urls, run_load, summarize
+from infdebug.fleet.prompts import TOKENS_PER_WORD, prompt_text, word_list
+from infdebug.fleet.traces import TraceFormatError, TraceRequest, detect_format, plan, read_trace
 
 
 def test_reads_the_real_azure_trace(shared_data: str) -> None:

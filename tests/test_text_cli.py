@@ -13,7 +13,7 @@ import tokenizers
 from click.testing import CliRunner, Result
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from infdebug.cli_text import register, visible
+from infdebug.cli.text import register, visible
 from infdebug.text.template import template_fingerprint
 from infdebug.text.tokenizer import load_tokenizer
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import json
 import os
 import re
 import time
@@ -241,6 +242,19 @@ def build_request(ctx: Context, line: int, fields: dict[str, Any]) -> Request | 
 # --- the shape of a format -------------------------------------------------------------------
 
 ReadFn = Callable[[Iterable[tuple[int, str]], Context], Iterator[tuple[int, Request | LineError]]]
+
+
+def json_lines(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line parsed as JSON, counted in ``ctx.stats.lines``: ``(n, value)``, or
+    ``(n, LineError)`` for a line that is not JSON (the caller yields it on to the rejects)."""
+    for n, text in lines:
+        if not text.strip():
+            continue
+        ctx.stats.lines += 1
+        try:
+            yield n, json.loads(text)
+        except ValueError as e:
+            yield n, LineError(f"malformed JSON: {e}")
 
 
 class Converted(Protocol):

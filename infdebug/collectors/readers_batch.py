@@ -38,7 +38,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from infdebug.collectors.ingestor import JSONL_SUFFIXES
-from infdebug.collectors.readers_base import Context, ReaderSpec, build_request, replica_from_path
+from infdebug.collectors.readers_base import (
+    Context,
+    ReaderSpec,
+    build_request,
+    json_lines,
+    replica_from_path,
+)
 from infdebug.collectors.readers_openai import record_fields
 from infdebug.schema import LineError, Request, open_bytes
 
@@ -224,14 +230,9 @@ def read_batch(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple
         if outs and ctx.replica == replica_from_path(ctx.path):
             ctx.replica = replica_from_path(outs[0])
     joined = outputs = 0
-    for n, text in lines:
-        if not text.strip():
-            continue
-        ctx.stats.lines += 1
-        try:
-            obj = json.loads(text)
-        except ValueError as e:
-            yield n, LineError(f"malformed JSON: {e}")
+    for n, obj in json_lines(lines, ctx):
+        if isinstance(obj, LineError):
+            yield n, obj
             continue
         lk = line_kind(obj)
         if lk is None:

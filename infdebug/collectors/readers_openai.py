@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from infdebug.collectors.readers_base import Context, ReaderSpec, as_ids, build_request
+from infdebug.collectors.readers_base import Context, ReaderSpec, as_ids, build_request, json_lines
 from infdebug.collectors.readers_fields import check_sampling, finish
 from infdebug.schema import LineError, Request
 
@@ -143,14 +143,9 @@ def record_fields(obj: Any) -> dict[str, Any]:
 
 
 def read_openai(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
-    for n, text in lines:
-        if not text.strip():
-            continue
-        ctx.stats.lines += 1
-        try:
-            obj = json.loads(text)
-        except ValueError as e:
-            yield n, LineError(f"malformed JSON: {e}")
+    for n, obj in json_lines(lines, ctx):
+        if isinstance(obj, LineError):
+            yield n, obj
             continue
         if isinstance(obj, dict) and "request" not in obj and "response" not in obj:
             ctx.stats.ignored += 1

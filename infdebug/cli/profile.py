@@ -8,6 +8,8 @@ import tempfile
 import click
 from rich.table import Table
 
+from infdebug.cli.context import CliContext, pass_cli
+from infdebug.cli.options import json_option
 from infdebug.console import (
     err_console,
     fail,
@@ -26,9 +28,9 @@ from infdebug.console import (
 @click.option("--rate", default=100, show_default=True, help="Samples per second.")
 @click.option("--out", "out_path", default=None, metavar="FILE", help="Also write the samples as contract JSONL here.")
 @click.option("--no-store", is_flag=True, help="Do not load the samples into the store.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def profile_cmd(ctx: click.Context, pid: int | None, replica: str | None, duration: float, rate: int,
+@json_option()
+@pass_cli
+def profile_cmd(obj: CliContext, pid: int | None, replica: str | None, duration: float, rate: int,
                 out_path: str | None, no_store: bool, as_json: bool) -> None:
     """Record a replica with py-spy and report the share of the engine thread's wall time
     spent in tokenization, detokenization, scheduling, sampling, the tracer itself, the
@@ -67,7 +69,7 @@ def profile_cmd(ctx: click.Context, pid: int | None, replica: str | None, durati
             if not out_path:
                 with open(path, "wb") as f:
                     f.write(encode_records(list(records)))
-            with ctx.obj.store() as st:
+            with obj.store() as st:
                 ingest_paths(st, [path], rejects_path=os.path.join(d, "rejects.jsonl"))
     if as_json:
         print_json(summary.to_json())

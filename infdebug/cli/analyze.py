@@ -12,34 +12,29 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 import msgspec
 
 from infdebug.analyzers.base import AnalysisContext, AnalysisResult, analyze, analyzer_names
-from infdebug.cli_ingest import (
-    MAX_LATENCY_HELP,
+from infdebug.cli.base import (
     CommandFailed,
     JsonCommand,
     default_rejects_path,
     exit_failed,
     failure_reasons,
-    print_file_messages,
-    print_notes,
-    print_rejects,
+    resolve_max_latency,
 )
-from infdebug.console import err_console, out_console, print_json
+from infdebug.cli.context import CliContext, pass_cli
+from infdebug.cli.ingest import print_file_messages, print_notes, print_rejects
+from infdebug.cli.options import json_option, load_reference, log_loading_options, reference_options
+from infdebug.console import err_console, print_json
+from infdebug.render import print_findings
 from infdebug.schema import Finding
-from infdebug.store import Store, StoreError, open_store
+from infdebug.store import Store, StoreError
 from infdebug.store.base import migrate
-
-SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-KEY_VALUES = ("count", "requests", "share", "rate", "rest_rate", "p_value", "p_holm", "z")
-EVIDENCE_KEYS = (
-    "cause", "request_ids", "first_seen", "first_diverging_index", "first_diverging_token", "eot_id", "eot_piece",
-    "first_eot_position", "stop_ids_in_force", "loop_ids", "loop_pieces", "period",
-)
 
 
 def _fail(msg: str, doc: dict[str, Any] | None = None) -> NoReturn:
@@ -77,34 +72,6 @@ def _temporary_store() -> Iterator[tuple[Store, str]]:
             st.close()
 
 
-def _load_reference(tokenizer: str | None, template: str | None, model: str | None) -> tuple[Any, str | None]:
-    from infdebug.text.config import TextFormatError
-
-    tok: Any = None
-    tpl: str | None = None
-    tok_path = tokenizer or model
-    if tok_path:
-        from infdebug.text.tokenizer import load_tokenizer
-
-        try:
-            tok = load_tokenizer(tok_path)
-        except TextFormatError as e:
-            _fail(str(e))
-    tpl_path = template or model
-    if tpl_path:
-        from infdebug.text.template import load_template
-
-        try:
-            tpl = load_template(tpl_path)
-        except TextFormatError as e:
-            if template:  # asked for explicitly: a failure is fatal; from --model it is optional
-                _fail(str(e))
-            err_console.print(f"[yellow]note:[/] no chat template from {model}: {e}", highlight=False)
-    if tpl is None and tok is not None and getattr(tok, "chat_template", None):
-        tpl = tok.chat_template
-    return tok, tpl
-
-
 def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> AnalysisResult:
     from infdebug.store.q_template import models
 
@@ -124,35 +91,24 @@ def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> AnalysisResu
     return analyze(ctx, only or None)
 
 
-def _short(v: Any, limit: int = 120) -> str:
-    s = v if isinstance(v, str) else msgspec.json.encode(v).decode()
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+@dataclass(frozen=True)
+class AnalyzeArgs:
+    """The ``analyze`` command's options, typed (the names click gives them)."""
 
-
-def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: int) -> None:
-    """Findings grouped by severity, each with its key values and evidence."""
-    if not findings:
-        out_console.print(f"[green]no findings[/] over {n_requests} requests")
-    for sev in ("error", "warning", "info"):
-        group = [f for f in findings if f.severity == sev]
-        if not group:
-            continue
-        style = SEVERITY_STYLE[sev]
-        out_console.print(f"\n[{style}]{sev.upper()}[/] ({len(group)})")
-        for f in group:
-            out_console.print(f"  [{style}]{f.kind}[/]: {f.summary}", highlight=False)
-            vals = {k: v for k, v in (f.values or {}).items() if k in KEY_VALUES}
-            if vals:
-                out_console.print("    values: " + ", ".join(f"{k}={_short(v, 40)}" for k, v in vals.items()),
-                                  highlight=False)
-            for k in EVIDENCE_KEYS:
-                v = (f.evidence or {}).get(k)
-                if v is not None and v != []:
-                    if k == "first_seen" and isinstance(v, int | float):
-                        v = dt.datetime.fromtimestamp(v, dt.UTC).isoformat(timespec="seconds")
-                    out_console.print(f"    {k}: {_short(v)}", highlight=False)
-    for name, why in sorted(failed.items()):
-        err_console.print(f"[bold red]analyzer {name} failed:[/] {why}", highlight=False)
+    logs: tuple[str, ...]
+    since: str | None
+    until: str | None
+    replicas: tuple[str, ...]
+    tokenizer: str | None
+    template: str | None
+    model_dir: str | None
+    model_name: str | None
+    only: tuple[str, ...]
+    as_json: bool
+    no_store: bool
+    store_findings: bool
+    rejects_path: str | None
+    max_latency: str | None
 
 
 @click.command("analyze", cls=JsonCommand)
@@ -160,44 +116,15 @@ def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: 
 @click.option("--since", metavar="T", help="Only requests that arrived at or after T (unix seconds or ISO-8601).")
 @click.option("--until", metavar="T", help="Only requests that arrived before T (unix seconds or ISO-8601).")
 @click.option("--replica", "replicas", multiple=True, metavar="R", help="Only this replica (repeatable).")
-@click.option("--tokenizer", metavar="PATH",
-              help="Reference tokenizer: tokenizer.json, vocab.json + merges.txt, a tiktoken rank file, "
-              "tokenizer_config.json, or a directory holding them.")
-@click.option("--template", metavar="PATH",
-              help="Reference chat template: a .jinja file, tokenizer_config.json or chat_template.json.")
-@click.option("--model", "model_dir", metavar="DIR",
-              help="A model directory: gives both the reference tokenizer and chat template.")
-@click.option("--model-name", metavar="NAME",
-              help="Compare the reference tokenizer/template only with requests of this served model "
-              "(default: the --model directory's name; without either, every request).")
+@reference_options()
 @click.option("--only", multiple=True, metavar="NAME", help="Run only this analyzer (repeatable).")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"findings": [...]} (and "failed", "ingest") as JSON; on failure {"error": ...}.')
+@json_option('Print {"findings": [...]} (and "failed", "ingest") as JSON; on failure {"error": ...}.')
 @click.option("--no-store", is_flag=True, help="Do not store the findings.")
 @click.option("--store-findings", is_flag=True,
               help="With LOGS: also store the findings in the store (--home / --clickhouse).")
-@click.option("--rejects", "rejects_path", metavar="FILE",
-              help="With LOGS: where rejected lines go (JSONL: file, line, field, reason, raw). "
-              "Default: HOME/rejects/analyze-<time>.jsonl")
-@click.option("--max-latency", metavar="SECONDS", default=None, help="With LOGS: " + MAX_LATENCY_HELP)
-@click.pass_obj
-def analyze_cmd(
-    obj: Any,
-    logs: tuple[str, ...],
-    since: str | None,
-    until: str | None,
-    replicas: tuple[str, ...],
-    tokenizer: str | None,
-    template: str | None,
-    model_dir: str | None,
-    model_name: str | None,
-    only: tuple[str, ...],
-    as_json: bool,
-    no_store: bool,
-    store_findings: bool,
-    rejects_path: str | None,
-    max_latency: str | None,
-) -> None:
+@log_loading_options("analyze", prefix="With LOGS: ")
+@pass_cli
+def analyze_cmd(obj: CliContext, /, **params: Any) -> None:
     """Find tokenizer, chat-template, stop-token and output drift in what the fleet logged.
 
     \b
@@ -222,57 +149,39 @@ def analyze_cmd(
 
     Exit code: 0 no warning or error, 1 a warning or error was found, 2 nothing could be done.
     """
+    args = AnalyzeArgs(**params)
     try:
-        _analyze_cmd(obj, logs, since, until, replicas, tokenizer, template, model_dir, model_name, only, as_json,
-                     no_store, store_findings, rejects_path, max_latency)
+        _run(obj, args)
     except CommandFailed as e:
-        exit_failed(e, as_json)
+        exit_failed(e, args.as_json)
 
 
-def _analyze_cmd(
-    obj: Any,
-    logs: tuple[str, ...],
-    since: str | None,
-    until: str | None,
-    replicas: tuple[str, ...],
-    tokenizer: str | None,
-    template: str | None,
-    model_dir: str | None,
-    model_name: str | None,
-    only: tuple[str, ...],
-    as_json: bool,
-    no_store: bool,
-    store_findings: bool,
-    rejects_path: str | None,
-    max_latency: str | None,
-) -> None:
+def _run(obj: CliContext, args: AnalyzeArgs) -> None:
     names = analyzer_names()
-    unknown = [n for n in only if n not in names]
+    unknown = [n for n in args.only if n not in names]
     if unknown:
         _fail(f"unknown analyzer {', '.join(unknown)}; expected one of {', '.join(names)}")
-    ctx_kw: dict[str, Any] = {"replicas": list(replicas) or None}
-    for opt, value in (("since", since), ("until", until)):
+    ctx_kw: dict[str, Any] = {"replicas": list(args.replicas) or None}
+    for opt, value in (("since", args.since), ("until", args.until)):
         try:
             ctx_kw[opt] = parse_time(value)
         except click.BadParameter as e:
             _fail(f"--{opt}: {e.message}")
-    ctx_kw["tokenizer"], ctx_kw["template"] = _load_reference(tokenizer, template, model_dir)
-    served = model_name or (os.path.basename(os.path.normpath(model_dir)) if model_dir else None)
+    ctx_kw["tokenizer"], ctx_kw["template"] = load_reference(args.tokenizer, args.template, args.model_dir)
+    served = args.model_name or (os.path.basename(os.path.normpath(args.model_dir)) if args.model_dir else None)
     if served:
         ctx_kw["options"] = {"model": served}
-    home = getattr(obj, "home", None)
-    clickhouse = getattr(obj, "clickhouse", None)
+    home, clickhouse = obj.home, obj.clickhouse
     doc: dict[str, Any] = {}
 
-    if logs:
-        from infdebug.cli_ingest import resolve_max_latency
+    if args.logs:
         from infdebug.collectors.ingest import ingest_paths
 
-        ceiling = resolve_max_latency(max_latency)
-        rejects = rejects_path or default_rejects_path(home, clickhouse, "analyze")
+        ceiling = resolve_max_latency(args.max_latency)
+        rejects = args.rejects_path or default_rejects_path(home, clickhouse, "analyze")
         with _temporary_store() as (st, _tmp):
             try:
-                report = ingest_paths(st, list(logs), rejects_path=rejects, max_latency=ceiling)
+                report = ingest_paths(st, list(args.logs), rejects_path=rejects, max_latency=ceiling)
             except StoreError as e:
                 _fail(f"loading the logs failed: {e}")
             doc["ingest"] = report.to_json()
@@ -282,21 +191,21 @@ def _analyze_cmd(
             if report.exit_code() == 2:
                 _fail("nothing could be loaded: " + ("; ".join(failure_reasons(report)) or "no input files"),
                       {"findings": [], **doc})
-            result = _analyze_or_fail(st, ctx_kw, list(only), doc)
+            result = _analyze_or_fail(st, ctx_kw, list(args.only), doc)
         findings = result.findings
         if report.rejected:
             err_console.print("[yellow]note:[/] rejected lines are not part of the analysis", highlight=False)
-        if store_findings and not no_store and findings:
-            _store(home, clickhouse, findings)
+        if args.store_findings and not args.no_store and findings:
+            _store(obj, findings)
     else:
         try:
-            st = open_store(clickhouse, home)
+            st = obj.open_store()
         except StoreError as e:
             _fail(str(e))
         try:
-            result = _analyze_or_fail(st, ctx_kw, list(only), doc)
+            result = _analyze_or_fail(st, ctx_kw, list(args.only), doc)
             findings = result.findings
-            if not no_store and findings:
+            if not args.no_store and findings:
                 from infdebug.store.findings import store_findings as _put
 
                 _put(st, findings)
@@ -309,7 +218,7 @@ def _analyze_cmd(
         error = "every analyzer failed"
     elif n_requests == 0 and not findings:
         error = "no requests in the window to analyze"
-    if as_json:
+    if args.as_json:
         out: dict[str, Any] = {"findings": msgspec.to_builtins(findings), "requests": n_requests}
         if failed:
             out["failed"] = failed
@@ -332,11 +241,11 @@ def _analyze_or_fail(st: Store, ctx_kw: dict[str, Any], only: list[str], doc: di
         _fail(f"analysis failed: {e}", {"findings": [], **doc})
 
 
-def _store(home: str | None, clickhouse: str | None, findings: list[Finding]) -> None:
+def _store(obj: CliContext, findings: list[Finding]) -> None:
     from infdebug.store.findings import store_findings as _put
 
     try:
-        st = open_store(clickhouse, home)
+        st = obj.open_store()
     except StoreError as e:
         err_console.print(f"[yellow]note:[/] findings not stored: {e}", highlight=False)
         return

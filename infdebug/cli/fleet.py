@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from infdebug.cli.options import json_option
 from infdebug.console import (
     MISSING,
     err_console,
@@ -43,13 +44,13 @@ from infdebug.tracer.engine.faults import fault_specs
 @click.option("--max-model-len", default=None, type=int, help="Passed to every replica's serve.")
 @click.option("--device", default=None, help="cpu or cuda, passed to every replica.")
 @click.option("--startup-timeout", default=180.0, show_default=True, help="Seconds to wait for every /health.")
-@click.option("--json", "as_json", is_flag=True, help="Print the replicas as one JSON line once all are ready.")
+@json_option("Print the replicas as one JSON line once all are ready.")
 def fleet_cmd(replicas: int, model_dir: str, injects: tuple[str, ...], deployments: tuple[str, ...], base_port: int,
               trace_dir: str, max_batch: int | None, max_model_len: int | None, device: str | None,
               startup_timeout: float, as_json: bool) -> None:
     """Start REPLICAS `infdebug serve` processes of one checkpoint and keep them up until
     Ctrl-C or SIGTERM, then stop them all (SIGTERM; they flush their traces)."""
-    from infdebug.fleet import Fleet, FleetError
+    from infdebug.fleet.replicas import Fleet, FleetError
 
     try:
         fleet = Fleet(model_dir, replicas, injections=injects, deployments=deployments, base_port=base_port,
@@ -135,7 +136,7 @@ def fleet_cmd(replicas: int, model_dir: str, injects: tuple[str, ...], deploymen
               help="Seconds to wait after the last arrival for requests in flight (then cancelled, counted failed).")
 @click.option("--seed", default=0, show_default=True, help="Seeds the prompt text (same seed, same prompts).")
 @click.option("--allow-remote", is_flag=True, help="Allow URLs on other hosts than 127.0.0.1/localhost.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def load_cmd(trace_path: str, urls: tuple[str, ...], rate: float | None, time_scale: float | None, duration: float,
              fmt: str, length_scale: float, max_prompt_tokens: int | None, max_output_tokens: int, policy: str,
              concurrency: int, max_requests: int, drain_s: float, seed: int, allow_remote: bool,
@@ -143,8 +144,15 @@ def load_cmd(trace_path: str, urls: tuple[str, ...], rate: float | None, time_sc
     """Replay a real workload trace against replicas with concurrent streaming chat clients,
     then print per-replica requests ok/failed, TTFT and inter-token p50/p99, tokens/s and the
     prefix cache hit rate."""
-    from infdebug.loadgen import LoadError, RequestResult, Target, check_urls, run_load, summarize
-    from infdebug.traces import PlannedRequest, TraceFormatError, plan, read_trace
+    from infdebug.fleet.loadgen import (
+        LoadError,
+        RequestResult,
+        Target,
+        check_urls,
+        run_load,
+        summarize,
+    )
+    from infdebug.fleet.traces import PlannedRequest, TraceFormatError, plan, read_trace
 
     if rate is None and time_scale is None:
         rate = 2.0

@@ -15,6 +15,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from infdebug.cli.options import json_option
 from infdebug.console import fail, id_column, out_console, print_json
 from infdebug.text.config import TextFormatError, read_special_tokens
 from infdebug.text.fingerprint import template_fingerprint
@@ -100,7 +101,7 @@ def template_group() -> None:
               help="Another template variable, e.g. enable_thinking=false (VALUE is JSON, else a string). Repeatable.")
 @click.option("--now", "now_iso", default=None, metavar="ISO-TIME",
               help="The time strftime_now() reports, e.g. a logged request's arrival time (default: now).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"rendered", "template_fp"} as JSON.')
+@json_option('Print {"rendered", "template_fp"} as JSON.')
 def template_render(
     template_path: str,
     messages_path: str,
@@ -202,7 +203,7 @@ def _token_table(bundle: TokenizerBundle, ids: list[int], title: str) -> Table:
 @click.argument("tokenizer_path", metavar="TOKENIZER")
 @click.argument("text")
 @click.option("--add-special-tokens", is_flag=True, help="Let the tokenizer add BOS/EOS as it is configured to.")
-@click.option("--json", "as_json", is_flag=True, help="Print ids, pieces and count as JSON.")
+@json_option("Print ids, pieces and count as JSON.")
 def tokenize_cmd(tokenizer_path: str, text: str, add_special_tokens: bool, as_json: bool) -> None:
     """Token IDs and pieces of TEXT. TOKENIZER: tokenizer.json, vocab.json+merges.txt
     directory, Llama-3 rank file, or a model directory."""
@@ -224,7 +225,7 @@ def tokenize_cmd(tokenizer_path: str, text: str, add_special_tokens: bool, as_js
 @click.argument("tokenizer_path", metavar="TOKENIZER")
 @click.argument("ids", nargs=-1, required=True, type=int, metavar="ID...")
 @click.option("--skip-special-tokens", is_flag=True, help="Leave special tokens out of the text.")
-@click.option("--json", "as_json", is_flag=True, help="Print text, ids and pieces as JSON.")
+@json_option("Print text, ids and pieces as JSON.")
 def detokenize_cmd(tokenizer_path: str, ids: tuple[int, ...], skip_special_tokens: bool, as_json: bool) -> None:
     """Decode token IDs to text and print exactly the text (no newline is added)."""
     bundle = _load_tokenizer(tokenizer_path)
@@ -249,7 +250,7 @@ def _is_template_file(path: str) -> bool:
 
 @click.command("fingerprint")
 @click.argument("path")
-@click.option("--json", "as_json", is_flag=True, help="Print the fingerprints as JSON.")
+@json_option("Print the fingerprints as JSON.")
 def fingerprint_cmd(path: str, as_json: bool) -> None:
     """Fingerprint a tokenizer (file or model directory) or a chat template.
 

@@ -10,12 +10,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
+from infdebug.cli.options import json_option
 from infdebug.console import err_console, fail, fmt_seconds, print_json
+from infdebug.render import training_progress
 from infdebug.tracer.engine.faults import FAULTS, fault_specs
 
 
@@ -32,7 +33,7 @@ from infdebug.tracer.engine.faults import FAULTS, fault_specs
               "answers in words and ends its turns. Without it the weights are random (greedy decoding loops).")
 @click.option("--train-steps", type=click.IntRange(min=1), default=None, metavar="N",
               help="Training steps (implies --train; default: the preset's recipe, see train.py).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed: int, do_train: bool,
                    train_steps: int | None, as_json: bool) -> None:
     """Write a checkpoint with a real tokenizer and chat template to DIR: random weights, or
@@ -65,38 +66,6 @@ def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed:
                    f"loss {training['first_loss']:.2f} → {training['loss']:.2f}")
     click.echo(f"wrote a {weights} {preset} {arch} checkpoint ({chat_format}) to {path}")
     click.echo(f"serve it: infdebug serve --model {path} --port 8000")
-
-
-@contextlib.contextmanager
-def training_progress(enabled: bool = True) -> Iterator[Callable[[int, int, float], None] | None]:
-    """An ``on_step(step, steps, loss)`` for make_model's training: a rich progress bar with
-    the loss on a terminal, else a line on stderr every tenth of the steps; None if not
-    ``enabled``."""
-    if not enabled:
-        yield None
-        return
-    if not err_console.is_terminal:
-        def line(step: int, steps: int, loss: float) -> None:
-            if step == steps or step % max(1, steps // 10) == 0:
-                err_console.print(f"training: step {step}/{steps}, loss {loss:.3f}", highlight=False)
-
-        yield line
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=err_console)
-    task = bar.add_task("training", total=None, loss="…")
-
-    def update(step: int, steps: int, loss: float) -> None:
-        if step == 1:
-            bar.start()  # once the tokenizer is trained and the data made
-        bar.update(task, completed=step, total=steps, loss=f"{loss:.3f}")
-
-    try:
-        yield update
-    finally:
-        bar.stop()
 
 
 @click.command("serve")

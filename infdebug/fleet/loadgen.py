@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import httpx
 
 from infdebug.errors import OperationError
-from infdebug.prompts import chat_messages
-from infdebug.traces import PlannedRequest
+from infdebug.fleet.prompts import chat_messages
+from infdebug.fleet.traces import PlannedRequest
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 POLICIES = ("round-robin", "least-loaded")

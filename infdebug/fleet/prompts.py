@@ -15,7 +15,7 @@ from collections import Counter
 from functools import lru_cache
 from importlib import resources
 
-from infdebug.traces import PlannedRequest
+from infdebug.fleet.traces import PlannedRequest
 
 TOKENS_PER_WORD = 1.2  # word + its space, measured on the tiny preset's tokenizer (tests/test_loadgen.py)
 N_WORDS = 200

@@ -1,0 +1,5 @@
+"""``python -m infdebug.cli``: the same as the ``infdebug`` command."""
+
+from infdebug.cli import main
+
+main()

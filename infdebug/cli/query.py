@@ -1,0 +1,123 @@
+"""``infdebug query`` (ad-hoc SQL with bound parameters) and ``infdebug stats`` (latency
+percentiles per replica): reading the store."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+import click
+from rich.table import Table
+
+from infdebug.cli.context import CliContext, pass_cli
+from infdebug.cli.options import json_option
+from infdebug.console import err_console, fail, id_column, out_console, print_json, to_jsonable
+from infdebug.render import stats_table
+from infdebug.store import StoreError
+from infdebug.store.ddl import table_names
+
+
+def _query_help() -> str:
+    # The table list comes from the DDL, so a new table is listed without editing this text.
+    tables = textwrap.fill(", ".join(table_names()) + ".", width=88, initial_indent="Tables: ",
+                           subsequent_indent="  ")
+    return f"""Run ad-hoc SQL against the store.
+
+    \b
+    {tables.replace(chr(10), chr(10) + "    ")}
+    Example:
+      infdebug query "SELECT replica, quantileExact(0.99)(ttft_s) FROM requests GROUP BY replica"
+    """
+
+
+@click.command("query", help=_query_help())
+@click.argument("sql")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Bind a query parameter: use {NAME:Type} in the SQL, e.g. "
+    "-p r=replica-1 with WHERE replica = {r:String}.",
+)
+@json_option("Print a JSON array, one object per row.")
+@click.option("--limit", default=1000, show_default=True, help="Rows to show in the table view.")
+@pass_cli
+def query(obj: CliContext, sql: str, params: tuple[str, ...], as_json: bool, limit: int) -> None:
+    bound: dict[str, str] = {}
+    for p in params:
+        if "=" not in p:
+            fail(f"--param expects NAME=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        bound[k] = v
+    with obj.store() as st:
+        try:
+            cols, rows = st.query(sql, bound)
+        except StoreError as e:
+            fail(f"query failed: {e}")
+    if as_json:
+        print_json([dict(zip(cols, r, strict=True)) for r in rows])
+        return
+    t = Table(show_edge=False, header_style="bold")
+    for c in cols:
+        if _is_id_column(c):
+            id_column(t, c)
+        else:
+            t.add_column(c, overflow="fold")
+    for r in rows[:limit]:
+        t.add_row(*(_cell(v) for v in r))
+    out_console.print(t)
+    more = f", showing {limit}" if len(rows) > limit else ""
+    err_console.print(f"{len(rows)} row(s){more}", style="dim")
+
+
+_ID_NAMES = {"replica", "deployment", "model", "engine", "kind", "name", "pid", "path", "content_id"}
+
+
+def _is_id_column(name: str) -> bool:
+    """A column whose values are names or IDs, shown whole (never folded across lines)."""
+    low = name.lower()
+    return low in _ID_NAMES or low in ("id", "uuid") or low.endswith(("_id", "_fp", "_uuid")) or name.endswith("Id")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "[dim]NULL[/]"
+    s = json.dumps(to_jsonable(v), ensure_ascii=False) if isinstance(v, list | dict | tuple) else str(to_jsonable(v))
+    s = s.replace("[", "\\[")
+    return s if len(s) <= 200 else s[:200] + "…"
+
+
+
+
+@click.command("stats")
+@click.option("--replica", default="", help="Only this replica.")
+@click.option("--deployment", default="", help="Only this deployment (revision or canary label).")
+@json_option("Print JSON instead of a table.")
+@pass_cli
+def stats(obj: CliContext, replica: str, deployment: str, as_json: bool) -> None:
+    """Request counts and TTFT / inter-token / end-to-end p50, p90, p99 per replica within
+    its deployment: a replica name reused by two deployments is two rows, `r3 (canary)`.
+
+    Each percentile group shows the number of samples (n) it was computed from. Inter-token
+    latency pools every gap between consecutive output tokens.
+    """
+    from infdebug.store.queries import replica_stats
+
+    with obj.store() as st:
+        res = replica_stats(st, replica=replica, deployment=deployment)
+    if as_json:
+        print_json({"replicas": [r.to_json() for r in res]})
+        return
+    if not res:
+        err_console.print("no requests in the store yet; load some with: infdebug ingest PATH")
+        return
+    out_console.print(stats_table(res))
+
+
+def register(group: click.Group) -> None:
+    """Add ``query`` and ``stats`` to ``group``."""
+    group.add_command(query)
+    group.add_command(stats)
