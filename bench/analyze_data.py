@@ -52,7 +52,13 @@ def _spaced_words(tok: Any, vocab_limit: int) -> list[tuple[str, int]]:
     out = []
     for piece, i in tok.tok.get_vocab().items():
         w = piece[1:]
-        if piece.startswith("Ġ") and i < vocab_limit and w.isascii() and w.isalpha() and w.islower():
+        if (
+            piece.startswith("Ġ")
+            and i < vocab_limit
+            and w.isascii()
+            and w.isalpha()
+            and w.islower()
+        ):
             out.append((w, i))
     out.sort(key=lambda x: x[1])
     return out
@@ -64,8 +70,10 @@ SYSTEMS = (
     "include a short example when it helps.",
     "You are a support bot for an internal developer platform. Be precise, say when you are "
     "unsure, and never invent API names.",
-    "Summarise the user's document in plain language for a new engineer. Keep code identifiers as they are.",
-    "You are a careful reviewer. Point out edge cases and incorrect assumptions in the user's question.",
+    "Summarise the user's document in plain language for a new engineer. "
+    "Keep code identifiers as they are.",
+    "You are a careful reviewer. Point out edge cases and incorrect assumptions in the user's "
+    "question.",
     "You answer questions about the Python language reference. Quote the grammar where relevant.",
 )
 QUESTIONS = (
@@ -101,7 +109,9 @@ class _Writer:
         return self.corpus[at : at + chars].strip()
 
 
-def _fit(tok: Any, template: str, writer: _Writer, system: str, budget: int) -> tuple[str, list[dict[str, str]], list[int]]:
+def _fit(
+    tok: Any, template: str, writer: _Writer, system: str, budget: int
+) -> tuple[str, list[dict[str, str]], list[int]]:
     """A conversation whose rendered prompt is ``budget`` tokens (± 2), its text and IDs: a
     document window and a question, ending in a word (so appended words tokenize alone)."""
     from infdebug.text.template import render_chat
@@ -111,8 +121,13 @@ def _fit(tok: Any, template: str, writer: _Writer, system: str, budget: int) -> 
     def render(doc: str) -> tuple[str, list[dict[str, str]], list[int]]:
         user = f"{doc.strip()}\n\n{question}"
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        text = render_chat(template, msgs, add_generation_prompt=True, bos_token=tok.bos_token,
-                           eos_token=tok.eos_token)
+        text = render_chat(
+            template,
+            msgs,
+            add_generation_prompt=True,
+            bos_token=tok.bos_token,
+            eos_token=tok.eos_token,
+        )
         return text, msgs, tok.encode(text, add_special_tokens=False)
 
     window = writer.window(budget * 6)
@@ -130,7 +145,9 @@ def _fit(tok: Any, template: str, writer: _Writer, system: str, budget: int) -> 
     return best
 
 
-def build_base(tok: Any, template: str, k: int, prompt_tokens: int, seed: int = 0) -> tuple[list[Any], Base]:
+def build_base(
+    tok: Any, template: str, k: int, prompt_tokens: int, seed: int = 0
+) -> tuple[list[Any], Base]:
     """K base Request records (replica ``base``, t_arrival T0 + index) and what the SQL needs."""
     from infdebug.schema import Request
     from infdebug.text.fingerprint import template_fingerprint
@@ -146,7 +163,9 @@ def build_base(tok: Any, template: str, k: int, prompt_tokens: int, seed: int = 
     for w, i in vocab[200:]:
         if len(w) < 4 or tok.encode(" " + w) != [i]:
             continue
-        cut = next((c for c in range(2, len(w) - 1) if "Ġ" + w[:c] in ids_of and w[c:] in ids_of), None)
+        cut = next(
+            (c for c in range(2, len(w) - 1) if "Ġ" + w[:c] in ids_of and w[c:] in ids_of), None
+        )
         if cut is None:
             continue
         words.append(w)
@@ -154,7 +173,9 @@ def build_base(tok: Any, template: str, k: int, prompt_tokens: int, seed: int = 
         splits.append([ids_of["Ġ" + w[:cut]], ids_of[w[cut:]]])
         if len(words) == 1000:
             break
-    eot = [t for t in (tok.tok.token_to_id(s) for s in ("<|eot_id|>", "<|im_end|>")) if t is not None]
+    eot = [
+        t for t in (tok.tok.token_to_id(s) for s in ("<|eot_id|>", "<|im_end|>")) if t is not None
+    ]
     stop_ids = sorted(set(eot + list(tok.eos_ids)))
     end_id = eot[0] if eot else (tok.eos_ids[0] if tok.eos_ids else None)
     t_fp = template_fingerprint(template)
@@ -168,27 +189,55 @@ def build_base(tok: Any, template: str, k: int, prompt_tokens: int, seed: int = 
         at = text.rindex(content) + len(content)
         tail_text = text[at:]
         tail_ids = tok.encode(tail_text)
-        if ids[len(ids) - len(tail_ids):] != tail_ids:
-            raise RuntimeError(f"template tail {tail_text!r} does not encode apart from the content")
+        if ids[len(ids) - len(tail_ids) :] != tail_ids:
+            raise RuntimeError(
+                f"template tail {tail_text!r} does not encode apart from the content"
+            )
         this = (len(tail_text.encode()), len(tail_ids))
         if tail not in (None, this):
-            raise RuntimeError("the template's tail after the last user message varies between prompts")
+            raise RuntimeError(
+                "the template's tail after the last user message varies between prompts"
+            )
         tail = this
         out_ids, finish = _output(tok, writer, rnd, end_id)
-        recs.append(Request(
-            request_id=f"b{b}", replica="base", t_arrival=T0 + b, deployment="baseline", model=MODEL,
-            engine="vllm", engine_version="0.8.5", tokenizer_fp=tok.fingerprint, template_fp=t_fp,
-            queue_s=0.01, prefill_s=0.05, ttft_s=0.06, e2e_s=2.5, messages=msgs, prompt_text=text,
-            prompt_ids=ids, output_text=tok.decode(out_ids, skip_special_tokens=True), output_ids=out_ids,
-            finish_reason=finish, sampling={"temperature": 0.7, "top_p": 0.9, "max_tokens": 256, "stop_ids": stop_ids},
-        ))
+        recs.append(
+            Request(
+                request_id=f"b{b}",
+                replica="base",
+                t_arrival=T0 + b,
+                deployment="baseline",
+                model=MODEL,
+                engine="vllm",
+                engine_version="0.8.5",
+                tokenizer_fp=tok.fingerprint,
+                template_fp=t_fp,
+                queue_s=0.01,
+                prefill_s=0.05,
+                ttft_s=0.06,
+                e2e_s=2.5,
+                messages=msgs,
+                prompt_text=text,
+                prompt_ids=ids,
+                output_text=tok.decode(out_ids, skip_special_tokens=True),
+                output_ids=out_ids,
+                finish_reason=finish,
+                sampling={
+                    "temperature": 0.7,
+                    "top_p": 0.9,
+                    "max_tokens": 256,
+                    "stop_ids": stop_ids,
+                },
+            )
+        )
         texts.append(text)
         lengths.append(len(ids) + 2)
     assert tail is not None
     return recs, Base(words, word_ids, splits, tail[0], tail[1], texts, lengths)
 
 
-def _output(tok: Any, writer: _Writer, rnd: random.Random, end_id: int | None) -> tuple[list[int], Any]:
+def _output(
+    tok: Any, writer: _Writer, rnd: random.Random, end_id: int | None
+) -> tuple[list[int], Any]:
     ids = tok.encode(writer.window(rnd.randint(100, 1200)))
     r = rnd.random()
     if r < 0.01:  # a degenerate loop to the length cap (on every replica alike)
@@ -229,7 +278,8 @@ def multiply(st: Any, n: int, k: int, base: Base, fault_share: float) -> None:
             concat(left(messages, length(messages) - 3), {suffix}, right(messages, 3)) AS messages,
             arrayConcat(arraySlice(prompt_ids, 1, length(prompt_ids) - {{ti:UInt64}}), {first},
                         [{{wi:Array(UInt32)}}[{w2}]],
-                        arraySlice(prompt_ids, length(prompt_ids) - {{ti:UInt64}} + 1)) AS prompt_ids
+                        arraySlice(prompt_ids, length(prompt_ids) - {{ti:UInt64}} + 1)
+            ) AS prompt_ids
         )
         FROM (
             SELECT number, number % {{half:UInt64}} AS h, h % {{kk:UInt64}} AS ck,
@@ -239,13 +289,25 @@ def multiply(st: Any, n: int, k: int, base: Base, fault_share: float) -> None:
         ) AS c
         INNER JOIN (SELECT *, toUInt64(t_arrival - {T0}) AS k FROM requests_base) AS b ON c.ck = b.k
         """,
-        {"half": half, "n": n, "kk": k, "w": base.words, "wi": base.word_ids, "nw": len(base.words),
-         "sp": base.split_ids, "tc": base.tail_chars, "ti": base.tail_ids, "fault": round(fault_share * 10000)},
+        {
+            "half": half,
+            "n": n,
+            "kk": k,
+            "w": base.words,
+            "wi": base.word_ids,
+            "nw": len(base.words),
+            "sp": base.split_ids,
+            "tc": base.tail_chars,
+            "ti": base.tail_ids,
+            "fault": round(fault_share * 10000),
+        },
     )
     st.command("DROP TABLE requests_base")
 
 
-def build_store(home: str, recs: list[Any], base: Base, n: int, fault_share: float) -> tuple[Any, dict[str, float]]:
+def build_store(
+    home: str, recs: list[Any], base: Base, n: int, fault_share: float
+) -> tuple[Any, dict[str, float]]:
     """A fresh embedded store under ``home`` holding the fleet made from ``build_base``'s
     records; seconds per step, distinct prompts and mean prompt length."""
     import time
@@ -261,16 +323,26 @@ def build_store(home: str, recs: list[Any], base: Base, n: int, fault_share: flo
     t1 = time.perf_counter()
     multiply(st, n, len(recs), base, fault_share)
     t2 = time.perf_counter()
-    _, rows = st.query("SELECT count(), uniqExact(prompt_text), avg(length(prompt_ids)) FROM requests")
+    _, rows = st.query(
+        "SELECT count(), uniqExact(prompt_text), avg(length(prompt_ids)) FROM requests"
+    )
     if int(rows[0][0]) != n:
         raise RuntimeError(f"expected {n} rows, the store holds {rows[0][0]}")
-    return st, {"ingest_s": t1 - t0, "multiply_s": t2 - t1, "distinct_prompts": float(rows[0][1]),
-                "avg_prompt_tokens": float(rows[0][2])}
+    return st, {
+        "ingest_s": t1 - t0,
+        "multiply_s": t2 - t1,
+        "distinct_prompts": float(rows[0][1]),
+        "avg_prompt_tokens": float(rows[0][2]),
+    }
 
 
 def describe(base: Base) -> dict[str, Any]:
-    return {"base_prompts": len(base.texts), "words": len(base.words),
-            "prompt_tokens_min": min(base.prompt_tokens), "prompt_tokens_max": max(base.prompt_tokens)}
+    return {
+        "base_prompts": len(base.texts),
+        "words": len(base.words),
+        "prompt_tokens_min": min(base.prompt_tokens),
+        "prompt_tokens_max": max(base.prompt_tokens),
+    }
 
 
 if __name__ == "__main__":  # a look at one base prompt
@@ -308,12 +380,16 @@ def tiktoken_encoder(bundle: Any, threads: int) -> Any:
         return None
     if pre.get("type") == "ByteLevel":
         pattern = GPT2_PATTERN
-    elif pre.get("type") == "Sequence" and [p.get("type") for p in pre.get("pretokenizers", [])] == ["Split", "ByteLevel"]:
+    elif pre.get("type") == "Sequence" and [
+        p.get("type") for p in pre.get("pretokenizers", [])
+    ] == ["Split", "ByteLevel"]:
         pattern = pre["pretokenizers"][0].get("pattern", {}).get("Regex")
     else:
         return None
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    made = {"".join(m.split(" ", 1) if isinstance(m, str) else m) for m in model.get("merges") or []}
+    made = {
+        "".join(m.split(" ", 1) if isinstance(m, str) else m) for m in model.get("merges") or []
+    }
     ranks = {}
     for piece, i in model["vocab"].items():
         if len(piece) == 1 or piece in made or model.get("ignore_merges"):
@@ -321,6 +397,10 @@ def tiktoken_encoder(bundle: Any, threads: int) -> Any:
                 return None
             ranks[bytes(byte_of[c] for c in piece)] = i
     specials = {t.content: i for i, t in bundle.tok.get_added_tokens_decoder().items()}
-    enc = tiktoken.Encoding("bench", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+    enc = tiktoken.Encoding(
+        "bench", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
+    )
     allowed = frozenset(specials)
-    return lambda texts: enc.encode_batch(texts, num_threads=threads, allowed_special=allowed, disallowed_special=())
+    return lambda texts: enc.encode_batch(
+        texts, num_threads=threads, allowed_special=allowed, disallowed_special=()
+    )

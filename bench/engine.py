@@ -91,8 +91,8 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     return ids, mask
 
 
@@ -106,7 +106,12 @@ def _sync(device: str) -> None:
 
 
 def _summary(
-    engine: str, version: str, device: str, batch: int, prompt_len: int, new_tokens: int,
+    engine: str,
+    version: str,
+    device: str,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
     runs: list[tuple[float, float]],
 ) -> dict[str, Any]:
     """Medians over repetitions of (prefill-only seconds, full-generation seconds)."""
@@ -115,9 +120,16 @@ def _summary(
     prefill_s = statistics.median(pre for pre, _ in runs)
     total_s = statistics.median(full for _, full in runs)
     return {
-        "engine": engine, "version": version, "device": device, "threads": torch.get_num_threads(),
-        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeat": len(runs),
-        "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
+        "engine": engine,
+        "version": version,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "repeat": len(runs),
+        "prefill_s": round(prefill_s, 4),
+        "total_s": round(total_s, 4),
         "decode_s": round(total_s - prefill_s, 4),
         "decode_tokens_per_s": round(statistics.median(rates), 1),
         "e2e_tokens_per_s": round(batch * new_tokens / total_s, 1),
@@ -125,8 +137,13 @@ def _summary(
 
 
 def transformers_decode_tokens_per_s(
-    model_dir: str, batch: int, prompt_len: int, new_tokens: int, repeat: int,
-    *, device: str | None = None,
+    model_dir: str,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    repeat: int,
+    *,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """HF ``generate()`` decode throughput on a left-padded batch of random prompts."""
     import transformers
@@ -145,23 +162,37 @@ def transformers_decode_tokens_per_s(
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
-                ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, pad_token_id=pad,
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=pad,
             )
         _sync(dev)
         elapsed = time.perf_counter() - t0
         if out.shape != (batch, ids.shape[1] + n):
-            raise RuntimeError(f"generate() returned shape {tuple(out.shape)}, expected {(batch, ids.shape[1] + n)}")
+            raise RuntimeError(
+                f"generate() returned shape {tuple(out.shape)}, "
+                f"expected {(batch, ids.shape[1] + n)}"
+            )
         return elapsed
 
     generate(min(new_tokens, 4))  # warm-up
     runs = [(generate(1), generate(new_tokens)) for _ in range(repeat)]
-    return _summary("transformers", transformers.__version__, dev, batch, prompt_len, new_tokens, runs)
+    return _summary(
+        "transformers", transformers.__version__, dev, batch, prompt_len, new_tokens, runs
+    )
 
 
 def infdebug_decode_tokens_per_s(
-    model_dir: str, batch: int, prompt_len: int, new_tokens: int, repeat: int,
-    *, device: str | None = None,
+    model_dir: str,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    repeat: int,
+    *,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """infdebug's engine loop (continuous batching, prefix cache on) driven step by step."""
     from infdebug import __version__
@@ -170,8 +201,12 @@ def infdebug_decode_tokens_per_s(
 
     dev = _device(device)
     model, _ = load_checkpoint(model_dir, device=dev, max_len=prompt_len + new_tokens + 8)
-    engine = Engine(model, eos_ids=[], decode_text=lambda ids: "",
-                    config=EngineConfig(max_batch=max(batch, 1), max_model_len=prompt_len + new_tokens + 8))
+    engine = Engine(
+        model,
+        eos_ids=[],
+        decode_text=lambda ids: "",
+        config=EngineConfig(max_batch=max(batch, 1), max_model_len=prompt_len + new_tokens + 8),
+    )
     prompts = random_prompts(model_dir, batch, prompt_len)
 
     def generate(n: int) -> float:
@@ -205,8 +240,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,
-                    help="a checkpoint; written with the small preset if it has no config.json")
+    ap.add_argument(
+        "--model-dir",
+        default=DEFAULT_MODEL_DIR,
+        help="a checkpoint; written with the small preset if it has no config.json",
+    )
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
@@ -230,12 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Console() if sys.stdout.isatty() else Console(width=120)
     err = Console(stderr=True)
     log = err.print if args.json else out.print
-    log(f"[bold]machine[/]: nproc={os.cpu_count()} torch threads={torch.get_num_threads()} "
+    log(
+        f"[bold]machine[/]: nproc={os.cpu_count()} torch threads={torch.get_num_threads()} "
         f"cpu={platform.processor() or platform.machine()} python={platform.python_version()} "
-        f"torch={torch.__version__} device={_device(None)} load={os.getloadavg()[0]:.2f}", highlight=False)
+        f"torch={torch.__version__} device={_device(None)} load={os.getloadavg()[0]:.2f}",
+        highlight=False,
+    )
     if _device(None) == "cpu" and os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
-        log("[yellow]the CPUs are busy with other work: torch's threads will contend and the "
-            "numbers will be noisy[/]")
+        log(
+            "[yellow]the CPUs are busy with other work: torch's threads will contend and the "
+            "numbers will be noisy[/]"
+        )
     if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
         log(f"writing the benchmark model to {args.model_dir} …")
         make_bench_model(args.model_dir)
@@ -243,28 +286,51 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for batch in args.batch_sizes:
         for name in engines:
-            log(f"{name}: batch {batch}, prompt ≤{args.prompt_len}, {args.new_tokens} new tokens ×{args.repeat} …")
+            log(
+                f"{name}: batch {batch}, prompt ≤{args.prompt_len}, "
+                f"{args.new_tokens} new tokens ×{args.repeat} …"
+            )
             r = ENGINES[name](args.model_dir, batch, args.prompt_len, args.new_tokens, args.repeat)
             results.append(r)
     base = {r["batch"]: r["decode_tokens_per_s"] for r in results if r["engine"] == BASELINE}
     for r in results:
-        r["vs_baseline"] = round(r["decode_tokens_per_s"] / base[r["batch"]], 2) if r["batch"] in base else None
+        r["vs_baseline"] = (
+            round(r["decode_tokens_per_s"] / base[r["batch"]], 2) if r["batch"] in base else None
+        )
     if args.json:
-        print(json.dumps({"model_dir": args.model_dir, "baseline": BASELINE, "results": results}, indent=2))
+        print(
+            json.dumps(
+                {"model_dir": args.model_dir, "baseline": BASELINE, "results": results}, indent=2
+            )
+        )
         return 0
     table = Table(title=f"decode throughput, {os.path.basename(os.path.normpath(args.model_dir))}")
-    for col in ("engine", "batch", "prefill s", "decode s", "decode tok/s", "e2e tok/s", f"× {BASELINE}"):
+    for col in (
+        "engine",
+        "batch",
+        "prefill s",
+        "decode s",
+        "decode tok/s",
+        "e2e tok/s",
+        f"× {BASELINE}",
+    ):
         table.add_column(col, justify="left" if col == "engine" else "right")
     for r in results:
         table.add_row(
-            f"{r['engine']} {r['version']} ({r['device']})", str(r["batch"]), f"{r['prefill_s']:.3f}",
-            f"{r['decode_s']:.3f}", f"{r['decode_tokens_per_s']:,.0f}", f"{r['e2e_tokens_per_s']:,.0f}",
+            f"{r['engine']} {r['version']} ({r['device']})",
+            str(r["batch"]),
+            f"{r['prefill_s']:.3f}",
+            f"{r['decode_s']:.3f}",
+            f"{r['decode_tokens_per_s']:,.0f}",
+            f"{r['e2e_tokens_per_s']:,.0f}",
             "—" if r["vs_baseline"] is None else f"{r['vs_baseline']:.2f}×",
         )
     out.print(table)
-    out.print(f"prompts ≤{args.prompt_len} tokens (left-padded), {args.new_tokens} new tokens, greedy, "
-              f"median of {args.repeat}; decode tok/s = batch × (new − 1) / (t_full − t_prefill)",
-              highlight=False)
+    out.print(
+        f"prompts ≤{args.prompt_len} tokens (left-padded), {args.new_tokens} new tokens, greedy, "
+        f"median of {args.repeat}; decode tok/s = batch × (new − 1) / (t_full − t_prefill)",
+        highlight=False,
+    )
     return 0
 
 

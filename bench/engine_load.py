@@ -43,14 +43,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _client(url: str, model: str, stop_at: float, max_tokens: int, seed: int, out: dict[str, list[float]]) -> None:
+async def _client(
+    url: str, model: str, stop_at: float, max_tokens: int, seed: int, out: dict[str, list[float]]
+) -> None:
     import httpx
 
     async with httpx.AsyncClient(timeout=120) as http:
         i = seed
         while time.perf_counter() < stop_at:
-            body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.7, "seed": i,
-                    "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], "ignore_eos": True}
+            body = {
+                "model": model,
+                "stream": True,
+                "max_tokens": max_tokens,
+                "temperature": 0.7,
+                "seed": i,
+                "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                "ignore_eos": True,
+            }
             i += 1
             t0 = time.perf_counter()
             last = None
@@ -91,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     rep = Replica(args.model_dir, name="bench", max_batch=max(args.clients, 1), max_model_len=512)
     rep.start()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(App(rep).app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(App(rep).app, host="127.0.0.1", port=port, log_level="warning")
+    )
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     while not server.started:
@@ -101,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         stop_at = time.perf_counter() + args.duration
-        await asyncio.gather(*(_client(url, rep.model_name, stop_at, args.max_tokens, k * 1000, out)
-                               for k in range(args.clients)))
+        await asyncio.gather(
+            *(
+                _client(url, rep.model_name, stop_at, args.max_tokens, k * 1000, out)
+                for k in range(args.clients)
+            )
+        )
 
     t0 = time.perf_counter()
     asyncio.run(run())
@@ -111,18 +126,31 @@ def main(argv: list[str] | None = None) -> int:
     th.join(timeout=10)
     rep.stop()
     res: dict[str, Any] = {
-        "clients": args.clients, "duration_s": round(wall, 2), "requests": len(out["requests"]),
+        "clients": args.clients,
+        "duration_s": round(wall, 2),
+        "requests": len(out["requests"]),
         "tokens_per_s": round(len(out["tokens"]) / wall, 1),
-        "ttft_ms": {"p50": round(_pct(out["ttft"], 0.5) * 1e3, 2), "p99": round(_pct(out["ttft"], 0.99) * 1e3, 2)},
-        "itl_ms": {"p50": round(_pct(out["itl"], 0.5) * 1e3, 2), "p99": round(_pct(out["itl"], 0.99) * 1e3, 2)},
-        "e2e_ms_p50": round(statistics.median(out["requests"]) * 1e3, 1) if out["requests"] else None,
+        "ttft_ms": {
+            "p50": round(_pct(out["ttft"], 0.5) * 1e3, 2),
+            "p99": round(_pct(out["ttft"], 0.99) * 1e3, 2),
+        },
+        "itl_ms": {
+            "p50": round(_pct(out["itl"], 0.5) * 1e3, 2),
+            "p99": round(_pct(out["itl"], 0.99) * 1e3, 2),
+        },
+        "e2e_ms_p50": round(statistics.median(out["requests"]) * 1e3, 1)
+        if out["requests"]
+        else None,
     }
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.clients} streaming clients for {wall:.1f}s: {res['requests']} requests, "
-              f"{res['tokens_per_s']} tokens/s; TTFT p50 {res['ttft_ms']['p50']} ms p99 {res['ttft_ms']['p99']} ms; "
-              f"inter-token p50 {res['itl_ms']['p50']} ms p99 {res['itl_ms']['p99']} ms")
+        print(
+            f"{args.clients} streaming clients for {wall:.1f}s: {res['requests']} requests, "
+            f"{res['tokens_per_s']} tokens/s; "
+            f"TTFT p50 {res['ttft_ms']['p50']} ms p99 {res['ttft_ms']['p99']} ms; "
+            f"inter-token p50 {res['itl_ms']['p50']} ms p99 {res['itl_ms']['p99']} ms"
+        )
     return 0
 
 

@@ -65,7 +65,14 @@ from ingest_data import (  # noqa: E402 - bench/ is not a package; run from the 
     write_head,
 )
 
-METHODS: tuple[str, ...] = ("read_lines", "json_loads", "duckdb", "duckdb_file", "infdebug", "pandas")
+METHODS: tuple[str, ...] = (
+    "read_lines",
+    "json_loads",
+    "duckdb",
+    "duckdb_file",
+    "infdebug",
+    "pandas",
+)
 LABELS: dict[str, str] = {
     "infdebug": "infdebug ingest",
     "duckdb": "duckdb read_json",
@@ -132,8 +139,14 @@ def run_infdebug(
     res.extra["via"] = sorted(via)
 
 
-def run_duckdb(path: str, rows: int, repeat: int, res: MethodResult, tmpdir: str | None = None,
-               persistent: bool = False) -> None:
+def run_duckdb(
+    path: str,
+    rows: int,
+    repeat: int,
+    res: MethodResult,
+    tmpdir: str | None = None,
+    persistent: bool = False,
+) -> None:
     """The baseline: an in-memory DuckDB table (``persistent``: a database file, checkpointed,
     which is what infdebug's store does: data on disk, compressed, surviving the process)."""
     import duckdb
@@ -387,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     if not args.json:
         out.print(
-            f"[bold]machine[/]: nproc={machine['nproc']} cpu={machine['cpu']!s} python={machine['python']} "
+            f"[bold]machine[/]: nproc={machine['nproc']} cpu={machine['cpu']!s} "
+            f"python={machine['python']} "
             f"chdb={machine['chdb']} duckdb={machine['duckdb']} pandas={machine['pandas']} "
             f"msgspec={machine['msgspec']}",
             highlight=False,
@@ -406,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"reusing {path} ({n:,} records, {os.path.getsize(path) / 1e6:,.1f} MB)")
         elif named:
             log(
-                f"[red]{path} has {have:,} records, not {n:,}[/]: pass --records {have} to use it, or delete it"
+                f"[red]{path} has {have:,} records, not {n:,}[/]: "
+                f"pass --records {have} to use it, or delete it"
             )
             return 2
     if not reused:
@@ -441,9 +456,12 @@ def main(argv: list[str] | None = None) -> int:
                 if "median_s" in r:
                     r["projected_full_s"] = round(r["median_s"] * size / r["bytes"], 2)
                     pandas_note = (
-                        f"pandas read only the first {mrows:,} of {n:,} lines ({r['bytes'] / 1e6:,.1f} MB): "
-                        f"its seconds are for that slice (projected full file ≈ {r['projected_full_s']:.1f} s); "
-                        "MB/s and rows/s are rates and compare directly. --full-pandas reads it all."
+                        f"pandas read only the first {mrows:,} of {n:,} lines "
+                        f"({r['bytes'] / 1e6:,.1f} MB): "
+                        "its seconds are for that slice "
+                        f"(projected full file ≈ {r['projected_full_s']:.1f} s); "
+                        "MB/s and rows/s are rates and compare directly. "
+                        "--full-pandas reads it all."
                     )
             if r["error"]:
                 log(f"[red]{LABELS[m]} failed[/]:\n{escape(r['error'])}")
@@ -515,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     if "store_open_s" in ing.get("extra", {}):
         opens = ing["extra"]["store_open_s"]
         out.print(
-            f"infdebug: store open + migrate {statistics.median(opens):.3f} s (median, not timed above), "
+            f"infdebug: store open + migrate {statistics.median(opens):.3f} s "
+            "(median, not timed above), "
             f"RSS {ing['extra'].get('rss_after_open_mb', 0):,.0f} MB after it; "
             f"path taken: {', '.join(ing['extra'].get('via', [])) or 'n/a'}",
             highlight=False,

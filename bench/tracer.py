@@ -85,8 +85,18 @@ class OtlpSink:
 
 # -- (a) per-token cost on the engine thread ----------------------------------------------
 def _new_batch(prompt: list[int], n: int) -> list[Sequence]:
-    return [Sequence(f"b-{i}-{random.getrandbits(40):x}", prompt, SamplingParams(max_tokens=n), _noop, frozenset(),
-                     prompt_text="bench prompt", messages=None) for i in range(BATCH)]
+    return [
+        Sequence(
+            f"b-{i}-{random.getrandbits(40):x}",
+            prompt,
+            SamplingParams(max_tokens=n),
+            _noop,
+            frozenset(),
+            prompt_text="bench prompt",
+            messages=None,
+        )
+        for i in range(BATCH)
+    ]
 
 
 def _noop(ev: Any) -> None:
@@ -138,15 +148,20 @@ def otel_events_loop(otel: OtelExporter, requests: int, tokens: int) -> tuple[fl
     return t_all, (requests // BATCH) * BATCH * tokens
 
 
-def bench_per_token(tmp: str, sink: OtlpSink, requests: int, tokens: int, repeat: int) -> dict[str, float]:
+def bench_per_token(
+    tmp: str, sink: OtlpSink, requests: int, tokens: int, repeat: int
+) -> dict[str, float]:
     info = ReplicaInfo(replica="bench", model="bench-model", tokenizer_fp="t", template_fp="c")
     res: dict[str, list[float]] = {"no tracer": [], "infdebug tracer": [], "otel span events": []}
     for _ in range(repeat):
         t, n = per_token_loop(NoHooks(), requests, tokens)
         res["no tracer"].append(t / n * 1e9)
         m = ReplicaMetrics("bench", "bench-model")
-        exps: list[Exporter] = [PromExporter(m), JsonlExporter(tmp, replica="bench", on_drop=m.dropped("jsonl")),
-                           OtelExporter(replica="bench", model="bench-model", endpoint=sink.url)]
+        exps: list[Exporter] = [
+            PromExporter(m),
+            JsonlExporter(tmp, replica="bench", on_drop=m.dropped("jsonl")),
+            OtelExporter(replica="bench", model="bench-model", endpoint=sink.url),
+        ]
         tr = Tracer(info, exps, on_drop=m.dropped("tracer"))
         t, n = per_token_loop(tr, requests, tokens)
         res["infdebug tracer"].append(t / n * 1e9)
@@ -181,13 +196,32 @@ def run_engine(engine: Engine, prompts: list[list[int]], tokens: int) -> float:
     return len(prompts) * tokens / (time.perf_counter() - t0)
 
 
-def bench_engine(model_dir: str, tmp: str, sink: OtlpSink, requests: int, tokens: int, rounds: int) -> dict[str, float]:
-    rep = Replica(model_dir, name="bench", max_batch=BATCH, max_model_len=512, device="cpu",
-                  trace_dir=os.path.join(tmp, "engine-trace"), otlp_endpoint=sink.url)
-    off = Engine(rep.model, eos_ids=rep.eos_ids, decode_text=lambda ids: rep.tokenizer.decode(ids),
-                 config=EngineConfig(max_batch=BATCH, max_model_len=512, prefix_cache_blocks=0), hooks=NoHooks())
-    on = Engine(rep.model, eos_ids=rep.eos_ids, decode_text=lambda ids: rep.tokenizer.decode(ids),
-                config=EngineConfig(max_batch=BATCH, max_model_len=512, prefix_cache_blocks=0), hooks=rep.tracer)
+def bench_engine(
+    model_dir: str, tmp: str, sink: OtlpSink, requests: int, tokens: int, rounds: int
+) -> dict[str, float]:
+    rep = Replica(
+        model_dir,
+        name="bench",
+        max_batch=BATCH,
+        max_model_len=512,
+        device="cpu",
+        trace_dir=os.path.join(tmp, "engine-trace"),
+        otlp_endpoint=sink.url,
+    )
+    off = Engine(
+        rep.model,
+        eos_ids=rep.eos_ids,
+        decode_text=lambda ids: rep.tokenizer.decode(ids),
+        config=EngineConfig(max_batch=BATCH, max_model_len=512, prefix_cache_blocks=0),
+        hooks=NoHooks(),
+    )
+    on = Engine(
+        rep.model,
+        eos_ids=rep.eos_ids,
+        decode_text=lambda ids: rep.tokenizer.decode(ids),
+        config=EngineConfig(max_batch=BATCH, max_model_len=512, prefix_cache_blocks=0),
+        hooks=rep.tracer,
+    )
     rng = random.Random(0)
     vocab = rep.vocab_size
     off.start()
@@ -211,16 +245,30 @@ def bench_engine(model_dir: str, tmp: str, sink: OtlpSink, requests: int, tokens
 def bench_jsonl(tmp: str, records: int, text: bool = True) -> dict[str, float]:
     rng = random.Random(1)
     words = ["the", "fleet", "replica", "token", "latency", "prefill", "decode", "cache"]
-    base = [Request(
-        request_id=f"cmpl-{i:08x}", replica="bench", t_arrival=1.7e9 + i, model="bench-model", engine="infdebug",
-        tokenizer_fp="tok-fp", template_fp="tpl-fp", queue_s=0.001, prefill_s=0.02, ttft_s=0.03, e2e_s=2.5,
-        token_times_s=[0.03 + k * 0.0097 for k in range(256)],
-        prompt_text=" ".join(rng.choice(words) for _ in range(400)) if text else None,
-        prompt_ids=[rng.randrange(32000) for _ in range(512)],
-        output_text=" ".join(rng.choice(words) for _ in range(200)) if text else None,
-        output_ids=[rng.randrange(32000) for _ in range(256)], cached_prompt_tokens=256, finish_reason="length",
-        sampling={"temperature": 0.7, "top_p": 0.95, "max_tokens": 256},
-    ) for i in range(64)]
+    base = [
+        Request(
+            request_id=f"cmpl-{i:08x}",
+            replica="bench",
+            t_arrival=1.7e9 + i,
+            model="bench-model",
+            engine="infdebug",
+            tokenizer_fp="tok-fp",
+            template_fp="tpl-fp",
+            queue_s=0.001,
+            prefill_s=0.02,
+            ttft_s=0.03,
+            e2e_s=2.5,
+            token_times_s=[0.03 + k * 0.0097 for k in range(256)],
+            prompt_text=" ".join(rng.choice(words) for _ in range(400)) if text else None,
+            prompt_ids=[rng.randrange(32000) for _ in range(512)],
+            output_text=" ".join(rng.choice(words) for _ in range(200)) if text else None,
+            output_ids=[rng.randrange(32000) for _ in range(256)],
+            cached_prompt_tokens=256,
+            finish_reason="length",
+            sampling={"temperature": 0.7, "top_p": 0.95, "max_tokens": 256},
+        )
+        for i in range(64)
+    ]
     d = os.path.join(tmp, "jsonl-text" if text else "jsonl-ids")
     ex = JsonlExporter(d, replica="bench", max_queue=records + 1, max_bytes=None)
     t0 = time.perf_counter()
@@ -231,15 +279,23 @@ def bench_jsonl(tmp: str, records: int, text: bool = True) -> dict[str, float]:
     dt = time.perf_counter() - t0
     size = os.path.getsize(ex.path)
     assert ex.written == records and ex.dropped == 0, (ex.written, ex.dropped)
-    return {"records/s": records / dt, "MB/s": size / dt / 1e6, "bytes/record": size / records,
-            "export() ns/record": t_put / records * 1e9}
+    return {
+        "records/s": records / dt,
+        "MB/s": size / dt / 1e6,
+        "bytes/record": size / records,
+        "export() ns/record": t_put / records * 1e9,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", default=None, help="tiny checkpoint (default: made under a temp dir)")
+    ap.add_argument(
+        "--model-dir", default=None, help="tiny checkpoint (default: made under a temp dir)"
+    )
     ap.add_argument("--requests", type=int, default=64, help="requests per round, (a) and (b)")
-    ap.add_argument("--tokens", type=int, default=128, help="output tokens per request, (a) and (b)")
+    ap.add_argument(
+        "--tokens", type=int, default=128, help="output tokens per request, (a) and (b)"
+    )
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds, (b)")
     ap.add_argument("--repeat", type=int, default=5, help="repetitions, (a)")
     ap.add_argument("--records", type=int, default=20_000, help="records, (c)")
@@ -250,14 +306,21 @@ def main() -> None:
         args.requests, args.tokens, args.rounds, args.repeat, args.records = 16, 32, 2, 2, 2000
     console = Console(stderr=args.json)
     sink = OtlpSink()
-    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                           "torch_threads": torch.get_num_threads()}
+    out: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory(prefix="infdebug-bench-") as tmp:
         model_dir = args.model_dir or make_model(os.path.join(tmp, "tiny"), preset="tiny")
         with console.status("(a) per-token cost …"):
-            out["per_token_ns"] = bench_per_token(tmp, sink, args.requests, args.tokens, args.repeat)
+            out["per_token_ns"] = bench_per_token(
+                tmp, sink, args.requests, args.tokens, args.repeat
+            )
         with console.status("(b) engine throughput …"):
-            out["engine"] = bench_engine(model_dir, tmp, sink, args.requests, args.tokens, args.rounds)
+            out["engine"] = bench_engine(
+                model_dir, tmp, sink, args.requests, args.tokens, args.rounds
+            )
         with console.status("(c) JSONL writer …"):
             out["jsonl"] = bench_jsonl(tmp, args.records)
             out["jsonl_redacted"] = bench_jsonl(tmp, args.records, text=False)
@@ -272,7 +335,8 @@ def main() -> None:
         "jsonl records/s": out["jsonl"]["records/s"],
         "targets met": {
             "(a) <= 200 ns/token": pt["infdebug tracer"] <= 200,
-            "(a) >= 25x cheaper than span events": pt["otel span events"] / pt["infdebug tracer"] >= 25,
+            "(a) >= 25x cheaper than span events": pt["otel span events"] / pt["infdebug tracer"]
+            >= 25,
             "(b) ratio >= 0.99": out["engine"]["ratio"] >= 0.99,
             "(c) >= 50k records/s": out["jsonl"]["records/s"] >= 50_000,
         },
@@ -280,26 +344,57 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    t = Table(title=f"infdebug tracer cost · batch {BATCH} · {args.requests} requests × {args.tokens} tokens")
+    t = Table(
+        title=(
+            f"infdebug tracer cost · batch {BATCH} · "
+            f"{args.requests} requests × {args.tokens} tokens"
+        )
+    )
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_column("vs baseline", justify="right")
     t.add_column("target")
     t.add_row("(a) no tracer: engine appends, ns/token", f"{pt['no tracer']:.0f}", "", "")
-    t.add_row("(a) infdebug tracer, ns/token", f"{pt['infdebug tracer']:.0f}",
-              f"{pt['otel span events'] / pt['infdebug tracer']:.1f}× cheaper", "≤ 200 ns, ≥ 25×")
+    t.add_row(
+        "(a) infdebug tracer, ns/token",
+        f"{pt['infdebug tracer']:.0f}",
+        f"{pt['otel span events'] / pt['infdebug tracer']:.1f}× cheaper",
+        "≤ 200 ns, ≥ 25×",
+    )
     t.add_row("(a)   of which hooks, ns/token", f"{hooks_only:.0f}", "", "")
-    t.add_row("(a) otel span event per token, ns/token [baseline]", f"{pt['otel span events']:.0f}", "1.0×", "")
+    t.add_row(
+        "(a) otel span event per token, ns/token [baseline]",
+        f"{pt['otel span events']:.0f}",
+        "1.0×",
+        "",
+    )
     e = out["engine"]
-    t.add_row("(b) engine decode, tracer off, tok/s [baseline]", f"{e['tracer off tok/s']:.0f}", "1.000", "")
-    t.add_row("(b) engine decode, all exporters on, tok/s", f"{e['all exporters tok/s']:.0f}", f"{e['ratio']:.3f}",
-              "≥ 0.99")
+    t.add_row(
+        "(b) engine decode, tracer off, tok/s [baseline]",
+        f"{e['tracer off tok/s']:.0f}",
+        "1.000",
+        "",
+    )
+    t.add_row(
+        "(b) engine decode, all exporters on, tok/s",
+        f"{e['all exporters tok/s']:.0f}",
+        f"{e['ratio']:.3f}",
+        "≥ 0.99",
+    )
     j = out["jsonl"]
-    t.add_row("(c) JSONL writer, records/s (512+256 tokens)", f"{j['records/s']:.0f}",
-              f"{j['MB/s']:.0f} MB/s, {j['bytes/record']:.0f} B/rec", "≥ 50k")
+    t.add_row(
+        "(c) JSONL writer, records/s (512+256 tokens)",
+        f"{j['records/s']:.0f}",
+        f"{j['MB/s']:.0f} MB/s, {j['bytes/record']:.0f} B/rec",
+        "≥ 50k",
+    )
     j = out["jsonl_redacted"]
-    t.add_row("(c) same, --redact prompts (no text), records/s", f"{j['records/s']:.0f}",
-              f"{j['MB/s']:.0f} MB/s, {j['bytes/record']:.0f} B/rec", "≥ 50k")
+    t.add_row(
+        "(c) same, --redact prompts (no text), records/s",
+        f"{j['records/s']:.0f}",
+        f"{j['MB/s']:.0f} MB/s, {j['bytes/record']:.0f} B/rec",
+        "≥ 50k",
+    )
     console.print(t)
     met = out["summary"]["targets met"]
     console.print("targets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in met.items()))

@@ -64,7 +64,8 @@ MISSING = "—"
 
 
 def fmt_number(x: float | None) -> str:
-    """``x`` to three significant figures, at most two decimals: 0.0412 → 0.04, 4.12, 41.2, 412, 4120."""
+    """``x`` to three significant figures, at most two decimals: 0.0412 → 0.04, 4.12, 41.2,
+    412, 4120."""
     if x is None or x != x or x in (float("inf"), float("-inf")):
         return MISSING
     a = abs(x)
@@ -100,7 +101,8 @@ def fmt_rate(per_s: float | None) -> str:
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    """One line on stderr, ``infdebug: msg`` (msg is plain text: ``[profile]`` stays as is), then exit."""
+    """One line on stderr, ``infdebug: msg`` (msg is plain text: ``[profile]`` stays as is),
+    then exit."""
     err_console.print(f"[bold red]infdebug:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 

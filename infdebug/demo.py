@@ -40,7 +40,10 @@ DEFAULT_TRACE = os.path.join(HERE, "..", "..", "shared", "data", "traces", "azur
 def find_trace(path: str | None) -> str:
     if path:
         return path
-    candidates = [os.path.join(os.getcwd(), "..", "shared", "data", "traces", "azure_llm_2023"), DEFAULT_TRACE]
+    candidates = [
+        os.path.join(os.getcwd(), "..", "shared", "data", "traces", "azure_llm_2023"),
+        DEFAULT_TRACE,
+    ]
     for d in candidates:
         if os.path.isdir(d):
             for name in sorted(os.listdir(d)):
@@ -49,29 +52,61 @@ def find_trace(path: str | None) -> str:
             for name in sorted(os.listdir(d)):
                 if name.endswith(".csv"):
                     return os.path.join(d, name)
-    raise SystemExit("no Azure LLM trace found under ../shared/data/traces/azure_llm_2023; pass --trace FILE")
+    raise SystemExit(
+        "no Azure LLM trace found under ../shared/data/traces/azure_llm_2023; pass --trace FILE"
+    )
 
 
-def run_fleet(model_dir: str, trace_dir: str, trace_path: str, *, seconds: float, rate: float,
-              injections: list[str], deployments: list[str], base_port: int) -> dict[str, Any]:
+def run_fleet(
+    model_dir: str,
+    trace_dir: str,
+    trace_path: str,
+    *,
+    seconds: float,
+    rate: float,
+    injections: list[str],
+    deployments: list[str],
+    base_port: int,
+) -> dict[str, Any]:
     from infdebug.fleet.loadgen import Target, run_load, summarize
     from infdebug.fleet.replicas import Fleet
     from infdebug.fleet.traces import PlannedRequest, plan, read_trace
 
     trace = read_trace(trace_path)
-    with Fleet(model_dir, 3, injections=injections, deployments=deployments, base_port=base_port,
-               trace_dir=trace_dir, max_model_len=1024, extra_args=["--simulate-gpu"]) as fleet:
+    with Fleet(
+        model_dir,
+        3,
+        injections=injections,
+        deployments=deployments,
+        base_port=base_port,
+        trace_dir=trace_dir,
+        max_model_len=1024,
+        extra_args=["--simulate-gpu"],
+    ) as fleet:
         urls = fleet.urls
-        err_console.print(f"fleet up: {', '.join(urls)}; replaying {os.path.basename(trace_path)} "
-                          f"at ~{rate:g} req/s for {seconds:g}s …", highlight=False)
+        err_console.print(
+            f"fleet up: {', '.join(urls)}; replaying {os.path.basename(trace_path)} "
+            f"at ~{rate:g} req/s for {seconds:g}s …",
+            highlight=False,
+        )
 
         def schedule(targets: list[Target]) -> list[PlannedRequest]:
             lens = [t.max_model_len for t in targets if t.max_model_len]
-            return plan(trace, duration_s=seconds, rate=rate, length_scale=0.2, max_prompt_tokens=400,
-                        max_output_tokens=64, max_model_len=min(lens) if lens else None)
+            return plan(
+                trace,
+                duration_s=seconds,
+                rate=rate,
+                length_scale=0.2,
+                max_prompt_tokens=400,
+                max_output_tokens=64,
+                max_model_len=min(lens) if lens else None,
+            )
 
-        run = asyncio.run(run_load(urls, schedule, policy="round-robin", concurrency=32, drain_s=60,
-                                   duration_s=seconds))
+        run = asyncio.run(
+            run_load(
+                urls, schedule, policy="round-robin", concurrency=32, drain_s=60, duration_s=seconds
+            )
+        )
     return summarize(run)
 
 
@@ -87,21 +122,37 @@ def _analyze(st: Any, model_dir: str) -> None:
     result = analyze(AnalysisContext(store=st, tokenizer=tok, template=tok.chat_template))
     if result.findings:
         store_findings(st, result.findings)
-    out_console.print("\n[bold]infdebug analyze[/] (reference: the served checkpoint's tokenizer and template)")
+    out_console.print(
+        "\n[bold]infdebug analyze[/] (reference: the served checkpoint's tokenizer and template)"
+    )
     print_findings(result.findings, result.failed, result.requests or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=settings.demo_seconds())
-    ap.add_argument("--rate", type=float, default=4.0,
-                    help="mean requests/s over the fleet (the trace's own burstiness is kept)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=4.0,
+        help="mean requests/s over the fleet (the trace's own burstiness is kept)",
+    )
     ap.add_argument("--trace", default=None, help="workload trace (Azure CSV or Mooncake JSONL)")
     ap.add_argument("--out", default=None, help="keep the fleet's trace files here")
-    ap.add_argument("--inject", action="append", default=None, metavar="REPLICA:FAULT",
-                    help="faults (default: r3:slow=1.5 and r3:double-bos)")
-    ap.add_argument("--deployment-of", action="append", default=None, metavar="REPLICA=LABEL",
-                    help="labels (default: r1=stable r2=stable r3=canary)")
+    ap.add_argument(
+        "--inject",
+        action="append",
+        default=None,
+        metavar="REPLICA:FAULT",
+        help="faults (default: r3:slow=1.5 and r3:double-bos)",
+    )
+    ap.add_argument(
+        "--deployment-of",
+        action="append",
+        default=None,
+        metavar="REPLICA=LABEL",
+        help="labels (default: r1=stable r2=stable r3=canary)",
+    )
     ap.add_argument("--clean", action="store_true", help="inject no fault (a baseline fleet)")
     ap.add_argument("--base-port", type=int, default=settings.demo_port())
     ap.add_argument("--no-ingest", action="store_true")
@@ -115,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     home = settings.home()
     model_dir = os.path.join(home, "demo", "model")
     if not is_trained(model_dir):  # also remakes a random-weight model an older demo left
-        err_console.print(f"making a small checkpoint in {model_dir} and training it to chat (under a minute) …")
+        err_console.print(
+            f"making a small checkpoint in {model_dir} and training it to chat (under a minute) …"
+        )
         with training_progress() as on_step:
-            make_model(model_dir, preset="small", chat_format="llama3", train_steps=0, on_step=on_step)
+            make_model(
+                model_dir, preset="small", chat_format="llama3", train_steps=0, on_step=on_step
+            )
     with sigterm_as_interrupt(), trace_dir_for(args.out) as trace_dir:
         return _fleet_ingest_analyze(args, home, model_dir, trace_dir)
 
@@ -157,17 +212,30 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fleet_ingest_analyze(args: argparse.Namespace, home: str, model_dir: str, trace_dir: str) -> int:
+def _fleet_ingest_analyze(
+    args: argparse.Namespace, home: str, model_dir: str, trace_dir: str
+) -> int:
     """Steps 2–4: the fleet under load, then ingest, stats and the analyzers' findings."""
     t0 = time.time()
-    summary = run_fleet(model_dir, trace_dir, find_trace(args.trace), seconds=args.seconds, rate=args.rate,
-                        injections=[] if args.clean else (args.inject if args.inject is not None else ["r3:slow=1.5", "r3:double-bos"]),
-                        deployments=args.deployment_of or ["r1=stable", "r2=stable", "r3=canary"],
-                        base_port=args.base_port)
+    summary = run_fleet(
+        model_dir,
+        trace_dir,
+        find_trace(args.trace),
+        seconds=args.seconds,
+        rate=args.rate,
+        injections=[]
+        if args.clean
+        else (args.inject if args.inject is not None else ["r3:slow=1.5", "r3:double-bos"]),
+        deployments=args.deployment_of or ["r1=stable", "r2=stable", "r3=canary"],
+        base_port=args.base_port,
+    )
     tot: dict[str, Any] = summary.get("total") or {}
     kept = "" if args.out else " (temporary: removed when the demo ends; --out DIR keeps them)"
-    err_console.print(f"load done in {fmt_seconds(time.time() - t0)}: {tot.get('ok', '?')} ok, "
-                      f"{tot.get('failed', '?')} failed; traces in {trace_dir}{kept}", highlight=False)
+    err_console.print(
+        f"load done in {fmt_seconds(time.time() - t0)}: {tot.get('ok', '?')} ok, "
+        f"{tot.get('failed', '?')} failed; traces in {trace_dir}{kept}",
+        highlight=False,
+    )
     if args.no_ingest:
         return 0
     from infdebug.collectors.ingest import ingest_paths
@@ -176,15 +244,21 @@ def _fleet_ingest_analyze(args: argparse.Namespace, home: str, model_dir: str, t
 
     st = open_store(home=home)
     try:
-        rep = ingest_paths(st, [trace_dir], rejects_path=os.path.join(home, "rejects", "demo.jsonl"))
-        out_console.print(f"ingested {dict(rep.rows)} from {len(rep.files)} files into {st.description}")
+        rep = ingest_paths(
+            st, [trace_dir], rejects_path=os.path.join(home, "rejects", "demo.jsonl")
+        )
+        out_console.print(
+            f"ingested {dict(rep.rows)} from {len(rep.files)} files into {st.description}"
+        )
         from infdebug.render import stats_table
 
         out_console.print(stats_table(replica_stats(st)))
         rows = startup_times(st)
         if rows:
-            out_console.print("start-up: " + "; ".join(f"{r} {n} {fmt_seconds(d)}" for r, n, d in rows),
-                              highlight=False)
+            out_console.print(
+                "start-up: " + "; ".join(f"{r} {n} {fmt_seconds(d)}" for r, n, d in rows),
+                highlight=False,
+            )
         _analyze(st, model_dir)
     finally:
         st.close()
@@ -192,9 +266,11 @@ def _fleet_ingest_analyze(args: argparse.Namespace, home: str, model_dir: str, t
         "\nNext:\n"
         "  .venv/bin/infdebug stats --deployment canary\n"
         "  .venv/bin/infdebug analyze --json --model " + model_dir + "\n"
-        "  .venv/bin/infdebug query \"SELECT replica, max(temp_c), groupUniqArrayArray(throttle_reasons) "
-        "FROM gpu_samples GROUP BY replica\"\n"
-        "  .venv/bin/infdebug query \"SELECT replica, name, duration_s FROM events ORDER BY replica, t\"\n"
+        '  .venv/bin/infdebug query "SELECT replica, max(temp_c), '
+        "groupUniqArrayArray(throttle_reasons) "
+        'FROM gpu_samples GROUP BY replica"\n'
+        '  .venv/bin/infdebug query "SELECT replica, name, duration_s FROM events '
+        'ORDER BY replica, t"\n'
         "  .venv/bin/infdebug --help",
         highlight=False,
     )

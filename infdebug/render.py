@@ -18,16 +18,28 @@ from infdebug.schema import Finding
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 KEY_VALUES = ("count", "requests", "share", "rate", "rest_rate", "p_value", "p_holm", "z")
 EVIDENCE_KEYS = (
-    "cause", "request_ids", "first_seen", "first_diverging_index", "first_diverging_token", "eot_id", "eot_piece",
-    "first_eot_position", "stop_ids_in_force", "loop_ids", "loop_pieces", "period",
+    "cause",
+    "request_ids",
+    "first_seen",
+    "first_diverging_index",
+    "first_diverging_token",
+    "eot_id",
+    "eot_piece",
+    "first_eot_position",
+    "stop_ids_in_force",
+    "loop_ids",
+    "loop_pieces",
+    "period",
 )
-
 
 
 def stats_table(res: list[Any]) -> Table:
     """The ``stats`` table: one row per replica within its deployment (``r3 (canary)``)."""
-    t = Table(show_edge=False, header_style="bold",
-              title="latency per replica (deployment), ms: p50 p90 p99 (n samples)")
+    t = Table(
+        show_edge=False,
+        header_style="bold",
+        title="latency per replica (deployment), ms: p50 p90 p99 (n samples)",
+    )
     id_column(t, "replica")
     t.add_column("requests", justify="right")
     t.add_column("errors", justify="right")
@@ -60,8 +72,10 @@ def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: 
             out_console.print(f"  [{style}]{f.kind}[/]: {f.summary}", highlight=False)
             vals = {k: v for k, v in (f.values or {}).items() if k in KEY_VALUES}
             if vals:
-                out_console.print("    values: " + ", ".join(f"{k}={_short(v, 40)}" for k, v in vals.items()),
-                                  highlight=False)
+                out_console.print(
+                    "    values: " + ", ".join(f"{k}={_short(v, 40)}" for k, v in vals.items()),
+                    highlight=False,
+                )
             for k in EVIDENCE_KEYS:
                 v = (f.evidence or {}).get(k)
                 if v is not None and v != []:
@@ -81,16 +95,25 @@ def training_progress(enabled: bool = True) -> Iterator[Callable[[int, int, floa
         yield None
         return
     if not err_console.is_terminal:
+
         def line(step: int, steps: int, loss: float) -> None:
             if step == steps or step % max(1, steps // 10) == 0:
-                err_console.print(f"training: step {step}/{steps}, loss {loss:.3f}", highlight=False)
+                err_console.print(
+                    f"training: step {step}/{steps}, loss {loss:.3f}", highlight=False
+                )
 
         yield line
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=err_console)
+    bar = Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
     task = bar.add_task("training", total=None, loss="…")
 
     def update(step: int, steps: int, loss: float) -> None:

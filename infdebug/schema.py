@@ -74,10 +74,14 @@ class Request(_Record, frozen=True, tag="request"):
     spec_draft_tokens: UInt32 | None = None
     spec_accepted_tokens: UInt32 | None = None
     finish_reason: FinishReason | None = None
-    sampling: dict[str, Any] | None = None  # temperature, top_p, top_k, max_tokens, seed, stop_ids …
+    sampling: dict[str, Any] | None = (
+        None  # temperature, top_p, top_k, max_tokens, seed, stop_ids …
+    )
     error: str | None = None
     # Additive (v1): what engines report beside the fields above.
-    finish_reason_raw: str | None = None  # the engine's own finish reason, where it is not a contract name
+    finish_reason_raw: str | None = (
+        None  # the engine's own finish reason, where it is not a contract name
+    )
     prompt_tokens: UInt32 | None = None  # counts as the engine reported them (usage, meta_info);
     output_tokens: UInt32 | None = None  # they survive ``--redact all``, which drops the IDs
     abort_message: str | None = None  # why the engine aborted the request (SGLang's abort message)

@@ -96,12 +96,16 @@ def make_request(i: int = 0, **kw: Any) -> Request:
 
 
 def make_gpu(i: int = 0, **kw: Any) -> GpuSample:
-    base: dict[str, Any] = dict(t=1_764_000_000.0 + i, replica="r0", power_w=200.0 + i, temp_c=60.0, throttle_reasons=[])
+    base: dict[str, Any] = dict(
+        t=1_764_000_000.0 + i, replica="r0", power_w=200.0 + i, temp_c=60.0, throttle_reasons=[]
+    )
     base.update(kw)
     return GpuSample(**base)
 
 
 def make_metric(i: int = 0, **kw: Any) -> MetricSample:
-    base: dict[str, Any] = dict(t=1_764_000_000.0 + i, replica="r0", name="x_total", type="counter", value=float(i))
+    base: dict[str, Any] = dict(
+        t=1_764_000_000.0 + i, replica="r0", name="x_total", type="counter", value=float(i)
+    )
     base.update(kw)
     return MetricSample(**base)

@@ -45,7 +45,14 @@ from infdebug.text.fingerprint import tokenizer_fingerprint
 from infdebug.text.template import load_template, render_chat, template_fingerprint
 from infdebug.text.tokenizer import TokenizerBundle, encode_prompt, load_tokenizer
 
-FAULTS = ("double_bos", "other_template", "other_tokenizer", "eot_ignored", "repetition", "decode_mismatch")
+FAULTS = (
+    "double_bos",
+    "other_template",
+    "other_tokenizer",
+    "eot_ignored",
+    "repetition",
+    "decode_mismatch",
+)
 # share of the faulty replica's requests a fault touches (the others are always on)
 FAULT_SHARE = {"repetition": 0.3, "decode_mismatch": 0.3}
 T0 = 1_765_000_000.0
@@ -110,8 +117,16 @@ SYSTEMS = [
     "You are a senior Python reviewer. Point out bugs first.",
     "Always answer with valid JSON.",
 ]
-TASKS = ["reverse a list", "read a CSV file", "parse JSON", "start a thread", "sort a dict by value",
-         "open a socket", "format a date", "retry on timeout"]
+TASKS = [
+    "reverse a list",
+    "read a CSV file",
+    "parse JSON",
+    "start a thread",
+    "sort a dict by value",
+    "open a socket",
+    "format a date",
+    "retry on timeout",
+]
 LANGS = ["Python", "Rust", "Go", "TypeScript", "C++"]
 PLACES = ["Tokyo", "São Paulo", "Zürich", "Reykjavík", "Nairobi", "Montréal", "Kraków", "Seoul"]
 PHRASES = ["good morning", "where is the station?", "thank you very much", "I'd like a coffee"]
@@ -122,7 +137,10 @@ FACTS = [
     "In Rust, `v.iter().rev()` walks a vector backwards without copying it.",
     "東京 is the capital of Japan; 大阪 is its second city.",
     "Water boils at 100 °C at sea level, and at about 70 °C on Everest.",
-    "A CSV reader yields one row per line:\n\n```python\nimport csv\nfor row in csv.reader(f):\n    print(row)\n```",
+    (
+        "A CSV reader yields one row per line:\n\n"
+        "```python\nimport csv\nfor row in csv.reader(f):\n    print(row)\n```"
+    ),
     "That is 42 — the answer to life, the universe and everything 🙂.",
     "Retry with exponential back-off: wait 1 s, 2 s, 4 s, then give up.",
     "Bonjour ! Voici la réponse : c'est très simple.",
@@ -140,7 +158,7 @@ def _question(rng: random.Random) -> str:
     if k == 0:
         return f"How do I {rng.choice(TASKS)} in {rng.choice(LANGS)}?"
     if k == 1:
-        return f"Translate \"{rng.choice(PHRASES)}\" into {rng.choice(TARGETS)}."
+        return f'Translate "{rng.choice(PHRASES)}" into {rng.choice(TARGETS)}.'
     if k == 2:
         a, b = rng.randrange(2, 999), rng.randrange(2, 99)
         return f"What is {a} times {b}? Show your working."
@@ -161,7 +179,10 @@ def _conversation(idx: int) -> list[dict[str, Any]]:
     if shape == "tool":
         place = rng.choice(PLACES)
         msgs.append({"role": "user", "content": f"Should I take an umbrella in {place}?"})
-        call = {"name": "get_weather", "arguments": {"city": place, "unit": rng.choice(["celsius", "fahrenheit"])}}
+        call = {
+            "name": "get_weather",
+            "arguments": {"city": place, "unit": rng.choice(["celsius", "fahrenheit"])},
+        }
         msgs.append({"role": "assistant", "tool_calls": [{"type": "function", "function": call}]})
         result = f"{rng.randrange(-5, 35)} degrees, {rng.choice(['rain', 'sunny', 'cloudy'])}"
         msgs.append({"role": "tool", "content": result})
@@ -169,7 +190,12 @@ def _conversation(idx: int) -> list[dict[str, Any]]:
     msgs.append({"role": "user", "content": _question(rng)})
     if shape.endswith("multi"):
         msgs.append({"role": "assistant", "content": rng.choice(FACTS)})
-        msgs.append({"role": "user", "content": rng.choice(["And why?", "Shorter, please.", "Give an example."])})
+        msgs.append(
+            {
+                "role": "user",
+                "content": rng.choice(["And why?", "Shorter, please.", "Give an example."]),
+            }
+        )
     return msgs
 
 
@@ -196,8 +222,10 @@ def render(model: Model, template: str, conv: int) -> str:
     key = (template_fingerprint(template), model.name, conv)
     if key not in _RENDER:
         _RENDER[key] = render_chat(
-            template, [dict(m) for m in conversation(conv)],
-            bos_token=model.tok.bos_token, eos_token=model.tok.eos_token,
+            template,
+            [dict(m) for m in conversation(conv)],
+            bos_token=model.tok.bos_token,
+            eos_token=model.tok.eos_token,
         )
     return _RENDER[key]
 
@@ -207,7 +235,11 @@ def encode(model: Model, text: str, *, engine: bool = True) -> list[int]:
     ``add_special_tokens=True`` on top of a template that already wrote the BOS."""
     key = (model.name, text, engine)
     if key not in _ENCODE:
-        _ENCODE[key] = encode_prompt(model.tok, text) if engine else model.tok.encode(text, add_special_tokens=True)
+        _ENCODE[key] = (
+            encode_prompt(model.tok, text)
+            if engine
+            else model.tok.encode(text, add_special_tokens=True)
+        )
     return _ENCODE[key]
 
 
@@ -252,7 +284,8 @@ class FleetSpec:
 
 
 def default_replicas(n: int = 6, canary: int = 2) -> list[Replica]:
-    """``n`` replicas of one model: the first ``n - canary`` in ``stable``, the rest in ``canary``."""
+    """``n`` replicas of one model: the first ``n - canary`` in ``stable``, the rest in
+    ``canary``."""
     return [Replica(f"r{i}", "stable" if i < n - canary else "canary") for i in range(n)]
 
 
@@ -292,8 +325,14 @@ def generate(spec: FleetSpec, shared_data: str) -> list[Request]:
 
 
 def _request(
-    rng: random.Random, i: int, t: float, rep: Replica, m: Model, fault: str | None,
-    spec: FleetSpec, weights: list[float],
+    rng: random.Random,
+    i: int,
+    t: float,
+    rep: Replica,
+    m: Model,
+    fault: str | None,
+    spec: FleetSpec,
+    weights: list[float],
 ) -> Request:
     conv = rng.choices(range(spec.conversations), weights)[0]
     pool = spec.deployment_convs.get(rep.deployment)
@@ -384,7 +423,10 @@ def split_files(directory: str, records: list[Request], parts: int, seed: int) -
     recs = list(records)
     random.Random(seed).shuffle(recs)
     os.makedirs(directory, exist_ok=True)
-    return [write_jsonl(os.path.join(directory, f"part-{k}.jsonl"), recs[k::parts]) for k in range(parts)]
+    return [
+        write_jsonl(os.path.join(directory, f"part-{k}.jsonl"), recs[k::parts])
+        for k in range(parts)
+    ]
 
 
 def twice(directory: str, records: list[Request]) -> list[str]:

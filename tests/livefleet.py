@@ -51,14 +51,19 @@ SYSTEMS = ("You are terse.", "Answer in French.", "You are a careful assistant."
 
 
 def trained_model(
-    factory: pytest.TempPathFactory, preset: str = "tiny", chat_format: str = "llama3", arch: str = "llama"
+    factory: pytest.TempPathFactory,
+    preset: str = "tiny",
+    chat_format: str = "llama3",
+    arch: str = "llama",
 ) -> str:
     """A make-model checkpoint trained to chat (the preset's default recipe), made once per
     test session under pytest's base temporary directory and shared after that."""
     path = str(factory.getbasetemp() / "trained-models" / f"{preset}-{arch}-{chat_format}")
     if not is_trained(path):
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # a 64-wide model trains as fast on one thread, and spares the other CPU
+        torch.set_num_threads(
+            1
+        )  # a 64-wide model trains as fast on one thread, and spares the other CPU
         try:
             make_model(path, preset=preset, arch=arch, chat_format=chat_format, train_steps=0)
         finally:

@@ -49,12 +49,19 @@ class OtlpReceiver:
             for ss in rs.scope_spans:
                 for sp in ss.spans:
                     with self.lock:
-                        self.spans.append({
-                            "name": sp.name, "span_id": sp.span_id.hex(), "parent": sp.parent_span_id.hex(),
-                            "trace_id": sp.trace_id.hex(), "start": sp.start_time_unix_nano,
-                            "end": sp.end_time_unix_nano, "events": len(sp.events),
-                            "attrs": {a.key: _any(a.value) for a in sp.attributes}, "resource": res,
-                        })
+                        self.spans.append(
+                            {
+                                "name": sp.name,
+                                "span_id": sp.span_id.hex(),
+                                "parent": sp.parent_span_id.hex(),
+                                "trace_id": sp.trace_id.hex(),
+                                "start": sp.start_time_unix_nano,
+                                "end": sp.end_time_unix_nano,
+                                "events": len(sp.events),
+                                "attrs": {a.key: _any(a.value) for a in sp.attributes},
+                                "resource": res,
+                            }
+                        )
 
     def close(self) -> None:
         self.server.shutdown()
@@ -66,5 +73,3 @@ def _any(v: Any) -> Any:
     if kind == "array_value":
         return [_any(x) for x in v.array_value.values]
     return getattr(v, kind) if kind else None
-
-

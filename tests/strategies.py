@@ -74,7 +74,10 @@ gpus = st.builds(
     mem_clock_mhz=opt_float,
     util_pct=opt_float,
     mem_used_bytes=st.none() | st.integers(0, 2**63 - 1),
-    throttle_reasons=st.lists(st.sampled_from(["power_cap", "hw_thermal", "sw_thermal", "hw_slowdown", "sync_boost"]), max_size=3),
+    throttle_reasons=st.lists(
+        st.sampled_from(["power_cap", "hw_thermal", "sw_thermal", "hw_slowdown", "sync_boost"]),
+        max_size=3,
+    ),
     energy_j=opt_float,
     simulated=st.booleans(),
 )
@@ -108,7 +111,9 @@ events = st.builds(
     Event,
     t=times,
     replica=text,
-    name=st.sampled_from(["process_start", "weights_loaded", "warmup_done", "ready", "drain", "shutdown"]),
+    name=st.sampled_from(
+        ["process_start", "weights_loaded", "warmup_done", "ready", "drain", "shutdown"]
+    ),
     duration_s=opt_float,
     since_start_s=opt_float,
     deployment=opt_text,

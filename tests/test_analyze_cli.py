@@ -26,8 +26,14 @@ RUNNER = (
 def run(home: str, *args: str, check: int | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "INFDEBUG_HOME": home, "COLUMNS": "120"}
     env.pop("INFDEBUG_CLICKHOUSE_URL", None)
-    p = subprocess.run([sys.executable, "-c", RUNNER, *args], env=env, capture_output=True, text=True,
-                       timeout=300, cwd=REPO)
+    p = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     if check is not None:
         assert p.returncode == check, p.stdout + p.stderr
     return p
@@ -59,7 +65,17 @@ def test_analyze_log_json_finds_ignored_eot(tmp_path: Any, home: str) -> None:
     kinds = {(f["kind"], f["scope"]["replica"]) for f in doc["findings"]}
     assert ("stop.end_of_turn_ignored", "r1") in kinds
     f = next(f for f in doc["findings"] if f["kind"] == "stop.end_of_turn_ignored")
-    assert set(f) >= {"kind", "analyzer", "severity", "summary", "scope", "values", "evidence", "v", "t"}
+    assert set(f) >= {
+        "kind",
+        "analyzer",
+        "severity",
+        "summary",
+        "scope",
+        "values",
+        "evidence",
+        "v",
+        "t",
+    }
     assert f["evidence"]["request_ids"][0] == "req-4" and f["evidence"]["first_eot_position"] == 2
     assert "rejected" in p.stderr
     assert "failed" not in doc
@@ -76,11 +92,24 @@ def test_analyze_store_stores_findings_and_filters(tmp_path: Any, home: str) -> 
     log = write_log(str(tmp_path / "bad.jsonl"), faulty=True)
     env = {**os.environ, "INFDEBUG_HOME": home}
     env.pop("INFDEBUG_CLICKHOUSE_URL", None)
-    subprocess.run([sys.executable, "-m", "infdebug.cli", "ingest", log], env=env, cwd=REPO,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "infdebug.cli", "ingest", log],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     p = run(home, "analyze", "--only", "stop", check=1)
-    assert "ERROR" in p.stdout and "stop.end_of_turn_ignored" in p.stdout and "request_ids" in p.stdout
-    p = run(home, "query", "SELECT count() AS n FROM findings WHERE kind LIKE 'stop.%'", "--json", check=0)
+    assert (
+        "ERROR" in p.stdout and "stop.end_of_turn_ignored" in p.stdout and "request_ids" in p.stdout
+    )
+    p = run(
+        home,
+        "query",
+        "SELECT count() AS n FROM findings WHERE kind LIKE 'stop.%'",
+        "--json",
+        check=0,
+    )
     assert json.loads(p.stdout)[0]["n"] >= 1
     # Another replica, or a window before any request: nothing to report.
     run(home, "analyze", "--only", "stop", "--replica", "r0", "--no-store", check=0)

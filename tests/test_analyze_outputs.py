@@ -39,8 +39,9 @@ def analyze(store: Store, **kw: Any) -> list[Finding]:
     return findings
 
 
-def fleet(n: int, *, replicas: int = 3, seed: int = 0, length_rate: float = 0.05,
-          fault: Any = None) -> list[Request]:
+def fleet(
+    n: int, *, replicas: int = 3, seed: int = 0, length_rate: float = 0.05, fault: Any = None
+) -> list[Request]:
     """Random outputs (no EOS inside) ending in EOS unless they hit the length cap;
     ``fault(i, replica, output, finish)`` may rewrite one request's output and finish."""
     rng = random.Random(seed)
@@ -79,8 +80,13 @@ def test_holm_is_monotone_and_order_free() -> None:
 
 
 def test_compare_rates_needs_samples_and_effect() -> None:
-    assert all(not t.flagged for t in compare_rates({"a": (5, 20), "b": (0, 20)}, min_diff=0.1, min_ratio=2))
-    tests = compare_rates({"a": (60, 300), "b": (15, 300), "c": (14, 300)}, min_diff=0.1, min_ratio=2)
+    assert all(
+        not t.flagged
+        for t in compare_rates({"a": (5, 20), "b": (0, 20)}, min_diff=0.1, min_ratio=2)
+    )
+    tests = compare_rates(
+        {"a": (60, 300), "b": (15, 300), "c": (14, 300)}, min_diff=0.1, min_ratio=2
+    )
     assert [t.replica for t in tests if t.flagged] == ["a"]
 
 
@@ -108,11 +114,18 @@ def test_eot_then_keeps_going_is_flagged_with_evidence(store: Store, tmp_path: A
     assert [(f.scope or {})["replica"] for f in run] == ["r1"]
 
 
-def test_single_occurrence_is_info_and_ignore_eos_is_not_counted(store: Store, tmp_path: Any) -> None:
+def test_single_occurrence_is_info_and_ignore_eos_is_not_counted(
+    store: Store, tmp_path: Any
+) -> None:
     recs = fleet(300)
     recs[4] = make_request(4, replica="r1", output_ids=[5, EOS, 6, 7], finish_reason="length")
-    recs[7] = make_request(7, replica="r1", output_ids=[5, EOS, 6, 7], finish_reason="length",
-                           sampling={"stop_ids": [EOS], "ignore_eos": True})
+    recs[7] = make_request(
+        7,
+        replica="r1",
+        output_ids=[5, EOS, 6, 7],
+        finish_reason="length",
+        sampling={"stop_ids": [EOS], "ignore_eos": True},
+    )
     load(store, tmp_path, recs)
     found = [f for f in analyze(store) if f.kind == "stop.end_of_turn_ignored"]
     assert [(f.severity, (f.evidence or {})["request_ids"]) for f in found] == [("info", ["req-4"])]
@@ -122,17 +135,39 @@ def test_eot_from_tokenizer_missing_from_stop_set(store: Store, tmp_path: Any) -
     """The Qwen2 <|im_end|> case: the engine's stop set lacks the end-of-turn token."""
     vocab = {"[UNK]": 0, "<|endoftext|>": 1, "<|im_end|>": 151645 % 1000, "hello": 5}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    bundle = TokenizerBundle(tok=tok, bos_token=None, eos_token="<|endoftext|>", bos_id=None, eos_ids=[1],
-                             add_bos=False, chat_template=None, special_tokens={}, source="test")
+    bundle = TokenizerBundle(
+        tok=tok,
+        bos_token=None,
+        eos_token="<|endoftext|>",
+        bos_id=None,
+        eos_ids=[1],
+        add_bos=False,
+        chat_template=None,
+        special_tokens={},
+        source="test",
+    )
     im_end = 151645 % 1000
-    recs = [make_request(i, output_ids=[5, 5, im_end, 5, 5, 5], finish_reason="length",
-                         sampling={"stop_ids": [1]}) for i in range(30)]
+    recs = [
+        make_request(
+            i,
+            output_ids=[5, 5, im_end, 5, 5, 5],
+            finish_reason="length",
+            sampling={"stop_ids": [1]},
+        )
+        for i in range(30)
+    ]
     load(store, tmp_path, recs)
-    assert not [f for f in analyze(store) if f.kind == "stop.end_of_turn_ignored"]  # unknown without it
+    assert not [
+        f for f in analyze(store) if f.kind == "stop.end_of_turn_ignored"
+    ]  # unknown without it
     found = [f for f in analyze(store, tokenizer=bundle) if f.kind == "stop.end_of_turn_ignored"]
     assert {(f.scope or {})["replica"] for f in found} == {"r0", "r1", "r2"}
     ev = found[0].evidence or {}
-    assert ev["eot_id"] == im_end and ev["eot_piece"] == "<|im_end|>" and ev["eot_in_stop_set"] is False
+    assert (
+        ev["eot_id"] == im_end
+        and ev["eot_piece"] == "<|im_end|>"
+        and ev["eot_in_stop_set"] is False
+    )
     assert ev["stop_ids_in_force"] == [1] and ev["first_eot_position"] == 2
 
 
@@ -153,29 +188,58 @@ def test_real_qwen2_vocabulary_im_end_missing_from_one_replicas_stop_set(
     for i in range(90):
         rep = f"q{i % 3}"
         if rep == "q2":
-            recs.append(make_request(i, replica=rep, model="qwen2", output_ids=runaway, finish_reason="length",
-                                     sampling={"stop_ids": [eot]}))
+            recs.append(
+                make_request(
+                    i,
+                    replica=rep,
+                    model="qwen2",
+                    output_ids=runaway,
+                    finish_reason="length",
+                    sampling={"stop_ids": [eot]},
+                )
+            )
         else:
-            recs.append(make_request(i, replica=rep, model="qwen2", output_ids=[*answer, im_end],
-                                     finish_reason="stop", sampling={"stop_ids": [im_end, eot]}))
+            recs.append(
+                make_request(
+                    i,
+                    replica=rep,
+                    model="qwen2",
+                    output_ids=[*answer, im_end],
+                    finish_reason="stop",
+                    sampling={"stop_ids": [im_end, eot]},
+                )
+            )
     load(store, tmp_path, recs)
-    for reference in (None, tok):  # from the fleet's stop sets (2 of 3 hold 151645), or the tokenizer
+    for reference in (
+        None,
+        tok,
+    ):  # from the fleet's stop sets (2 of 3 hold 151645), or the tokenizer
         found = [f for f in analyze(store, tokenizer=reference) if f.severity != "info"]
         eot_f = [f for f in found if f.kind == "stop.end_of_turn_ignored"]
         assert [(f.scope or {})["replica"] for f in eot_f] == ["q2"], reference
         ev = eot_f[0].evidence or {}
-        assert ev["eot_id"] == 151645 and ev["eot_in_stop_set"] is False and ev["stop_ids_in_force"] == [eot]
+        assert (
+            ev["eot_id"] == 151645
+            and ev["eot_in_stop_set"] is False
+            and ev["stop_ids_in_force"] == [eot]
+        )
         assert ev["first_eot_position"] == len(answer)
         if reference is not None:
             assert ev["eot_piece"] == "<|im_end|>"
-        assert [(f.scope or {})["replica"] for f in found if f.kind == "stop.runaway_rate"] == ["q2"]
+        assert [(f.scope or {})["replica"] for f in found if f.kind == "stop.runaway_rate"] == [
+            "q2"
+        ]
 
 
 def test_user_stop_token_is_not_end_of_turn(store: Store, tmp_path: Any) -> None:
     """One client's own stop token (newline 13) must not make every newline a finding."""
     recs = fleet(600)
-    recs = [r if i % 50 else make_request(i, replica=r.replica, output_ids=[13], sampling={"stop_ids": [EOS, 13]})
-            for i, r in enumerate(recs)]
+    recs = [
+        r
+        if i % 50
+        else make_request(i, replica=r.replica, output_ids=[13], sampling={"stop_ids": [EOS, 13]})
+        for i, r in enumerate(recs)
+    ]
     recs += [make_request(1000 + i, output_ids=[7, 13, 8, EOS]) for i in range(60)]
     load(store, tmp_path, recs)
     assert not bad(analyze(store))
@@ -247,14 +311,21 @@ def test_repetition_flags_the_looping_replica(store: Store, tmp_path: Any) -> No
     f = by["r0"]
     assert f.severity == "error" and f.values and f.values["count"] == 100
     ev = f.evidence or {}
-    assert ev["loop_ids"] == [7, 8] and ev["period"] == 2 and ev["request_ids"][:2] == ["req-0", "req-12"]
+    assert (
+        ev["loop_ids"] == [7, 8]
+        and ev["period"] == 2
+        and ev["request_ids"][:2] == ["req-0", "req-12"]
+    )
     assert ev["examples"][0]["repeats"] == 20
 
 
 @pytest.mark.parametrize(
     ("looping", "expected"),
     [
-        ({"r0": 4, "r1": 3, "r2": 3}, {"r0": "info", "r1": "info", "r2": "info"}),  # the model's own loops
+        (
+            {"r0": 4, "r1": 3, "r2": 3},
+            {"r0": "info", "r1": "info", "r2": "info"},
+        ),  # the model's own loops
         ({"r0": 6, "r1": 0, "r2": 0}, {"r0": "error"}),  # one replica loops, the others never
     ],
     ids=["alike", "one-replica"],
@@ -272,7 +343,11 @@ def test_repetition_on_a_small_fleet_compares_descriptively(
         return (out[:5] + [9] * 12, "length") if i // 3 < looping[rep] else (out, finish)
 
     load(store, tmp_path, fleet(87, fault=fault))
-    found = {(f.scope or {})["replica"]: f.severity for f in analyze(store) if f.kind == "output.repetition"}
+    found = {
+        (f.scope or {})["replica"]: f.severity
+        for f in analyze(store)
+        if f.kind == "output.repetition"
+    }
     assert found == expected
 
 
@@ -294,9 +369,16 @@ def test_a_fleet_wide_loop_rate_is_judged_in_absolute_terms(
 
     load(store, tmp_path, fleet(900, fault=fault))
     found = [f for f in analyze(store) if f.kind == "output.repetition"]
-    assert {(f.scope or {})["replica"]: f.severity for f in found} == {"r0": expected, "r1": expected, "r2": expected}
+    assert {(f.scope or {})["replica"]: f.severity for f in found} == {
+        "r0": expected,
+        "r1": expected,
+        "r2": expected,
+    }
     v = found[0].values or {}
-    assert v["fleet_loop_rate"] == pytest.approx(1 / every, abs=0.01) and v["candidates_capped"] is False
+    assert (
+        v["fleet_loop_rate"] == pytest.approx(1 / every, abs=0.01)
+        and v["candidates_capped"] is False
+    )
     assert all((f.evidence or {})["loop_ids"] == [13] for f in found)
     if expected != "info":
         assert "no healthy model" in found[0].summary
@@ -316,9 +398,11 @@ def test_capped_candidates_are_extrapolated() -> None:
 
 @pytest.mark.parametrize(
     ("sampling", "expected"),
-    [({"max_tokens": 1024, "stop_ids": [EOS]}, ["warning"]),
-     ({"max_tokens": 16, "stop_ids": [EOS]}, []),  # a tiny cap: hitting it says nothing
-     ({"max_tokens": 1024, "stop_ids": [EOS], "ignore_eos": True}, [])],  # a benchmark, by design
+    [
+        ({"max_tokens": 1024, "stop_ids": [EOS]}, ["warning"]),
+        ({"max_tokens": 16, "stop_ids": [EOS]}, []),  # a tiny cap: hitting it says nothing
+        ({"max_tokens": 1024, "stop_ids": [EOS], "ignore_eos": True}, []),
+    ],  # a benchmark, by design
     ids=["roomy", "tiny-cap", "ignore-eos"],
 )
 def test_a_fleet_wide_runaway_rate_is_a_warning(
@@ -327,34 +411,63 @@ def test_a_fleet_wide_runaway_rate_is_a_warning(
     """Every replica runs to the length cap on ~70 % of requests: no replica stands out, yet a
     fleet that does not end its turns with room to is a warning — unless the cap was tiny or
     the requests asked to ignore EOS."""
-    recs = [make_request(i, **{**{f: getattr(r, f) for f in r.__struct_fields__ if f not in ("kind", "v")},
-                               "sampling": sampling})
-            for i, r in enumerate(fleet(600, length_rate=0.7))]
+    recs = [
+        make_request(
+            i,
+            **{
+                **{f: getattr(r, f) for f in r.__struct_fields__ if f not in ("kind", "v")},
+                "sampling": sampling,
+            },
+        )
+        for i, r in enumerate(fleet(600, length_rate=0.7))
+    ]
     load(store, tmp_path, recs)
     found = [f for f in analyze(store) if f.kind == "stop.runaway_rate"]
     assert [f.severity for f in found] == expected
     if found:
         f = found[0]
         assert "replica" not in (f.scope or {}) and f.values is not None and f.evidence is not None
-        assert 0.6 < f.values["rate"] < 0.8 and f.values["requests"] == 600 and f.values["min_max_tokens"] == 512
-        assert f.evidence["replicas_over_threshold"] == ["r0 (stable)", "r1 (stable)", "r2 (stable)"]
+        assert (
+            0.6 < f.values["rate"] < 0.8
+            and f.values["requests"] == 600
+            and f.values["min_max_tokens"] == 512
+        )
+        assert f.evidence["replicas_over_threshold"] == [
+            "r0 (stable)",
+            "r1 (stable)",
+            "r2 (stable)",
+        ]
         assert len(f.evidence["request_ids"]) == 10
 
 
-def test_a_fleet_wide_runaway_rate_a_healthy_model_reaches_is_nothing(store: Store, tmp_path: Any) -> None:
-    recs = [make_request(i, **{**{f: getattr(r, f) for f in r.__struct_fields__ if f not in ("kind", "v")},
-                               "sampling": {"max_tokens": 1024, "stop_ids": [EOS]}})
-            for i, r in enumerate(fleet(600, length_rate=0.2))]
+def test_a_fleet_wide_runaway_rate_a_healthy_model_reaches_is_nothing(
+    store: Store, tmp_path: Any
+) -> None:
+    recs = [
+        make_request(
+            i,
+            **{
+                **{f: getattr(r, f) for f in r.__struct_fields__ if f not in ("kind", "v")},
+                "sampling": {"max_tokens": 1024, "stop_ids": [EOS]},
+            },
+        )
+        for i, r in enumerate(fleet(600, length_rate=0.2))
+    ]
     load(store, tmp_path, recs)
     assert [f for f in analyze(store) if f.kind == "stop.runaway_rate"] == []
 
 
 def test_findings_are_stored(store: Store, tmp_path: Any) -> None:
-    recs = fleet(300, fault=lambda i, rep, out, fin: (out + [13] * 12, "length") if rep == "r0" else (out, fin))
+    recs = fleet(
+        300,
+        fault=lambda i, rep, out, fin: (out + [13] * 12, "length") if rep == "r0" else (out, fin),
+    )
     load(store, tmp_path, recs)
     findings = analyze(store)
     assert store_findings(store, findings) == len(findings) > 0
-    _, rows = store.query("SELECT kind, severity, JSONExtractString(scope, 'replica') FROM findings ORDER BY kind")
+    _, rows = store.query(
+        "SELECT kind, severity, JSONExtractString(scope, 'replica') FROM findings ORDER BY kind"
+    )
     assert ("output.repetition", "error", "r0") in rows
 
 
@@ -370,7 +483,9 @@ def _normal(findings: list[Finding], rename: dict[str, str]) -> list[tuple[Any, 
     return sorted(out)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     seed=st.integers(0, 10_000),
     replicas=st.integers(2, 4),
@@ -394,8 +509,10 @@ def test_same_findings_with_replicas_renamed_or_reordered(
     names = [f"r{k}" for k in range(replicas)]
     new = data.draw(st.permutations([f"pod-{k}" for k in range(replicas)]))
     rename = dict(zip(names, new, strict=True))
-    shuffled = [Request(**{**{f: getattr(r, f) for f in r.__struct_fields__}, "replica": rename[r.replica]})
-                for r in recs]
+    shuffled = [
+        Request(**{**{f: getattr(r, f) for f in r.__struct_fields__}, "replica": rename[r.replica]})
+        for r in recs
+    ]
     random.Random(seed).shuffle(shuffled)
     results = []
     for k, batch in enumerate((recs, shuffled)):
@@ -406,7 +523,9 @@ def test_same_findings_with_replicas_renamed_or_reordered(
     assert _normal(results[0], {}) == _normal(results[1], rename)
 
 
-def test_a_whole_canary_deployment_running_away_is_found_at_deployment_level(store: Store, tmp_path: Any) -> None:
+def test_a_whole_canary_deployment_running_away_is_found_at_deployment_level(
+    store: Store, tmp_path: Any
+) -> None:
     """Five canary replicas all run to the length cap on 40% of requests, four baseline ones on
     5%: against the rest pooled (its four siblings included) no canary replica stands out
     2×, so only deployment against deployment finds it."""
@@ -416,9 +535,18 @@ def test_a_whole_canary_deployment_running_away_is_found_at_deployment_level(sto
         canary = i % 9 < 5
         rep, dep = (f"c{i % 9}", "canary") if canary else (f"b{i % 9}", "baseline")
         length = rng.random() < (0.40 if canary else 0.05)
-        out = [rng.randrange(10, 30000) for _ in range(rng.randrange(5, 40))] + ([] if length else [EOS])
-        recs.append(make_request(i, replica=rep, deployment=dep, output_ids=out,
-                                 finish_reason="length" if length else "stop"))
+        out = [rng.randrange(10, 30000) for _ in range(rng.randrange(5, 40))] + (
+            [] if length else [EOS]
+        )
+        recs.append(
+            make_request(
+                i,
+                replica=rep,
+                deployment=dep,
+                output_ids=out,
+                finish_reason="length" if length else "stop",
+            )
+        )
     load(store, tmp_path, recs)
     found = [f for f in analyze(store) if f.kind == "stop.runaway_rate"]
     assert [(f.scope or {}).get("deployment") for f in found] == ["canary"]

@@ -48,7 +48,9 @@ from infdebug.store.q_outputs import count_requests
 @analyzer("probe")
 def probe(ctx: AnalysisContext) -> list:
     n = count_requests(ctx.store, ctx.window())
-    return [finding("probe", "probe.ran", "info", f"the probe saw {n} requests", values={"requests": n})]
+    return [
+        finding("probe", "probe.ran", "info", f"the probe saw {n} requests", values={"requests": n})
+    ]
 '''
 BROKEN_MODULE = "raise RuntimeError('this module does not import')\n"
 BUILTIN = {"tokenizer", "template", "stop", "repetition"}
@@ -96,24 +98,34 @@ def _registered_in_source() -> set[str]:
             if not isinstance(node, ast.FunctionDef):
                 continue
             for dec in node.decorator_list:
-                if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Name) and dec.func.id == "analyzer":
+                if (
+                    isinstance(dec, ast.Call)
+                    and isinstance(dec.func, ast.Name)
+                    and dec.func.id == "analyzer"
+                ):
                     arg = dec.args[0]
                     if isinstance(arg, ast.Constant):
                         names.add(str(arg.value))
                     else:
                         assert isinstance(arg, ast.Name), ast.dump(arg)
-                        names.add(getattr(importlib.import_module(f"{pkg.__name__}.{fn[:-3]}"), arg.id))
+                        names.add(
+                            getattr(importlib.import_module(f"{pkg.__name__}.{fn[:-3]}"), arg.id)
+                        )
     return names
 
 
 def test_discover_finds_every_analyzer_the_package_defines() -> None:
     assert discover() == {}
-    in_package = {n for n, fn in ANALYZERS.items() if fn.__module__.startswith("infdebug.analyzers.")}
+    in_package = {
+        n for n, fn in ANALYZERS.items() if fn.__module__.startswith("infdebug.analyzers.")
+    }
     assert in_package == _registered_in_source() and in_package >= BUILTIN
     assert analyzer_names() == sorted(ANALYZERS)
 
 
-def test_a_dropped_module_runs_in_the_one_orchestration(store: Store, tmp_path: Any, dropped: str) -> None:
+def test_a_dropped_module_runs_in_the_one_orchestration(
+    store: Store, tmp_path: Any, dropped: str
+) -> None:
     load(store, tmp_path, [make_request(i) for i in range(30)])
     assert PROBE not in ANALYZERS
     res = analyze(AnalysisContext(store=store))
@@ -124,7 +136,9 @@ def test_a_dropped_module_runs_in_the_one_orchestration(store: Store, tmp_path: 
     assert len(probe) == 1 and probe[0].values == {"requests": 30}
     only = analyze(AnalysisContext(store=store), [PROBE], count=False)
     assert only.ran == [PROBE] and only.requests is None
-    findings, failed = run_all(AnalysisContext(store=store), [PROBE])  # the older name, the same run
+    findings, failed = run_all(
+        AnalysisContext(store=store), [PROBE]
+    )  # the older name, the same run
     assert [f.kind for f in findings] == ["probe.ran"] and failed == {}
 
 
@@ -163,8 +177,14 @@ RUNNER = (
 def _cli(home: str, dropped: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "INFDEBUG_HOME": home, "COLUMNS": "120"}
     env.pop("INFDEBUG_CLICKHOUSE_URL", None)
-    return subprocess.run([sys.executable, "-c", RUNNER, dropped, *args], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, dropped, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def test_infdebug_analyze_runs_a_dropped_module(tmp_path: Any, dropped: str) -> None:
@@ -184,21 +204,29 @@ def test_infdebug_analyze_runs_a_dropped_module(tmp_path: Any, dropped: str) -> 
     assert listed == analyzer_names() and PROBE in listed  # the CLI's set is this process's
 
 
-def test_the_demos_analyze_step_runs_a_dropped_module(store: Store, tmp_path: Any, dropped: str,
-                                                      shared_data: str) -> None:
+def test_the_demos_analyze_step_runs_a_dropped_module(
+    store: Store, tmp_path: Any, dropped: str, shared_data: str
+) -> None:
     from infdebug.demo import _analyze
 
     load(store, tmp_path, [make_request(i) for i in range(20)])
-    _analyze(store, os.path.join(shared_data, "tokenizers", "gpt2"))  # the reference: a real tokenizer
-    _, rows = store.query("SELECT analyzer, `values` FROM findings WHERE analyzer = {a:String}", {"a": PROBE})
+    _analyze(
+        store, os.path.join(shared_data, "tokenizers", "gpt2")
+    )  # the reference: a real tokenizer
+    _, rows = store.query(
+        "SELECT analyzer, `values` FROM findings WHERE analyzer = {a:String}", {"a": PROBE}
+    )
     assert len(rows) == 1 and json.loads(rows[0][1]) == {"requests": 20}
 
 
-def test_the_benchmark_runs_every_analyzer_through_the_same_run(store: Store, tmp_path: Any, dropped: str,
-                                                                shared_data: str) -> None:
+def test_the_benchmark_runs_every_analyzer_through_the_same_run(
+    store: Store, tmp_path: Any, dropped: str, shared_data: str
+) -> None:
     from infdebug.text.tokenizer import load_tokenizer
 
-    spec = importlib.util.spec_from_file_location("bench_analyze", os.path.join(REPO, "bench", "analyze.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_analyze", os.path.join(REPO, "bench", "analyze.py")
+    )
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

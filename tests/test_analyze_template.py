@@ -71,7 +71,11 @@ def fleet(
             msgs = conversation(i)
             t = 1_764_000_000.0 + i * 37.0
             with fixed_now(datetime.fromtimestamp(t)):
-                text = render(tpl, msgs) if render else render_chat(tpl, msgs, bos_token=tok.bos_token, eos_token=tok.eos_token)
+                text = (
+                    render(tpl, msgs)
+                    if render
+                    else render_chat(tpl, msgs, bos_token=tok.bos_token, eos_token=tok.eos_token)
+                )
             out.append(
                 make_request(
                     i,
@@ -101,10 +105,16 @@ def above_info(findings: list[Finding]) -> list[Finding]:
 # --- double / missing BOS ----------------------------------------------------------------
 
 
-def test_llama31_special_tokens_give_the_double_bos(shared_data: str, llama3: TokenizerBundle) -> None:
+def test_llama31_special_tokens_give_the_double_bos(
+    shared_data: str, llama3: TokenizerBundle
+) -> None:
     tpl = template(shared_data, "llama3.1.jinja")
-    text = render_chat(tpl, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-                       bos_token=llama3.bos_token, eos_token=llama3.eos_token)
+    text = render_chat(
+        tpl,
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        bos_token=llama3.bos_token,
+        eos_token=llama3.eos_token,
+    )
     assert llama3.encode(text, add_special_tokens=True)[:3] == [128000, 128000, 128006]
     assert encode_prompt(llama3, text)[:2] == [128000, 128006]
 
@@ -129,20 +139,38 @@ def test_double_bos_found_on_the_replica_that_adds_special_tokens(
     assert f.values["bos_id"] == 128000 and f.values["bos_source"] == "tokenizer"
     assert f.values["share"] == 1.0 and f.values["affected"] == 30
     assert f.evidence["first_ids"][:3] == [128000, 128000, 128006]
-    assert f.evidence["first_pieces"][:3] == ["<|begin_of_text|>", "<|begin_of_text|>", "<|start_header_id|>"]
+    assert f.evidence["first_pieces"][:3] == [
+        "<|begin_of_text|>",
+        "<|begin_of_text|>",
+        "<|start_header_id|>",
+    ]
     assert f.evidence["request_ids"][0] == "bad-0"
     assert f.evidence["share_by_replica"] == {"bad (stable)": 1.0, "good (stable)": 0.0}
 
 
-def test_bos_is_inferred_model_by_model(store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle) -> None:
+def test_bos_is_inferred_model_by_model(
+    store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle
+) -> None:
     """A second model served from the same fleet (prompts of plain text, no BOS) must neither
     hide the first model's doubled BOS nor be blamed for missing one."""
     tpl = template(shared_data, "llama3.1.jinja")
-    recs = fleet(llama3, {"r1": (tpl, lambda s: encode_prompt(llama3, s)),
-                          "r2": (tpl, lambda s: llama3.encode(s, add_special_tokens=True))}, 30)
+    recs = fleet(
+        llama3,
+        {
+            "r1": (tpl, lambda s: encode_prompt(llama3, s)),
+            "r2": (tpl, lambda s: llama3.encode(s, add_special_tokens=True)),
+        },
+        30,
+    )
     plain = [
-        make_request(100 + i, request_id=f"plain-{i}", replica=f"r{1 + i % 2}", model="completion-model",
-                     prompt_text=f"Once upon a time {i}", prompt_ids=llama3.encode(f"Once upon a time {i}"))
+        make_request(
+            100 + i,
+            request_id=f"plain-{i}",
+            replica=f"r{1 + i % 2}",
+            model="completion-model",
+            prompt_text=f"Once upon a time {i}",
+            prompt_ids=llama3.encode(f"Once upon a time {i}"),
+        )
         for i in range(60)
     ]
     ingest(store, tmp_path, recs + plain)
@@ -158,7 +186,10 @@ def test_missing_bos_when_the_tokenizer_adds_one(
     tpl = template(shared_data, "llama3.1.jinja")
     recs = fleet(
         llama3,
-        {"good": (tpl, lambda s: encode_prompt(llama3, s)), "nobos": (tpl, lambda s: encode_prompt(llama3, s)[1:])},
+        {
+            "good": (tpl, lambda s: encode_prompt(llama3, s)),
+            "nobos": (tpl, lambda s: encode_prompt(llama3, s)[1:]),
+        },
         20,
     )
     ingest(store, tmp_path, recs)
@@ -180,12 +211,17 @@ def test_llama3_vs_llama31_is_a_new_skeleton_and_a_fingerprint_mismatch(
     recs = fleet(llama3, {"r1": (old, enc), "r2": (old, enc), "r3": (new, enc)}, 40)
     ingest(store, tmp_path, recs)
     found = template_drift(AnalysisContext(store=store))  # no reference at all
-    assert kinds(above_info(found)) == [("template.fingerprint_mismatch", "r3"), ("template.new_skeleton", "r3")]
+    assert kinds(above_info(found)) == [
+        ("template.fingerprint_mismatch", "r3"),
+        ("template.new_skeleton", "r3"),
+    ]
     sk = next(f for f in found if f.kind == "template.new_skeleton")
     assert sk.evidence is not None and sk.values is not None
     assert "Cutting Knowledge Date: December 2023" in sk.evidence["skeleton"]
     assert "Cutting Knowledge Date" not in sk.evidence["fleet_skeleton"]
-    assert sk.evidence["request_ids"] and all(r.startswith("r3-") for r in sk.evidence["request_ids"])
+    assert sk.evidence["request_ids"] and all(
+        r.startswith("r3-") for r in sk.evidence["request_ids"]
+    )
     assert sk.evidence["diff"]["reference"] is not None
     fp = next(f for f in found if f.kind == "template.fingerprint_mismatch")
     assert fp.values is not None and fp.values["template_fp"] == template_fingerprint(new)
@@ -203,10 +239,14 @@ def test_a_whole_canary_deployment_on_the_new_template_is_found_at_deployment_le
     def enc(s: str) -> list[int]:
         return encode_prompt(llama3, s)
 
-    recs = fleet(llama3, {"r1": (old, enc), "r2": (old, enc), "r3": (old, enc)}, 30, deployment="baseline")
+    recs = fleet(
+        llama3, {"r1": (old, enc), "r2": (old, enc), "r3": (old, enc)}, 30, deployment="baseline"
+    )
     recs += fleet(llama3, {"r4": (new, enc), "r5": (new, enc)}, 30, deployment="canary")
     ingest(store, tmp_path, recs)
-    found = [f for f in template_drift(AnalysisContext(store=store)) if f.kind == "template.new_skeleton"]
+    found = [
+        f for f in template_drift(AnalysisContext(store=store)) if f.kind == "template.new_skeleton"
+    ]
     assert [(f.scope or {}).get("deployment") for f in found] == ["canary"]
     assert "replica" not in (found[0].scope or {}) and "deployment canary" in found[0].summary
     assert "Cutting Knowledge Date" in found[0].evidence["skeleton"]  # type: ignore[index]
@@ -224,11 +264,17 @@ def test_a_template_change_in_the_middle_of_the_window_is_a_new_skeleton(
 
     recs = fleet(llama3, {"r1": (old, enc), "r2": (old, enc)}, 40)
     switched = fleet(llama3, {"r3": (old, enc)}, 40)
-    late = {r.request_id for r in fleet(llama3, {"r3": (new, enc)}, 40) if r.t_arrival >= switched[28].t_arrival}
+    late = {
+        r.request_id
+        for r in fleet(llama3, {"r3": (new, enc)}, 40)
+        if r.t_arrival >= switched[28].t_arrival
+    }
     newer = {r.request_id: r for r in fleet(llama3, {"r3": (new, enc)}, 40)}
     recs += [newer[r.request_id] if r.request_id in late else r for r in switched]
     ingest(store, tmp_path, recs)
-    found = [f for f in template_drift(AnalysisContext(store=store)) if f.kind == "template.new_skeleton"]
+    found = [
+        f for f in template_drift(AnalysisContext(store=store)) if f.kind == "template.new_skeleton"
+    ]
     assert [(f.scope or {}).get("replica") for f in found] == ["r3"]
     assert found[0].scope["t_start"] >= switched[28].t_arrival  # type: ignore[index]
 
@@ -237,10 +283,16 @@ def test_skeleton_masks_contents_and_the_clock_date(shared_data: str) -> None:
     tpl = template(shared_data, "llama3.1.jinja")
     msgs = [{"role": "user", "content": "Hello there"}]
     a = render_chat(tpl, msgs, bos_token="<|begin_of_text|>", date_string="26 Jul 2024")
-    b = render_chat(tpl, [{"role": "user", "content": "Other words"}], bos_token="<|begin_of_text|>",
-                    date_string="01 Jan 2025")
+    b = render_chat(
+        tpl,
+        [{"role": "user", "content": "Other words"}],
+        bos_token="<|begin_of_text|>",
+        date_string="01 Jan 2025",
+    )
     assert skeleton(a, msgs) == skeleton(b, [{"role": "user", "content": "Other words"}])
-    assert "{user}" in skeleton(a, msgs) and "Cutting Knowledge Date: December 2023" in skeleton(a, msgs)
+    assert "{user}" in skeleton(a, msgs) and "Cutting Knowledge Date: December 2023" in skeleton(
+        a, msgs
+    )
     # without messages: contents masked between markers, fixed lines kept
     assert skeleton(a, None) == skeleton(b, None)
     assert "Hello" not in skeleton(a, None) and "Cutting Knowledge Date" in skeleton(a, None)
@@ -249,7 +301,9 @@ def test_skeleton_masks_contents_and_the_clock_date(shared_data: str) -> None:
 # --- render mismatch ---------------------------------------------------------------------
 
 
-def test_render_mismatch_classes(store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle) -> None:
+def test_render_mismatch_classes(
+    store: Store, tmp_path: Any, shared_data: str, llama3: TokenizerBundle
+) -> None:
     tpl = template(shared_data, "llama3.1.jinja")
     bos, eos = llama3.bos_token, llama3.eos_token
 
@@ -257,7 +311,9 @@ def test_render_mismatch_classes(store: Store, tmp_path: Any, shared_data: str, 
         return render_chat(t, msgs, add_generation_prompt=False, bos_token=bos, eos_token=eos)
 
     def drop_system(t: str, msgs: list[dict[str, Any]]) -> str:
-        return render_chat(t, [m for m in msgs if m["role"] != "system"], bos_token=bos, eos_token=eos)
+        return render_chat(
+            t, [m for m in msgs if m["role"] != "system"], bos_token=bos, eos_token=eos
+        )
 
     def enc(s: str) -> list[int]:
         return encode_prompt(llama3, s)
@@ -266,11 +322,17 @@ def test_render_mismatch_classes(store: Store, tmp_path: Any, shared_data: str, 
     recs += fleet(llama3, {"nogen": (tpl, enc)}, 30, render=no_gen)
     recs += fleet(llama3, {"nosys": (tpl, enc)}, 30, render=drop_system)
     ingest(store, tmp_path, recs)
-    found = [f for f in template_drift(AnalysisContext(store=store, tokenizer=llama3, template=tpl))
-             if f.kind == "template.render_mismatch"]
+    found = [
+        f
+        for f in template_drift(AnalysisContext(store=store, tokenizer=llama3, template=tpl))
+        if f.kind == "template.render_mismatch"
+    ]
     by_rep = {(f.scope or {})["replica"]: f for f in found}
     assert set(by_rep) == {"nogen", "nosys"}
-    assert by_rep["nogen"].values is not None and by_rep["nogen"].values["class"] == "missing_generation_prompt"
+    assert (
+        by_rep["nogen"].values is not None
+        and by_rep["nogen"].values["class"] == "missing_generation_prompt"
+    )
     assert by_rep["nogen"].values["mismatched"] == 30 and by_rep["nogen"].severity == "error"
     nosys = by_rep["nosys"]
     assert nosys.values is not None and nosys.values["class"] == "system_dropped"
@@ -285,7 +347,10 @@ def test_classify_whitespace_and_role_marker() -> None:
     msgs = [{"role": "user", "content": "hi"}]
     ref = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert classify_mismatch(ref.replace("\n", " "), ref, None, msgs) == "whitespace"
-    assert classify_mismatch(ref.replace("<|im_start|>user", "<|im_start|>human"), ref, None, msgs) == "role_marker"
+    assert (
+        classify_mismatch(ref.replace("<|im_start|>user", "<|im_start|>human"), ref, None, msgs)
+        == "role_marker"
+    )
 
 
 # --- the reference engine's sample logs ---------------------------------------------------
@@ -303,7 +368,9 @@ def sample_tokenizer(tmp_path: Any) -> TokenizerBundle:
 
 
 @pytest.mark.parametrize("with_tokenizer", [True, False], ids=["tokenizer", "inferred"])
-def test_sample_logs_double_bos_only_on_canary_r3(store: Store, tmp_path: Any, with_tokenizer: bool) -> None:
+def test_sample_logs_double_bos_only_on_canary_r3(
+    store: Store, tmp_path: Any, with_tokenizer: bool
+) -> None:
     logs = [os.path.join(REPO, "sample_logs", d) for d in ("baseline", "canary")]
     report = ingest_paths(store, logs, rejects_path=str(tmp_path / "rejects.jsonl"))
     assert not report.errors
@@ -312,19 +379,31 @@ def test_sample_logs_double_bos_only_on_canary_r3(store: Store, tmp_path: Any, w
         tok = sample_tokenizer(tmp_path)
         assert tok.fingerprint == "tok-c02fa7267fc8868267d7"  # the sample fleet's tokenizer_fp
     found = template_drift(AnalysisContext(store=store, tokenizer=tok))
-    # the fault is on from the canary r3's first request (read from its log: `make sample-logs` remakes it)
+    # the fault is on from the canary r3's first request (read from its log: `make sample-logs`
+    # remakes it)
     r3 = sorted(
-        (r for path in glob.glob(os.path.join(REPO, "sample_logs", "canary", "r3-*.requests.jsonl"))
-         for _, r in read_records(path) if isinstance(r, Request)),
+        (
+            r
+            for path in glob.glob(
+                os.path.join(REPO, "sample_logs", "canary", "r3-*.requests.jsonl")
+            )
+            for _, r in read_records(path)
+            if isinstance(r, Request)
+        ),
         key=lambda r: (r.t_arrival, r.request_id),
     )
     t_start = r3[0].t_arrival
     assert [(f.kind, f.scope) for f in above_info(found)] == [
-        ("template.double_bos", {"replica": "r3", "deployment": "canary", "t_start": pytest.approx(t_start)})
+        (
+            "template.double_bos",
+            {"replica": "r3", "deployment": "canary", "t_start": pytest.approx(t_start)},
+        )
     ]
     f = above_info(found)[0]
     assert f.severity == "error" and f.values is not None and f.evidence is not None
-    assert f.values["bos_id"] == 5072 and f.values["affected"] == len(r3)  # every request of canary r3
+    assert f.values["bos_id"] == 5072 and f.values["affected"] == len(
+        r3
+    )  # every request of canary r3
     assert f.values["bos_source"] == ("tokenizer" if with_tokenizer else "inferred")
     if not with_tokenizer:
         assert f.values["bos_inferred_share"] == 1.0 and f.values["bos_text"] == "<|begin_of_text|>"
@@ -347,11 +426,17 @@ def test_clean_fleet_with_mixed_conversations_reports_nothing(
     recs += fleet(llama3, {"r3": (tpl, enc)}, 60, deployment="canary")
     ingest(store, tmp_path, recs)
     assert above_info(template_drift(AnalysisContext(store=store))) == []
-    assert above_info(template_drift(AnalysisContext(store=store, tokenizer=llama3, template=tpl))) == []
+    assert (
+        above_info(template_drift(AnalysisContext(store=store, tokenizer=llama3, template=tpl)))
+        == []
+    )
 
 
 def test_no_bos_inferred_when_prompts_start_with_text(store: Store, tmp_path: Any) -> None:
-    recs = [make_request(i, prompt_text=f"hello {i}", prompt_ids=[22, 22, 5 + i], messages=None) for i in range(30)]
+    recs = [
+        make_request(i, prompt_text=f"hello {i}", prompt_ids=[22, 22, 5 + i], messages=None)
+        for i in range(30)
+    ]
     ingest(store, tmp_path, recs)
     assert above_info(template_drift(AnalysisContext(store=store))) == []
 
@@ -365,21 +450,44 @@ def test_skeleton_masks_tool_definitions_and_calls(shared_data: str, name: str) 
     tpl = template(shared_data, name)
 
     def tool(fn: str, param: str) -> dict[str, Any]:
-        return {"type": "function", "function": {"name": fn, "description": f"Look up {param}.",
-                "parameters": {"type": "object", "properties": {param: {"type": "string"}}, "required": [param]}}}
+        return {
+            "type": "function",
+            "function": {
+                "name": fn,
+                "description": f"Look up {param}.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {param: {"type": "string"}},
+                    "required": [param],
+                },
+            },
+        }
 
     def render(fn: str, param: str, value: str) -> tuple[str, list[dict[str, Any]]]:
         msgs: list[dict[str, Any]] = [
             {"role": "user", "content": f"What about {value}?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": fn, "arguments": {param: value}}}]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": fn, "arguments": {param: value}}}
+                ],
+            },
             {"role": "tool", "content": f"{value}: fine"},
         ]
-        return render_chat(tpl, msgs, tools=[tool(fn, param)], bos_token="<|begin_of_text|>",
-                           date_string="26 Jul 2024"), msgs
+        return render_chat(
+            tpl,
+            msgs,
+            tools=[tool(fn, param)],
+            bos_token="<|begin_of_text|>",
+            date_string="26 Jul 2024",
+        ), msgs
 
     a, ma = render("get_weather", "city", "Paris")
     b, mb = render("find_flight", "airport", "Tokyo Haneda")
     assert a != b and skeleton(a, ma) == skeleton(b, mb)
     # templates that print a call's Python repr instead of JSON
-    assert mask_json("[TOOL_CALLS] [{'name': 'f', 'arguments': {'q': \"it's\"}}]</s>") == "[TOOL_CALLS] {json}</s>"
+    assert (
+        mask_json("[TOOL_CALLS] [{'name': 'f', 'arguments': {'q': \"it's\"}}]</s>")
+        == "[TOOL_CALLS] {json}</s>"
+    )

@@ -19,7 +19,13 @@ from infdebug.store import Store
 from infdebug.text.tokenizer import TokenizerBundle, encode_prompt, load_tokenizer
 
 CHAT = "<|user|>\n{q}<|end|>\n<|assistant|>\n"
-QUESTIONS = ["Hello", "What is 2+2?", "Tell me a joke.", "Translate 'chat' into French.", "Why is the sky blue?"]
+QUESTIONS = [
+    "Hello",
+    "What is 2+2?",
+    "Tell me a joke.",
+    "Translate 'chat' into French.",
+    "Why is the sky blue?",
+]
 
 
 @functools.cache
@@ -44,12 +50,21 @@ def _req(i: int, tok: TokenizerBundle, replica: str, text: str, **kw: Any) -> Re
     out_text = kw.pop("output_text", "Sure, here you go.")
     out_ids = kw.pop("output_ids", tok.encode(out_text))
     return make_request(
-        i, replica=replica, model="phi-3", tokenizer_fp=tok.fingerprint, prompt_text=text,
-        prompt_ids=encode_prompt(tok, text), output_text=out_text, output_ids=out_ids, **kw,
+        i,
+        replica=replica,
+        model="phi-3",
+        tokenizer_fp=tok.fingerprint,
+        prompt_text=text,
+        prompt_ids=encode_prompt(tok, text),
+        output_text=out_text,
+        output_ids=out_ids,
+        **kw,
     )
 
 
-def _kinds(fs: list[Finding], severity: tuple[str, ...] = ("warning", "error")) -> dict[str, list[Finding]]:
+def _kinds(
+    fs: list[Finding], severity: tuple[str, ...] = ("warning", "error")
+) -> dict[str, list[Finding]]:
     out: dict[str, list[Finding]] = {}
     for f in fs:
         if f.severity in severity:
@@ -66,7 +81,10 @@ def test_phi3_revisions_give_fingerprint_and_cross_replica_findings(
     store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]
 ) -> None:
     old, new = phi3
-    assert len(old.encode(CHAT.format(q="Hello"))) == 10 and len(new.encode(CHAT.format(q="Hello"))) == 4
+    assert (
+        len(old.encode(CHAT.format(q="Hello"))) == 10
+        and len(new.encode(CHAT.format(q="Hello"))) == 4
+    )
     recs = []
     for i in range(40):
         text = CHAT.format(q=QUESTIONS[i % len(QUESTIONS)])
@@ -78,7 +96,9 @@ def test_phi3_revisions_give_fingerprint_and_cross_replica_findings(
     assert fp.severity == "error"
     by_fp = fp.evidence["by_fingerprint"]  # type: ignore[index]
     # replicas are named within their deployment (make_request's default is "stable")
-    assert by_fp[old.fingerprint]["replicas"] == ["a (stable)"] and by_fp[new.fingerprint]["replicas"] == ["b (stable)"]
+    assert by_fp[old.fingerprint]["replicas"] == ["a (stable)"] and by_fp[new.fingerprint][
+        "replicas"
+    ] == ["b (stable)"]
     assert by_fp[old.fingerprint]["requests"] == 20
 
     (ids,) = found["tokenizer.cross_replica_ids"]  # one side is the reference, the other flagged
@@ -102,9 +122,13 @@ def test_cross_replica_first_diverging_index_after_shared_prefix(
         text = CHAT.format(q=QUESTIONS[i % len(QUESTIONS)])
         tok = old if i % 3 else new
         ids = tok.encode(text)  # no BOS either side: the first difference is after <|user|>
-        recs.append(make_request(i, replica=f"r{i % 3}", model="phi-3", prompt_text=text, prompt_ids=ids))
+        recs.append(
+            make_request(i, replica=f"r{i % 3}", model="phi-3", prompt_text=text, prompt_ids=ids)
+        )
     _ingest(store, tmp_path, recs)
-    found = _kinds(tokenizer_drift(AnalysisContext(store=store, tokenizer=old)), ("warning", "error"))
+    found = _kinds(
+        tokenizer_drift(AnalysisContext(store=store, tokenizer=old)), ("warning", "error")
+    )
     (ids,) = found["tokenizer.cross_replica_ids"]
     assert ids.scope == {"replica": "r0", "deployment": "stable", "t_start": ids.scope["t_start"]}  # type: ignore[index]
     assert ids.evidence["reference_replicas"] == ["r1 (stable)", "r2 (stable)"]  # type: ignore[index]
@@ -130,7 +154,9 @@ def test_reencode_mismatch_is_special_tokens(
     assert len(f.evidence["request_ids"]) == 10  # type: ignore[index]
     assert f.evidence["example"]["logged"]["piece"] is not None  # type: ignore[index]
     # the same logs against their own tokenizer: nothing
-    assert "tokenizer.reencode_mismatch" not in _kinds(tokenizer_drift(AnalysisContext(store=store, tokenizer=logged)))
+    assert "tokenizer.reencode_mismatch" not in _kinds(
+        tokenizer_drift(AnalysisContext(store=store, tokenizer=logged))
+    )
 
 
 def test_classify_causes(shared_data: str) -> None:
@@ -139,10 +165,16 @@ def test_classify_causes(shared_data: str) -> None:
     text = "Hello world"
     ids = phi.encode(text)
     assert classify_reencode(phi, text, [1, 1, *ids], [1, *ids])[0] == "bos"
-    assert classify_reencode(gpt2, text, gpt2.encode(" " + text), gpt2.encode(text))[0] == "prefix_space"
+    assert (
+        classify_reencode(gpt2, text, gpt2.encode(" " + text), gpt2.encode(text))[0]
+        == "prefix_space"
+    )
     assert classify_reencode(phi, text, phi.encode(" " + text), ids)[0] == "sentencepiece_legacy"
     decomposed = "cafe\u0301"
-    assert classify_reencode(gpt2, decomposed, gpt2.encode("café"), gpt2.encode(decomposed))[0] == "normalization"
+    assert (
+        classify_reencode(gpt2, decomposed, gpt2.encode("café"), gpt2.encode(decomposed))[0]
+        == "normalization"
+    )
 
 
 def test_decode_mismatch_lost_space(
@@ -152,8 +184,14 @@ def test_decode_mismatch_lost_space(
     good = "The answer is four, of course."
     recs = [_req(i, old, "r0", CHAT.format(q="What is 2+2?"), output_text=good) for i in range(10)]
     recs.append(
-        _req(10, old, "r0", CHAT.format(q="What is 2+2?"), output_text="The answer isfour, of course.",
-             output_ids=old.encode(good))
+        _req(
+            10,
+            old,
+            "r0",
+            CHAT.format(q="What is 2+2?"),
+            output_text="The answer isfour, of course.",
+            output_ids=old.encode(good),
+        )
     )
     _ingest(store, tmp_path, recs)
     found = _kinds(tokenizer_drift(AnalysisContext(store=store, tokenizer=old)))
@@ -176,15 +214,45 @@ def test_decode_mismatch_split_utf8_and_kept_special_tokens(
     ids = old.encode(good)
     assert len(ids) > len(good.split())  # the emoji is byte-fallback pieces
     end = old.tok.token_to_id("<|end|>")
-    recs = [_req(i, old, "r0", CHAT.format(q="Smile?"), output_text=good, output_ids=ids) for i in range(8)]
-    recs.append(_req(8, old, "r0", CHAT.format(q="Smile?"), output_text="Sure \ufffd here it is.", output_ids=ids))
-    recs.append(_req(9, old, "r0", CHAT.format(q="Smile?"), output_text=good + "<|end|>", output_ids=[*ids, end],
-                     finish_reason="length"))
+    recs = [
+        _req(i, old, "r0", CHAT.format(q="Smile?"), output_text=good, output_ids=ids)
+        for i in range(8)
+    ]
+    recs.append(
+        _req(
+            8,
+            old,
+            "r0",
+            CHAT.format(q="Smile?"),
+            output_text="Sure \ufffd here it is.",
+            output_ids=ids,
+        )
+    )
+    recs.append(
+        _req(
+            9,
+            old,
+            "r0",
+            CHAT.format(q="Smile?"),
+            output_text=good + "<|end|>",
+            output_ids=[*ids, end],
+            finish_reason="length",
+        )
+    )
     # cut by max_tokens inside the emoji: the engine held its first bytes back; no mismatch
     cut = next(k for k in range(len(ids), 0, -1) if old.decode(ids[:k]).endswith("\ufffd"))
     assert old.decode(ids[:cut]).rstrip("\ufffd") == "Sure "
-    recs.append(_req(10, old, "r0", CHAT.format(q="Smile?"), output_text="Sure ", output_ids=ids[:cut],
-                     finish_reason="length"))
+    recs.append(
+        _req(
+            10,
+            old,
+            "r0",
+            CHAT.format(q="Smile?"),
+            output_text="Sure ",
+            output_ids=ids[:cut],
+            finish_reason="length",
+        )
+    )
     _ingest(store, tmp_path, recs)
     found = _kinds(tokenizer_drift(AnalysisContext(store=store, tokenizer=old)))
     (f,) = found["tokenizer.decode_mismatch"]
@@ -192,7 +260,9 @@ def test_decode_mismatch_split_utf8_and_kept_special_tokens(
     assert f.evidence["request_ids"] == ["req-8"]  # type: ignore[index]
 
 
-def test_out_of_vocab(store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]) -> None:
+def test_out_of_vocab(
+    store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]
+) -> None:
     old, _ = phi3
     recs = [_req(i, old, f"r{i % 2}", CHAT.format(q=QUESTIONS[i % 5])) for i in range(300)]
     text = CHAT.format(q="Hello")
@@ -207,10 +277,41 @@ def test_out_of_vocab(store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle,
     assert g.severity == "warning" and g.evidence["request_ids"] == ["req-300"]  # type: ignore[index]
 
 
-_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "2023", "café", "naïve", "東京", "Привет", "emoji", "🙂", "tab\tnew\nline", "don't", "it's", "e.g.", "x=y+1;", "print('hi')", "<html>", "3.14159", "$100", "50%", "C++", "α-β", "γ"]
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "2023",
+    "café",
+    "naïve",
+    "東京",
+    "Привет",
+    "emoji",
+    "🙂",
+    "tab\tnew\nline",
+    "don't",
+    "it's",
+    "e.g.",
+    "x=y+1;",
+    "print('hi')",
+    "<html>",
+    "3.14159",
+    "$100",
+    "50%",
+    "C++",
+    "α-β",
+    "γ",
+]
 
 
-def test_clean_fleet_gives_nothing_above_info(shared_data: str, store: Store, tmp_path: Path) -> None:
+def test_clean_fleet_gives_nothing_above_info(
+    shared_data: str, store: Store, tmp_path: Path
+) -> None:
     gpt2 = _tok(shared_data, "gpt2")
     rnd = random.Random(7)
     recs = []
@@ -221,14 +322,21 @@ def test_clean_fleet_gives_nothing_above_info(shared_data: str, store: Store, tm
         out = " ".join(rnd.choice(_WORDS) for _ in range(rnd.randint(1, 20)))
         recs.append(
             make_request(
-                i, replica=f"r{i % 3}", model="gpt2", tokenizer_fp=gpt2.fingerprint,
-                prompt_text=text, prompt_ids=encode_prompt(gpt2, text),
-                output_ids=gpt2.encode(out) + [50256], output_text=out,
+                i,
+                replica=f"r{i % 3}",
+                model="gpt2",
+                tokenizer_fp=gpt2.fingerprint,
+                prompt_text=text,
+                prompt_ids=encode_prompt(gpt2, text),
+                output_ids=gpt2.encode(out) + [50256],
+                output_text=out,
             )
         )
     # the same prompts again on other replicas
     recs += [
-        make_request(1000 + i, **{**_fields(r), "replica": f"r{(i + 1) % 3}", "request_id": f"dup-{i}"})
+        make_request(
+            1000 + i, **{**_fields(r), "replica": f"r{(i + 1) % 3}", "request_id": f"dup-{i}"}
+        )
         for i, r in enumerate(recs[:100])
     ]
     _ingest(store, tmp_path, recs)
@@ -249,18 +357,37 @@ def test_clean_sentencepiece_fleet_with_bos_and_eos(
     for i in range(60):
         text = CHAT.format(q=QUESTIONS[i % 5] + f" ({i % 7})")
         out = f"Answer {i}: the sky is blue because of Rayleigh scattering."
-        recs.append(_req(i, old, f"r{i % 3}", text, output_text=out, output_ids=old.encode(out) + [old.eos_ids[0]]))
+        recs.append(
+            _req(
+                i,
+                old,
+                f"r{i % 3}",
+                text,
+                output_text=out,
+                output_ids=old.encode(out) + [old.eos_ids[0]],
+            )
+        )
     _ingest(store, tmp_path, recs)
-    assert [f for f in tokenizer_drift(AnalysisContext(store=store, tokenizer=old)) if f.severity != "info"] == []
+    assert [
+        f
+        for f in tokenizer_drift(AnalysisContext(store=store, tokenizer=old))
+        if f.severity != "info"
+    ] == []
 
 
 def test_replica_filter_and_renaming(
     store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]
 ) -> None:
     old, new = phi3
-    recs = [_req(i, new if i % 3 == 0 else old, f"r{i % 3}", CHAT.format(q=QUESTIONS[i % 5])) for i in range(30)]
+    recs = [
+        _req(i, new if i % 3 == 0 else old, f"r{i % 3}", CHAT.format(q=QUESTIONS[i % 5]))
+        for i in range(30)
+    ]
     recs += [
-        make_request(100 + i, **{**_fields(r), "replica": "z" + r.replica, "request_id": f"z{i}", "model": "other"})
+        make_request(
+            100 + i,
+            **{**_fields(r), "replica": "z" + r.replica, "request_id": f"z{i}", "model": "other"},
+        )
         for i, r in enumerate(recs)
     ]
     _ingest(store, tmp_path, recs)
@@ -278,7 +405,10 @@ def test_fingerprint_and_ids_blame_the_same_replica_on_a_tie(
     store: Store, tmp_path: Path, phi3: tuple[TokenizerBundle, TokenizerBundle]
 ) -> None:
     old, new = phi3
-    recs = [_req(i, new if i % 2 else old, f"r{i % 2}", CHAT.format(q=QUESTIONS[i % 5])) for i in range(20)]
+    recs = [
+        _req(i, new if i % 2 else old, f"r{i % 2}", CHAT.format(q=QUESTIONS[i % 5]))
+        for i in range(20)
+    ]
     _ingest(store, tmp_path, recs)
     fs = _kinds(tokenizer_drift(AnalysisContext(store=store)))
     (fp,) = fs["tokenizer.fingerprint_mismatch"]
@@ -310,7 +440,9 @@ def test_a_tie_is_decided_by_what_other_texts_showed(
 
 
 @pytest.mark.parametrize("doubled", ["a", "z"])
-def test_a_tie_against_a_doubled_first_token_blames_the_doubled_side(store: Store, tmp_path: Path, doubled: str) -> None:
+def test_a_tie_against_a_doubled_first_token_blames_the_doubled_side(
+    store: Store, tmp_path: Path, doubled: str
+) -> None:
     """Two replicas, one each side of every text (no majority), but one side starts with one
     ID twice: a doubled BOS is never the right encoding, whatever the replica is called."""
     clean = "z" if doubled == "a" else "a"
@@ -327,28 +459,45 @@ def test_a_tie_against_a_doubled_first_token_blames_the_doubled_side(store: Stor
 
 # --- another vocabulary altogether is not drift ------------------------------------------------
 
-SYSTEMS = ["You are a helpful assistant.", "Answer in one sentence.", "Réponds en français, s'il te plaît."]
-PROMPTS = [f"{s}\n\n{q} (case {k})" for k, (s, q) in enumerate((s, q) for s in SYSTEMS for q in QUESTIONS)]
+SYSTEMS = [
+    "You are a helpful assistant.",
+    "Answer in one sentence.",
+    "Réponds en français, s'il te plaît.",
+]
+PROMPTS = [
+    f"{s}\n\n{q} (case {k})" for k, (s, q) in enumerate((s, q) for s in SYSTEMS for q in QUESTIONS)
+]
 
 
 def _unnamed(i: int, replica: str, text: str, ids: list[int]) -> Request:
     """A request as a vLLM log line gives it: no model name, no fingerprint."""
-    return make_request(i, replica=replica, model=None, tokenizer_fp=None, prompt_text=text, prompt_ids=ids)
+    return make_request(
+        i, replica=replica, model=None, tokenizer_fp=None, prompt_text=text, prompt_ids=ids
+    )
 
 
 def _two_models(shared_data: str, first: str, second: str, split: tuple[int, int]) -> list[Request]:
     """``split[0]`` replicas serve ``first``'s tokenizer, ``split[1]`` ``second``'s; every
     replica receives every prompt (the same benchmark sent to both fleets)."""
     toks = [_tok(shared_data, first), _tok(shared_data, second)]
-    reps = [(f"a{k}", toks[0]) for k in range(split[0])] + [(f"b{k}", toks[1]) for k in range(split[1])]
-    return [_unnamed(i * len(reps) + k, rep, text, encode_prompt(tok, text))
-            for i, text in enumerate(PROMPTS) for k, (rep, tok) in enumerate(reps)]
+    reps = [(f"a{k}", toks[0]) for k in range(split[0])] + [
+        (f"b{k}", toks[1]) for k in range(split[1])
+    ]
+    return [
+        _unnamed(i * len(reps) + k, rep, text, encode_prompt(tok, text))
+        for i, text in enumerate(PROMPTS)
+        for k, (rep, tok) in enumerate(reps)
+    ]
 
 
 @pytest.mark.parametrize(
     ("first", "second", "split"),
-    [("gpt2", "llama3", (2, 2)), ("gpt2", "llama3", (3, 1)), ("llama3", "qwen2-1.5b-instruct-finetune", (3, 2)),
-     ("gpt2", "qwen2-1.5b-instruct-finetune", (1, 1))],
+    [
+        ("gpt2", "llama3", (2, 2)),
+        ("gpt2", "llama3", (3, 1)),
+        ("llama3", "qwen2-1.5b-instruct-finetune", (3, 2)),
+        ("gpt2", "qwen2-1.5b-instruct-finetune", (1, 1)),
+    ],
 )
 def test_two_unnamed_models_are_a_vocabulary_mismatch_not_drift(
     store: Store, tmp_path: Path, shared_data: str, first: str, second: str, split: tuple[int, int]
@@ -358,7 +507,9 @@ def test_two_unnamed_models_are_a_vocabulary_mismatch_not_drift(
     cross-replica error on whichever side is outnumbered, nor IDs "out of vocabulary"."""
     _ingest(store, tmp_path, _two_models(shared_data, first, second, split))
     found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
-    assert set(found) == {"tokenizer.vocabulary_mismatch"}, {k: [f.summary for f in v] for k, v in found.items()}
+    assert set(found) == {"tokenizer.vocabulary_mismatch"}, {
+        k: [f.summary for f in v] for k, v in found.items()
+    }
     (f,) = found["tokenizer.vocabulary_mismatch"]
     assert f.severity == "warning" and "replica" not in (f.scope or {})
     assert "different vocabularies" in f.summary and "do not name" in f.summary
@@ -370,24 +521,39 @@ def test_two_unnamed_models_are_a_vocabulary_mismatch_not_drift(
     b_side = next(g for g in groups if g["replicas"][0].startswith("b"))
     assert a_side["replicas"] == [f"a{k} (stable)" for k in range(split[0])]
     toks = {first: _tok(shared_data, first), second: _tok(shared_data, second)}
-    for side, name in ((a_side, first), (b_side, second)):  # the first IDs each side logged: a BOS, or the text's
+    for side, name in (
+        (a_side, first),
+        (b_side, second),
+    ):  # the first IDs each side logged: a BOS, or the text's
         assert encode_prompt(toks[name], PROMPTS[0])[0] in side["first_ids"]
         assert side["example"]["replica"] in side["replicas"]
         bos = name == "llama3"
-        assert (side["first_id"], side["first_id_share"]) == (128000, 1.0) if bos else side["first_id_share"] < 1.0
+        assert (
+            (side["first_id"], side["first_id_share"]) == (128000, 1.0)
+            if bos
+            else side["first_id_share"] < 1.0
+        )
     ex = ev["example"]
     assert ex["prompt_text"] == PROMPTS[0] and len(ex["sides"]) == 2
     assert {s["replica"][0] for s in ex["sides"]} == {"a", "b"}
     (pair,) = ev["pairs"]
-    assert pair["overlap"] == v["overlap"] and pair["texts"] == len(PROMPTS) and pair["ids_compared"] >= 16
+    assert (
+        pair["overlap"] == v["overlap"]
+        and pair["texts"] == len(PROMPTS)
+        and pair["ids_compared"] >= 16
+    )
 
 
 def _split_special(tok: TokenizerBundle, text: str, special: str) -> list[int]:
     """``text`` encoded with its first ``special`` read as plain text (the special token not
     registered on that replica): pieces instead of one ID."""
     i = text.index(special)
-    return [*encode_prompt(tok, text[:i]), *tok.encode(special[:2]), *tok.encode(special[2:]),
-            *tok.encode(text[i + len(special):])]
+    return [
+        *encode_prompt(tok, text[:i]),
+        *tok.encode(special[:2]),
+        *tok.encode(special[2:]),
+        *tok.encode(text[i + len(special) :]),
+    ]
 
 
 @pytest.mark.parametrize("drift", ["double_bos", "special_as_text"])
@@ -403,7 +569,11 @@ def test_drift_within_one_unnamed_vocabulary_stays_cross_replica_ids(
         for k in range(3):
             ids = encode_prompt(tok, text)
             if k == 2:
-                ids = [ids[0], *ids] if drift == "double_bos" else _split_special(tok, text, "<|eot_id|>")
+                ids = (
+                    [ids[0], *ids]
+                    if drift == "double_bos"
+                    else _split_special(tok, text, "<|eot_id|>")
+                )
             recs.append(_unnamed(i * 3 + k, f"r{k}", text, ids))
     _ingest(store, tmp_path, recs)
     found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
@@ -412,49 +582,83 @@ def test_drift_within_one_unnamed_vocabulary_stays_cross_replica_ids(
     assert f.severity == "error" and (f.scope or {})["replica"] == "r2"
 
 
-def test_thin_evidence_never_splits_a_vocabulary(store: Store, tmp_path: Path, shared_data: str) -> None:
+def test_thin_evidence_never_splits_a_vocabulary(
+    store: Store, tmp_path: Path, shared_data: str
+) -> None:
     """A prompt that is one special token, read as a token on one replica and as text on the
     other, shares no ID: it looks like two vocabularies, but one text of one ID is too little
     to tell, so it stays drift."""
     gpt2 = _tok(shared_data, "gpt2")
     text = "<|endoftext|>"
     assert gpt2.piece(50256) == text and 50256 not in gpt2.encode(text)
-    _ingest(store, tmp_path, [_unnamed(0, "r0", text, [50256]), _unnamed(1, "r1", text, gpt2.encode(text))])
+    _ingest(
+        store,
+        tmp_path,
+        [_unnamed(0, "r0", text, [50256]), _unnamed(1, "r1", text, gpt2.encode(text))],
+    )
     found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
     assert set(found) == {"tokenizer.cross_replica_ids"}
 
 
-def test_drift_inside_one_of_two_vocabularies_is_still_found(store: Store, tmp_path: Path, shared_data: str) -> None:
+def test_drift_inside_one_of_two_vocabularies_is_still_found(
+    store: Store, tmp_path: Path, shared_data: str
+) -> None:
     """GPT-2 on a0-a2, Llama-3 on b0-b2, and b2 doubles the BOS: the two vocabularies are one
     warning, and b2's doubled BOS is drift within Llama-3's (its peers b0, b1 the reference)."""
     recs = _two_models(shared_data, "gpt2", "llama3", (3, 3))
-    recs = [make_request(int(r.request_id[4:]), **{**_fields(r), "prompt_ids": [r.prompt_ids[0], *r.prompt_ids]})
-            if r.replica == "b2" else r for r in recs]
+    recs = [
+        make_request(
+            int(r.request_id[4:]), **{**_fields(r), "prompt_ids": [r.prompt_ids[0], *r.prompt_ids]}
+        )
+        if r.replica == "b2"
+        else r
+        for r in recs
+    ]
     _ingest(store, tmp_path, recs)
     found = _kinds(tokenizer_drift(AnalysisContext(store=store)), ("info", "warning", "error"))
     assert set(found) == {"tokenizer.vocabulary_mismatch", "tokenizer.cross_replica_ids"}
     (ids,) = found["tokenizer.cross_replica_ids"]
-    assert (ids.scope or {})["replica"] == "b2" and (ids.evidence or {})["cause"] == "doubled_first_token"
+    assert (ids.scope or {})["replica"] == "b2" and (ids.evidence or {})[
+        "cause"
+    ] == "doubled_first_token"
     assert (ids.evidence or {})["reference_replicas"] == ["b0 (stable)", "b1 (stable)"]
     (voc,) = found["tokenizer.vocabulary_mismatch"]
     assert sorted(g["replicas"][0][0] for g in (voc.evidence or {})["groups"]) == ["a", "b"]
 
 
-def test_out_of_vocab_compares_within_one_vocabulary(store: Store, tmp_path: Path, shared_data: str) -> None:
+def test_out_of_vocab_compares_within_one_vocabulary(
+    store: Store, tmp_path: Path, shared_data: str
+) -> None:
     """Llama-3's IDs run to 128k, GPT-2's to 50k: without a reference, a Llama-3 replica is not
     "out of vocabulary" next to GPT-2 ones; a real out-of-range ID is still found."""
     one = _two_models(shared_data, "gpt2", "llama3", (2, 2))  # 8 rounds: ≥ 100 requests of peers
-    recs = [make_request(i, **{**_fields(r), "request_id": f"x{i}-{k}", "t_arrival": r.t_arrival + 1000 * k})
-            for k in range(8) for i, r in enumerate(one)]
-    recs.append(_unnamed(99_999, "a0", PROMPTS[0] + "!", [*_tok(shared_data, "gpt2").encode(PROMPTS[0]), 4_000_000]))
+    recs = [
+        make_request(
+            i, **{**_fields(r), "request_id": f"x{i}-{k}", "t_arrival": r.t_arrival + 1000 * k}
+        )
+        for k in range(8)
+        for i, r in enumerate(one)
+    ]
+    recs.append(
+        _unnamed(
+            99_999,
+            "a0",
+            PROMPTS[0] + "!",
+            [*_tok(shared_data, "gpt2").encode(PROMPTS[0]), 4_000_000],
+        )
+    )
     _ingest(store, tmp_path, recs)
     found = _kinds(tokenizer_drift(AnalysisContext(store=store)))
     (oov,) = found["tokenizer.out_of_vocab"]
-    assert (oov.scope or {})["replica"] == "a0" and (oov.evidence or {})["request_ids"] == ["req-99999"]
+    assert (oov.scope or {})["replica"] == "a0" and (oov.evidence or {})["request_ids"] == [
+        "req-99999"
+    ]
     assert set(found) == {"tokenizer.vocabulary_mismatch", "tokenizer.out_of_vocab"}
 
 
-def test_vocabulary_mismatch_does_not_depend_on_replica_names(store: Store, tmp_path: Path, shared_data: str) -> None:
+def test_vocabulary_mismatch_does_not_depend_on_replica_names(
+    store: Store, tmp_path: Path, shared_data: str
+) -> None:
     recs = _two_models(shared_data, "gpt2", "llama3", (2, 2))
     rename = {"a0": "z9", "a1": "z8", "b0": "c1", "b1": "c0"}
 
@@ -464,11 +668,16 @@ def test_vocabulary_mismatch_does_not_depend_on_replica_names(store: Store, tmp_
         d = tmp_path / name
         d.mkdir()
         _ingest(store, d, rs)
-        (f,) = _kinds(tokenizer_drift(AnalysisContext(store=store)))["tokenizer.vocabulary_mismatch"]
+        (f,) = _kinds(tokenizer_drift(AnalysisContext(store=store)))[
+            "tokenizer.vocabulary_mismatch"
+        ]
         return {"values": f.values, "evidence": f.evidence}
 
     base = vocab_finding(recs, "base")
-    moved = vocab_finding([make_request(0, **{**_fields(r), "replica": rename[r.replica]}) for r in reversed(recs)], "moved")
+    moved = vocab_finding(
+        [make_request(0, **{**_fields(r), "replica": rename[r.replica]}) for r in reversed(recs)],
+        "moved",
+    )
     back = {f"{v} (stable)": f"{k} (stable)" for k, v in rename.items()}
     for g in moved["evidence"]["groups"]:
         g["replicas"] = sorted(back[x] for x in g["replicas"])

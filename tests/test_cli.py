@@ -18,8 +18,14 @@ from infdebug.schema import encode_record, encode_records
 def run(home: str, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "INFDEBUG_HOME": home, "COLUMNS": "120"}
     env.pop("INFDEBUG_CLICKHOUSE_URL", None)
-    p = subprocess.run([sys.executable, "-m", "infdebug.cli", *args], env=env, capture_output=True, text=True,
-                       timeout=300, cwd=REPO)
+    p = subprocess.run(
+        [sys.executable, "-m", "infdebug.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     if check is not None:
         assert p.returncode == check, p.stdout + p.stderr
     return p
@@ -43,16 +49,25 @@ def test_ingest_exit_codes_and_json_summary(home: str, tmp_path: Any) -> None:
     good = tmp_path / "good.jsonl"
     good.write_bytes(encode_records([make_request(i) for i in range(20)]))
     s = json.loads(run(home, "ingest", str(good), "--json").stdout)
-    assert s["files"] == 1 and s["rows"]["request"] == 20 and s["rejected"] == 0 and s["rejects_file"] is None
+    assert (
+        s["files"] == 1
+        and s["rows"]["request"] == 20
+        and s["rejected"] == 0
+        and s["rejects_file"] is None
+    )
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(encode_record(make_request(100)) + b"{oops\n" + encode_record(make_request(101)))
+    bad.write_bytes(
+        encode_record(make_request(100)) + b"{oops\n" + encode_record(make_request(101))
+    )
     p = run(home, "ingest", str(bad), "--json", check=3)
     s = json.loads(p.stdout)
     assert s["rows"]["request"] == 2 and s["rejected"] == 1
     with open(s["rejects_file"], encoding="utf-8") as fh:
         rej = [json.loads(x) for x in fh]
-    assert rej[0]["file"] == str(bad) and rej[0]["line"] == 2 and "malformed JSON" in rej[0]["reason"]
+    assert (
+        rej[0]["file"] == str(bad) and rej[0]["line"] == 2 and "malformed JSON" in rej[0]["reason"]
+    )
 
     p = run(home, "ingest", str(bad), check=0)  # already ingested: nothing new, nothing rejected
     assert "unchanged" in p.stdout
@@ -63,7 +78,10 @@ def test_ingest_exit_codes_and_json_summary(home: str, tmp_path: Any) -> None:
 
 def test_human_ingest_names_rejected_lines(home: str, tmp_path: Any) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(encode_record(make_request(1)) + b'{"kind":"request","request_id":"z","replica":"r","t_arrival":"x"}\n')
+    bad.write_bytes(
+        encode_record(make_request(1))
+        + b'{"kind":"request","request_id":"z","replica":"r","t_arrival":"x"}\n'
+    )
     p = run(home, "ingest", str(bad), check=3)
     assert f"{bad}:2: field t_arrival:" in p.stderr.replace("\n", "")
 
@@ -72,16 +90,33 @@ def test_query_json_and_bound_params(home: str, tmp_path: Any) -> None:
     f = tmp_path / "a.jsonl"
     f.write_bytes(encode_records([make_request(i) for i in range(9)]))
     run(home, "ingest", str(f))
-    out = json.loads(run(home, "query", "SELECT replica, count() AS n FROM requests GROUP BY replica ORDER BY replica",
-                         "--json").stdout)
+    out = json.loads(
+        run(
+            home,
+            "query",
+            "SELECT replica, count() AS n FROM requests GROUP BY replica ORDER BY replica",
+            "--json",
+        ).stdout
+    )
     assert out == [{"replica": "r0", "n": 3}, {"replica": "r1", "n": 3}, {"replica": "r2", "n": 3}]
-    out = json.loads(run(home, "query", "SELECT request_id, prompt_ids FROM requests WHERE replica = {r:String} "
-                         "ORDER BY t_arrival", "-p", "r=r1", "--json").stdout)
+    out = json.loads(
+        run(
+            home,
+            "query",
+            "SELECT request_id, prompt_ids FROM requests WHERE replica = {r:String} "
+            "ORDER BY t_arrival",
+            "-p",
+            "r=r1",
+            "--json",
+        ).stdout
+    )
     assert [o["request_id"] for o in out] == ["req-1", "req-4", "req-7"]
     assert out[0]["prompt_ids"] == [1, 22, 334]
     p = run(home, "query", "SELEKT nonsense", check=2)
     assert "query failed" in p.stderr and "Traceback" not in p.stderr
-    table = run(home, "query", "SELECT replica, count() FROM requests GROUP BY replica ORDER BY replica").stdout
+    table = run(
+        home, "query", "SELECT replica, count() FROM requests GROUP BY replica ORDER BY replica"
+    ).stdout
     assert "r0" in table and "r2" in table
 
 
@@ -91,9 +126,18 @@ def _q(values: list[float], q: float) -> float:
 
 
 def test_stats_percentiles_match_the_data(home: str, tmp_path: Any) -> None:
-    recs = [make_request(i, token_times_s=[0.01 * (i % 5 + 1), 0.01 * (i % 5 + 1) + 0.002 * (i % 4 + 1),
-                                           0.01 * (i % 5 + 1) + 0.003 * (i % 4 + 2)], e2e_s=0.05 + 0.01 * i)
-            for i in range(60)]
+    recs = [
+        make_request(
+            i,
+            token_times_s=[
+                0.01 * (i % 5 + 1),
+                0.01 * (i % 5 + 1) + 0.002 * (i % 4 + 1),
+                0.01 * (i % 5 + 1) + 0.003 * (i % 4 + 2),
+            ],
+            e2e_s=0.05 + 0.01 * i,
+        )
+        for i in range(60)
+    ]
     f = tmp_path / "a.jsonl"
     f.write_bytes(encode_records(recs))
     run(home, "ingest", str(f))
@@ -103,7 +147,9 @@ def test_stats_percentiles_match_the_data(home: str, tmp_path: Any) -> None:
         mine = [x for x in recs if x.replica == r["replica"]]
         assert r["requests"] == len(mine)
         ttft = [x.ttft_s for x in mine]
-        gaps = [b - a for x in mine for a, b in zip(x.token_times_s, x.token_times_s[1:], strict=False)]
+        gaps = [
+            b - a for x in mine for a, b in zip(x.token_times_s, x.token_times_s[1:], strict=False)
+        ]
         e2e = [x.e2e_s for x in mine]
         for key, vals in (("ttft_s", ttft), ("itl_s", gaps), ("e2e_s", e2e)):
             assert r[key]["n"] == len(vals)
@@ -124,7 +170,8 @@ def test_sample_logs_load_cleanly(home: str) -> None:
     assert s["rows"]["request"] >= 100 and s["rows"]["gpu"] > 0 and s["rows"]["event"] > 0
     reps = json.loads(run(home, "stats", "--json").stdout)["replicas"]
     assert {(r["replica"], r["deployment"]) for r in reps} == {
-        (f"r{i}", d) for i in (1, 2, 3) for d in ("baseline", "canary")}  # two fleets, same replica names
+        (f"r{i}", d) for i in (1, 2, 3) for d in ("baseline", "canary")
+    }  # two fleets, same replica names
 
 
 # --- in process, through click's CliRunner (output is not a terminal there, as when piped) ---
@@ -156,15 +203,25 @@ def _invoke(home: str, *args: str, code: int = 0) -> Any:
 def test_stats_groups_by_replica_within_its_deployment(home: str, tmp_path: Any) -> None:
     # r3 of stable and r3 of canary are different pods: two rows, named as analyze names them.
     recs = [make_request(i, replica="r3", deployment="stable", ttft_s=0.010) for i in range(4)]
-    recs += [make_request(10 + i, replica="r3", deployment="canary", ttft_s=0.050) for i in range(6)]
+    recs += [
+        make_request(10 + i, replica="r3", deployment="canary", ttft_s=0.050) for i in range(6)
+    ]
     recs += [make_request(20 + i, replica="r1", deployment=None, ttft_s=0.020) for i in range(2)]
     _load(home, tmp_path, recs)
     out = json.loads(_invoke(home, "stats", "--json").stdout)["replicas"]
     assert [(r["replica"], r["deployment"], r["requests"]) for r in out] == [
-        ("r1", None, 2), ("r3", "canary", 6), ("r3", "stable", 4)]
+        ("r1", None, 2),
+        ("r3", "canary", 6),
+        ("r3", "stable", 4),
+    ]
     assert [r["ttft_s"]["p50"] for r in out] == pytest.approx([0.020, 0.050, 0.010])
-    cells = [[c.strip() for c in line.split("│")][:2] for line in _invoke(home, "stats").stdout.splitlines()]
-    assert ["r3 (canary)", "6"] in cells and ["r3 (stable)", "4"] in cells and ["r1", "2"] in cells, cells
+    cells = [
+        [c.strip() for c in line.split("│")][:2]
+        for line in _invoke(home, "stats").stdout.splitlines()
+    ]
+    assert (
+        ["r3 (canary)", "6"] in cells and ["r3 (stable)", "4"] in cells and ["r1", "2"] in cells
+    ), cells
     only = json.loads(_invoke(home, "stats", "--deployment", "canary", "--json").stdout)["replicas"]
     assert [(r["replica"], r["deployment"]) for r in only] == [("r3", "canary")]
 
@@ -177,7 +234,9 @@ def test_piped_output_is_not_wrapped_and_keeps_ids_whole(home: str, tmp_path: An
     stats = _invoke(home, "stats").stdout
     row = next(line for line in stats.splitlines() if replica in line)
     assert f"{replica} ({deployment})" in row and "n=" not in row, stats  # whole, on one line
-    table = _invoke(home, "query", "SELECT request_id, replica, prompt_text, output_ids FROM requests").stdout
+    table = _invoke(
+        home, "query", "SELECT request_id, replica, prompt_text, output_ids FROM requests"
+    ).stdout
     row = next(line for line in table.splitlines() if rid in line)
     assert replica in row and "[7, 8, 2]" in row and len(row) > 200
 
@@ -186,10 +245,26 @@ def test_text_output_rounds_numbers_one_way() -> None:
     from infdebug.console import fmt_ms, fmt_number, fmt_percent, fmt_rate, fmt_seconds
 
     assert [fmt_number(x) for x in (0.04123, 4.123, 41.23, 412.3, 4123.4, -5.678, 0.0)] == [
-        "0.04", "4.12", "41.2", "412", "4123", "-5.68", "0.00"]
-    assert (fmt_ms(0.0123), fmt_ms(0.00042), fmt_ms(1.5), fmt_ms(None)) == ("12.3", "0.42", "1500", "—")
-    assert (fmt_seconds(59.71), fmt_seconds(float("nan")), fmt_percent(0.1234), fmt_percent(None)) == (
-        "59.7 s", "—", "12.3%", "—")
+        "0.04",
+        "4.12",
+        "41.2",
+        "412",
+        "4123",
+        "-5.68",
+        "0.00",
+    ]
+    assert (fmt_ms(0.0123), fmt_ms(0.00042), fmt_ms(1.5), fmt_ms(None)) == (
+        "12.3",
+        "0.42",
+        "1500",
+        "—",
+    )
+    assert (
+        fmt_seconds(59.71),
+        fmt_seconds(float("nan")),
+        fmt_percent(0.1234),
+        fmt_percent(None),
+    ) == ("59.7 s", "—", "12.3%", "—")
     assert fmt_rate(2.994) == "2.99/s"
 
 
@@ -208,7 +283,9 @@ def test_query_help_lists_every_table(home: str) -> None:
         assert f" {t}," in help_text or f" {t}." in help_text, t
 
 
-def test_serve_help_lists_every_fault_the_replica_accepts(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_help_lists_every_fault_the_replica_accepts(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from infdebug.tracer.engine.faults import FAULTS
 
     help_text = " ".join(_invoke(str(tmp_path / "home"), "serve", "--help").stdout.split())
@@ -230,7 +307,9 @@ def test_serve_help_lists_every_fault_the_replica_accepts(tmp_path: Any, monkeyp
     assert all(f.spec in str(e.value) for f in FAULTS)
 
 
-def test_profile_without_py_spy_names_the_install_command(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profile_without_py_spy_names_the_install_command(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # as after `make demo`, which installs the engine extra only: no py-spy beside Python or on PATH
     bare = tmp_path / "bin"
     bare.mkdir()

@@ -23,8 +23,9 @@ def tmp_root(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.parametrize("ending", [None, RuntimeError, KeyboardInterrupt])
-def test_the_temporary_trace_dir_is_removed_however_the_demo_ends(tmp_root: Any,
-                                                                  ending: type[BaseException] | None) -> None:
+def test_the_temporary_trace_dir_is_removed_however_the_demo_ends(
+    tmp_root: Any, ending: type[BaseException] | None
+) -> None:
     seen: list[str] = []
 
     def run() -> None:
@@ -63,14 +64,20 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_root: Any) -> None:
     assert os.listdir(tmp_root) == [] and signal.getsignal(signal.SIGTERM) == before
 
 
-def test_a_failing_demo_removes_its_trace_dir(tmp_root: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("torch", reason="the demo's engine needs torch (pip install -e '.[engine]')")
+def test_a_failing_demo_removes_its_trace_dir(
+    tmp_root: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip(
+        "torch", reason="the demo's engine needs torch (pip install -e '.[engine]')"
+    )
     from infdebug import demo
     from infdebug.fleet.traces import TraceFormatError
 
     home = tmp_path / "home"
     (home / "demo" / "model").mkdir(parents=True)
-    (home / "demo" / "model" / "config.json").write_text("{}")  # a checkpoint is there: no model is made
+    (home / "demo" / "model" / "config.json").write_text(
+        "{}"
+    )  # a checkpoint is there: no model is made
     monkeypatch.setenv("INFDEBUG_HOME", str(home))
     bad = tmp_path / "not-a-trace.csv"
     bad.write_text("when,in,out\n")

@@ -24,8 +24,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _engine(tiny: str, **cfg: Any) -> Engine:
     model, _ = load_checkpoint(tiny, max_len=256)
     tok = load_tokenizer(tiny)
-    return Engine(model, eos_ids=[], decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True),
-                  config=EngineConfig(max_model_len=256, **cfg))
+    return Engine(
+        model,
+        eos_ids=[],
+        decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True),
+        config=EngineConfig(max_model_len=256, **cfg),
+    )
 
 
 def _run(eng: Engine, jobs: list[tuple[list[int], SamplingParams]]) -> list[list[TokenEvent]]:
@@ -42,7 +46,10 @@ def _run(eng: Engine, jobs: list[tuple[list[int], SamplingParams]]) -> list[list
 
 def _greedy_alone(tiny: str, ids: list[int], n: int) -> list[int]:
     eng = _engine(tiny, max_batch=1)
-    return [e.token_id for e in _run(eng, [(ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))])[0]]
+    return [
+        e.token_id
+        for e in _run(eng, [(ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))])[0]
+    ]
 
 
 def test_continuous_batching_gives_each_request_its_own_greedy_output(tiny: str) -> None:
@@ -60,17 +67,27 @@ def test_greedy_through_the_engine_matches_transformers(tiny: str) -> None:
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     prompts = [[5, 17, 42, 9, 100, 3], list(range(30, 70)), [7] * 12]
     eng = _engine(tiny, max_batch=4)
-    got = _run(eng, [(p, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)) for p in prompts])
+    got = _run(
+        eng, [(p, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)) for p in prompts]
+    )
     for p, events in zip(prompts, got, strict=True):
         with torch.inference_mode():
-            ref = hf.generate(torch.tensor([p]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
-                              eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+            ref = hf.generate(
+                torch.tensor([p]),
+                max_new_tokens=16,
+                min_new_tokens=16,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()
         assert [e.token_id for e in events] == ref
 
 
 def test_prefix_cache_hits_and_changes_nothing(tiny: str) -> None:
     eng = _engine(tiny, max_batch=2, block_size=8)
-    shared = list(range(40, 80))  # 40 tokens: 4 full blocks of 8 cacheable (at least one left to prefill)
+    shared = list(
+        range(40, 80)
+    )  # 40 tokens: 4 full blocks of 8 cacheable (at least one left to prefill)
     a = shared + [5, 6, 7]
     b = shared + [9, 9]
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
@@ -86,26 +103,38 @@ def test_prefix_cache_hits_and_changes_nothing(tiny: str) -> None:
 
 def test_seeded_sampling_is_reproducible(tiny: str) -> None:
     p = list(range(10, 30))
-    s1 = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
+    s1 = SamplingParams(
+        max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True
+    )
     a = [e.token_id for e in _run(_engine(tiny), [(p, s1)])[0]]
     b = [e.token_id for e in _run(_engine(tiny), [(p, s1)])[0]]
-    c = [e.token_id for e in _run(_engine(tiny), [(p, SamplingParams(**{**s1.__dict__, "seed": 99}))])[0]]
+    c = [
+        e.token_id
+        for e in _run(_engine(tiny), [(p, SamplingParams(**{**s1.__dict__, "seed": 99}))])[0]
+    ]
     assert a == b
     assert a != c
 
 
 def test_stop_token_ids_and_stop_strings(tiny: str) -> None:
     p = list(range(10, 30))
-    free = _run(_engine(tiny), [(p, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))])[0]
+    free = _run(
+        _engine(tiny), [(p, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))]
+    )[0]
     ids = [e.token_id for e in free]
     stop_at = ids[3]
     cut = ids.index(stop_at)
-    got = _run(_engine(tiny), [(p, SamplingParams(max_tokens=10, temperature=0, stop_token_ids=(stop_at,)))])[0]
+    got = _run(
+        _engine(tiny),
+        [(p, SamplingParams(max_tokens=10, temperature=0, stop_token_ids=(stop_at,)))],
+    )[0]
     assert [e.token_id for e in got] == ids[: cut + 1] and got[-1].finish_reason == "stop"
     text = "".join(e.text for e in free)
     if len(text.strip()) >= 4:
         needle = text.strip()[1:3]
-        got = _run(_engine(tiny), [(p, SamplingParams(max_tokens=10, temperature=0, stop=(needle,)))])[0]
+        got = _run(
+            _engine(tiny), [(p, SamplingParams(max_tokens=10, temperature=0, stop=(needle,)))]
+        )[0]
         out = "".join(e.text for e in got)
         assert needle not in out and got[-1].finish_reason == "stop"
         assert text.startswith(out)

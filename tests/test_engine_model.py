@@ -38,7 +38,10 @@ needs_transformers = pytest.mark.skipif(
 )
 CPU = torch.device("cpu")
 LLAMA3_ROPE = {
-    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
     "original_max_position_embeddings": 256,
 }
 MESSAGES = [
@@ -67,7 +70,9 @@ def _edit_config(d: str, **changes: Any) -> None:
         json.dump(cfg, f)
 
 
-def _prompt(d: str, text: str = "The lighthouse keeper wrote 3 lines in a green ledger.") -> torch.Tensor:
+def _prompt(
+    d: str, text: str = "The lighthouse keeper wrote 3 lines in a green ledger."
+) -> torch.Tensor:
     return torch.tensor(Tokenizer.from_file(os.path.join(d, "tokenizer.json")).encode(text).ids)
 
 
@@ -92,8 +97,11 @@ def test_round_trip_state_dict_equal(tiny: str, tmp_path: Any) -> None:
     assert set(on_disk) == set(state)
     for k, v in on_disk.items():
         assert torch.equal(state[k], v), k
-    assert cfg.vocab_size == PRESETS["tiny"]["vocab_size"] == Tokenizer.from_file(
-        os.path.join(tiny, "tokenizer.json")).get_vocab_size()
+    assert (
+        cfg.vocab_size
+        == PRESETS["tiny"]["vocab_size"]
+        == Tokenizer.from_file(os.path.join(tiny, "tokenizer.json")).get_vocab_size()
+    )
     assert model.rope_len == 1024 and next(model.parameters()).dtype == torch.float32
 
     save_checkpoint(model, cfg, str(tmp_path))
@@ -109,7 +117,10 @@ def test_make_model_is_deterministic(tmp_path: Any) -> None:
     for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json"):
         with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
             assert fa.read() == fb.read(), name
-    wa, wc = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(c, "model.safetensors"))
+    wa, wc = (
+        load_file(os.path.join(a, "model.safetensors")),
+        load_file(os.path.join(c, "model.safetensors")),
+    )
     assert not torch.equal(wa["model.embed_tokens.weight"], wc["model.embed_tokens.weight"])
     assert 0.018 < float(wa["model.embed_tokens.weight"].std()) < 0.022
 
@@ -126,8 +137,14 @@ def test_tokenizer_and_chat_template(chat_format: str, tmp_path: Any) -> None:
     with open(os.path.join(d, "chat_template.jinja")) as f:
         assert f.read() == tc["chat_template"]
     assert tok.get_vocab_size() == _config(d)["vocab_size"]
-    assert (tc["bos_token"], tc["eos_token"], tc["add_bos_token"]) == (fmt.bos, fmt.eos, fmt.add_bos)
-    assert gen["eos_token_id"] == [tok.token_to_id(s) for s in fmt.stop] == _config(d)["eos_token_id"]
+    assert (tc["bos_token"], tc["eos_token"], tc["add_bos_token"]) == (
+        fmt.bos,
+        fmt.eos,
+        fmt.add_bos,
+    )
+    assert (
+        gen["eos_token_id"] == [tok.token_to_id(s) for s in fmt.stop] == _config(d)["eos_token_id"]
+    )
     assert gen["bos_token_id"] == tok.token_to_id(fmt.bos)
     # specials come after the learned vocabulary and encode to one ID each
     for s in fmt.specials:
@@ -142,15 +159,23 @@ def test_tokenizer_and_chat_template(chat_format: str, tmp_path: Any) -> None:
 
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     render = env.from_string(tc["chat_template"]).render
-    out = render(messages=MESSAGES, add_generation_prompt=True, bos_token=fmt.bos, eos_token=fmt.eos)
+    out = render(
+        messages=MESSAGES, add_generation_prompt=True, bos_token=fmt.bos, eos_token=fmt.eos
+    )
     if chat_format == "chatml":
-        assert out.startswith("<|im_start|>system\nAnswer in one sentence.<|im_end|>\n<|im_start|>user\n")
+        assert out.startswith(
+            "<|im_start|>system\nAnswer in one sentence.<|im_end|>\n<|im_start|>user\n"
+        )
         assert out.endswith("<|im_end|>\n<|im_start|>assistant\n")
     else:
-        assert out.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nAnswer")
+        assert out.startswith(
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nAnswer"
+        )
         assert out.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     assert out.count(MESSAGES[2]["content"]) == 1
-    assert not render(messages=MESSAGES, add_generation_prompt=False, bos_token=fmt.bos).endswith("\n\n")
+    assert not render(messages=MESSAGES, add_generation_prompt=False, bos_token=fmt.bos).endswith(
+        "\n\n"
+    )
 
 
 def test_small_tokenizer_trains_quickly() -> None:
@@ -183,7 +208,10 @@ def test_sharded_checkpoint_loads(tiny: str, tmp_path: Any) -> None:
     os.remove(os.path.join(d, "model.safetensors"))
     state = load_file(os.path.join(tiny, "model.safetensors"))
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[::2],
+        "model-00002-of-00002.safetensors": keys[1::2],
+    }
     for name, ks in shards.items():
         save_file({k: state[k] for k in ks}, os.path.join(d, name), metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}
@@ -231,13 +259,18 @@ def test_error_missing_unexpected_and_misshapen_weights(tiny: str, tmp_path: Any
     state = load_file(path)
     state["model.layers.0.mlp.extra.weight"] = state.pop("model.layers.1.mlp.up_proj.weight")
     save_file(state, path)
-    with pytest.raises(ValueError, match=r"1 missing: model\.layers\.1\.mlp\.up_proj\.weight; "
-                       r"1 unexpected: model\.layers\.0\.mlp\.extra\.weight") as e:
+    with pytest.raises(
+        ValueError,
+        match=r"1 missing: model\.layers\.1\.mlp\.up_proj\.weight; "
+        r"1 unexpected: model\.layers\.0\.mlp\.extra\.weight",
+    ) as e:
         load_checkpoint(d)
     assert d in str(e.value)
     shutil.copy(os.path.join(tiny, "model.safetensors"), path)
     _edit_config(d, intermediate_size=128)
-    with pytest.raises(ValueError, match=r"shapes.*gate_proj\.weight \(172, 64\) \(expected \(128, 64\)\)"):
+    with pytest.raises(
+        ValueError, match=r"shapes.*gate_proj\.weight \(172, 64\) \(expected \(128, 64\)\)"
+    ):
         load_checkpoint(d)
     os.remove(path)
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
@@ -353,8 +386,13 @@ def test_parity_with_transformers(variant: str, tmp_path: Any) -> None:
     # (b) greedy generation: identical token IDs
     p = _prompt(d)
     with torch.no_grad():
-        hf_ids = hf.generate(p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                             max_new_tokens=24, do_sample=False, pad_token_id=0)[0, len(p):].tolist()
+        hf_ids = hf.generate(
+            p[None],
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=24,
+            do_sample=False,
+            pad_token_id=0,
+        )[0, len(p) :].tolist()
     assert len(hf_ids) == 24
     assert _greedy(ours, cfg, p, 24) == hf_ids
 

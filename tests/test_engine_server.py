@@ -23,19 +23,30 @@ from infdebug.tracer.engine.make_model import make_model  # noqa: E402
 from infdebug.tracer.engine.replica import Injections, Replica  # noqa: E402
 from infdebug.tracer.engine.server import App  # noqa: E402
 
-CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello to the fleet."}]
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello to the fleet."},
+]
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_model(str(tmp_path_factory.mktemp("m") / "tiny-llama3"), preset="tiny", arch="llama",
-                      chat_format="llama3")
+    return make_model(
+        str(tmp_path_factory.mktemp("m") / "tiny-llama3"),
+        preset="tiny",
+        arch="llama",
+        chat_format="llama3",
+    )
 
 
 @pytest.fixture(scope="session")
 def chatml_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_model(str(tmp_path_factory.mktemp("m") / "tiny-chatml"), preset="tiny", arch="qwen2",
-                      chat_format="chatml")
+    return make_model(
+        str(tmp_path_factory.mktemp("m") / "tiny-chatml"),
+        preset="tiny",
+        arch="qwen2",
+        chat_format="chatml",
+    )
 
 
 @pytest.fixture
@@ -43,8 +54,14 @@ def client_for(model_dir: str) -> Iterator[Any]:
     made: list[tuple[Replica, TestClient]] = []
 
     def make(*injects: str, directory: str | None = None, **kw: Any) -> TestClient:
-        rep = Replica(directory or model_dir, name="r-test", injections=Injections.parse(list(injects)),
-                      max_model_len=256, max_batch=4, **kw)
+        rep = Replica(
+            directory or model_dir,
+            name="r-test",
+            injections=Injections.parse(list(injects)),
+            max_model_len=256,
+            max_batch=4,
+            **kw,
+        )
         rep.start()
         c = TestClient(App(rep).app)
         made.append((rep, c))
@@ -57,20 +74,30 @@ def client_for(model_dir: str) -> Iterator[Any]:
 
 
 def _chat(c: TestClient, **kw: Any) -> dict[str, Any]:
-    body = {"model": "tiny-llama3", "messages": CHAT, "max_tokens": 8, "temperature": 0, "return_token_ids": True}
+    body = {
+        "model": "tiny-llama3",
+        "messages": CHAT,
+        "max_tokens": 8,
+        "temperature": 0,
+        "return_token_ids": True,
+    }
     body.update(kw)
     r = c.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def test_chat_completion_returns_token_ids_and_is_deterministic(client_for: Any, model_dir: str) -> None:
+def test_chat_completion_returns_token_ids_and_is_deterministic(
+    client_for: Any, model_dir: str
+) -> None:
     c = client_for()
     a, b = _chat(c), _chat(c)
     assert a["choices"][0]["token_ids"] == b["choices"][0]["token_ids"]
     assert len(a["choices"][0]["token_ids"]) == a["usage"]["completion_tokens"] <= 8
     rep_ids = a["prompt_token_ids"]
-    assert rep_ids[0] != rep_ids[1]  # one BOS: the template writes it, encoding does not add another
+    assert (
+        rep_ids[0] != rep_ids[1]
+    )  # one BOS: the template writes it, encoding does not add another
     # the second identical prompt hits the prefix cache
     assert b["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     h = c.get("/health").json()
@@ -79,7 +106,13 @@ def test_chat_completion_returns_token_ids_and_is_deterministic(client_for: Any,
 
 def test_completions_streaming_and_logprobs(client_for: Any) -> None:
     c = client_for()
-    body = {"prompt": "The fleet", "max_tokens": 6, "temperature": 0, "logprobs": 2, "return_token_ids": True}
+    body = {
+        "prompt": "The fleet",
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": 2,
+        "return_token_ids": True,
+    }
     whole = c.post("/v1/completions", json=body).json()
     ch = whole["choices"][0]
     assert len(ch["logprobs"]["token_logprobs"]) == len(ch["token_ids"])
@@ -105,10 +138,15 @@ def test_completions_streaming_and_logprobs(client_for: Any) -> None:
         ({"prompt": "x", "temperature": "hot"}, 400, "temperature"),
     ],
 )
-def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client_for: Any, body: Any, status: int,
-                                                                     needle: str) -> None:
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
+    client_for: Any, body: Any, status: int, needle: str
+) -> None:
     c = client_for()
-    r = c.post("/v1/completions", content=body) if isinstance(body, bytes) else c.post("/v1/completions", json=body)
+    r = (
+        c.post("/v1/completions", content=body)
+        if isinstance(body, bytes)
+        else c.post("/v1/completions", json=body)
+    )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert needle in err["message"] and err["type"]
@@ -123,13 +161,18 @@ def test_inject_double_bos_repeats_bos(client_for: Any) -> None:
 
 def test_inject_template_changes_the_prompt(client_for: Any, tmp_path: Any) -> None:
     tpl = tmp_path / "other.jinja"
-    tpl.write_text("{{ bos_token }}{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}"
-                   "{% if add_generation_prompt %}### assistant:{% endif %}")
+    tpl.write_text(
+        "{{ bos_token }}{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}### assistant:{% endif %}"
+    )
     base = _chat(client_for())
     other_c = client_for(f"template={tpl}")
     other = _chat(other_c)
     assert other["prompt_token_ids"] != base["prompt_token_ids"]
-    assert other_c.get("/health").json()["template_fp"] != client_for().get("/health").json()["template_fp"]
+    assert (
+        other_c.get("/health").json()["template_fp"]
+        != client_for().get("/health").json()["template_fp"]
+    )
 
 
 def test_inject_tokenizer_changes_the_ids(client_for: Any, model_dir: str, tmp_path: Any) -> None:
@@ -200,7 +243,11 @@ def test_inject_slow_sleeps_between_every_step(client_for: Any) -> None:
 
 def test_inject_dtype_changes_the_numerics(client_for: Any) -> None:
     body = {"prompt": "The fleet answers", "max_tokens": 4, "temperature": 0, "logprobs": 0}
-    a = client_for().post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["token_logprobs"]
+    a = (
+        client_for()
+        .post("/v1/completions", json=body)
+        .json()["choices"][0]["logprobs"]["token_logprobs"]
+    )
     c = client_for("dtype=bfloat16")
     b = c.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["token_logprobs"]
     assert c.app.state.infdebug.replica.model.lm_head.weight.dtype == torch.bfloat16
@@ -218,12 +265,30 @@ def test_openai_client_streams_from_infdebug_serve(chatml_dir: str, tmp_path: An
     port = _free_port()
     trace = tmp_path / "trace"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infdebug.cli", "serve", "--model", chatml_dir, "--port", str(port),
-         "--replica", "r1", "--trace-dir", str(trace), "--max-model-len", "512"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "infdebug.cli",
+            "serve",
+            "--model",
+            chatml_dir,
+            "--port",
+            str(port),
+            "--replica",
+            "r1",
+            "--trace-dir",
+            str(trace),
+            "--max-model-len",
+            "512",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+        )
         deadline = time.time() + 120
         while True:
             try:
@@ -231,29 +296,44 @@ def test_openai_client_streams_from_infdebug_serve(chatml_dir: str, tmp_path: An
                 break
             except openai.APIConnectionError:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stderr.read() if proc.stderr else "server did not start") from None
+                    raise AssertionError(
+                        proc.stderr.read() if proc.stderr else "server did not start"
+                    ) from None
                 time.sleep(0.3)
         name = models.data[0].id
-        stream = client.chat.completions.create(model=name, messages=CHAT, max_tokens=12, temperature=0,
-                                                stream=True)
+        stream = client.chat.completions.create(
+            model=name, messages=CHAT, max_tokens=12, temperature=0, stream=True
+        )
         pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
-        whole = client.chat.completions.create(model=name, messages=CHAT, max_tokens=12, temperature=0)
+        whole = client.chat.completions.create(
+            model=name, messages=CHAT, max_tokens=12, temperature=0
+        )
         assert "".join(pieces) == whole.choices[0].message.content
         assert whole.usage and whole.usage.completion_tokens >= 1
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=CHAT, max_tokens=2)
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.communicate(timeout=60)  # reads and closes the pipes (no ResourceWarning)
     from infdebug.schema import Event, Request, read_records
 
     files = list(trace.glob("*.requests.jsonl"))
     assert len(files) == 1
     recs = [r for _, r in read_records(str(files[0]))]
     assert len(recs) == 2 and all(isinstance(r, Request) for r in recs)
-    assert all(r.replica == "r1" and r.prompt_ids and r.output_ids and r.ttft_s is not None for r in recs)
+    assert all(
+        r.replica == "r1" and r.prompt_ids and r.output_ids and r.ttft_s is not None for r in recs
+    )
     # the replica's lifecycle, start to shutdown, with the duration of each phase
     events = [r for f in trace.glob("*.events.jsonl") for _, r in read_records(str(f))]
     assert [e.name for e in events if isinstance(e, Event)] == [
-        "process_start", "weights_loaded", "warmup_done", "ready", "drain", "shutdown"]
-    assert all(isinstance(e, Event) and e.replica == "r1" and (e.duration_s or 0) >= 0 for e in events)
+        "process_start",
+        "weights_loaded",
+        "warmup_done",
+        "ready",
+        "drain",
+        "shutdown",
+    ]
+    assert all(
+        isinstance(e, Event) and e.replica == "r1" and (e.duration_s or 0) >= 0 for e in events
+    )

@@ -67,29 +67,46 @@ def _held_out() -> list[list[dict[str, Any]]]:
     second turn), word prompts as the load generator makes them, and plain questions."""
     rng = random.Random(3)
     words = [
-        [{"role": "user", "content": unique_text(11, i, rng.choice((8, 30, 80, 200)))}] for i in range(8)
+        [{"role": "user", "content": unique_text(11, i, rng.choice((8, 30, 80, 200)))}]
+        for i in range(8)
     ]
-    return [conversation(100 + i) for i in range(8)] + words + [[{"role": "user", "content": q}] for q in QUESTIONS]
+    return (
+        [conversation(100 + i) for i in range(8)]
+        + words
+        + [[{"role": "user", "content": q}] for q in QUESTIONS]
+    )
 
 
 # --- the data -------------------------------------------------------------------------------
 
 
 def test_conversations_are_deterministic_chats_from_the_corpus() -> None:
-    a, b, c = conversations(CORPUS_TEXT, 200, 0), conversations(CORPUS_TEXT, 200, 0), conversations(CORPUS_TEXT, 200, 1)
+    a, b, c = (
+        conversations(CORPUS_TEXT, 200, 0),
+        conversations(CORPUS_TEXT, 200, 0),
+        conversations(CORPUS_TEXT, 200, 1),
+    )
     assert a == b and a != c
     for msgs in a:
         roles = [m["role"] for m in msgs]
-        assert roles in (["user", "assistant"], ["system", "user", "assistant"],
-                         ["user", "assistant"] * 2, ["system"] + ["user", "assistant"] * 2)
+        assert roles in (
+            ["user", "assistant"],
+            ["system", "user", "assistant"],
+            ["user", "assistant"] * 2,
+            ["system"] + ["user", "assistant"] * 2,
+        )
         for m in msgs:
             if m["role"] == "assistant":  # answers are corpus text, a sentence or two
-                assert m["content"] and " ".join(m["content"].split()[:4]) in " ".join(CORPUS_TEXT.split())
+                assert m["content"] and " ".join(m["content"].split()[:4]) in " ".join(
+                    CORPUS_TEXT.split()
+                )
     assert sum(len(m) >= 4 for m in a) > 20 and sum(m[0]["role"] == "system" for m in a) > 20
 
 
 @pytest.mark.parametrize("chat_format", ["chatml", "llama3"])
-def test_labels_are_the_answers_and_their_end_of_turn(chat_format: str, random_dirs: dict[str, str]) -> None:
+def test_labels_are_the_answers_and_their_end_of_turn(
+    chat_format: str, random_dirs: dict[str, str]
+) -> None:
     d = random_dirs[chat_format]
     tok, template = load_tokenizer(d), load_template(d)
     assert tok.eos_token is not None
@@ -130,8 +147,12 @@ def test_training_forward_is_the_engines(random_dirs: dict[str, str]) -> None:
     model = random_model(cfg, 0)
     model.setup_rope(64)
     tok = load_tokenizer(d)
-    texts = ["The lighthouse keeper wrote three lines.", "Knead the dough.", "A fox slept in the coal shed all winter.",
-             "Mix the flour and yeast in a large bowl, then add the water."]
+    texts = [
+        "The lighthouse keeper wrote three lines.",
+        "Knead the dough.",
+        "A fox slept in the coal shed all winter.",
+        "Mix the flour and yeast in a large bowl, then add the water.",
+    ]
     seqs = [tok.encode(t, add_special_tokens=True) for t in texts]
 
     def alone(ids: list[int]) -> Any:
@@ -145,8 +166,12 @@ def test_training_forward_is_the_engines(random_dirs: dict[str, str]) -> None:
         assert p.inputs.shape[0] < len(seqs)  # some share a row
         logits = model.lm_head(hidden_states(model, p.inputs, p.pos, p.mask))
     for ids in seqs:  # each example's inputs are ids[:-1], from position 0, its targets ids[1:]
-        (r, at), *_ = [(r, a) for r in range(p.inputs.shape[0]) for a in range(p.inputs.shape[1])
-                       if p.pos[r, a] == 0 and p.inputs[r, a : a + len(ids) - 1].tolist() == ids[:-1]]
+        (r, at), *_ = [
+            (r, a)
+            for r in range(p.inputs.shape[0])
+            for a in range(p.inputs.shape[1])
+            if p.pos[r, a] == 0 and p.inputs[r, a : a + len(ids) - 1].tolist() == ids[:-1]
+        ]
         assert p.targets[r, at : at + len(ids) - 1].tolist() == ids[1:]
         got = logits[r, at : at + len(ids) - 1]
         assert float((got - alone(ids)[:-1]).abs().max()) < 1e-4
@@ -160,11 +185,18 @@ def test_training_is_seeded_and_deterministic(tmp_path: Any) -> None:
         make_model(str(tmp_path / n), chat_format="llama3", seed=s, train_steps=3)
         for n, s in (("a", 0), ("b", 0), ("c", 1))
     )
-    with open(os.path.join(a, "model.safetensors"), "rb") as fa, open(os.path.join(b, "model.safetensors"), "rb") as fb:
-        assert fa.read() == fb.read()  # the same call, the same bytes (one process, one thread count)
+    with (
+        open(os.path.join(a, "model.safetensors"), "rb") as fa,
+        open(os.path.join(b, "model.safetensors"), "rb") as fb,
+    ):
+        assert (
+            fa.read() == fb.read()
+        )  # the same call, the same bytes (one process, one thread count)
     wa, wc = (load_file(os.path.join(x, "model.safetensors")) for x in (a, c))
     assert not torch.equal(wa["lm_head.weight"], wc["lm_head.weight"])
-    rnd = load_file(os.path.join(make_model(str(tmp_path / "r"), chat_format="llama3"), "model.safetensors"))
+    rnd = load_file(
+        os.path.join(make_model(str(tmp_path / "r"), chat_format="llama3"), "model.safetensors")
+    )
     assert set(rnd) == set(wa) and not torch.equal(rnd["lm_head.weight"], wa["lm_head.weight"])
     with open(os.path.join(a, TRAINING)) as f:
         report = json.load(f)
@@ -176,13 +208,21 @@ def test_training_is_seeded_and_deterministic(tmp_path: Any) -> None:
 
 
 def test_cli_make_model_train(tmp_path: Any) -> None:
-    out = CliRunner().invoke(cli, ["make-model", str(tmp_path / "m"), "--train-steps", "2", "--json"])
+    out = CliRunner().invoke(
+        cli, ["make-model", str(tmp_path / "m"), "--train-steps", "2", "--json"]
+    )
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["trained"] is True and data["training"]["steps"] == 2
     assert is_trained(str(tmp_path / "m"))
-    out = CliRunner().invoke(cli, ["make-model", str(tmp_path / "m"), "--train", "--train-steps", "2"])
-    assert out.exit_code == 0 and "trained 2 steps" in out.stdout and "training: step 2/2" in out.stderr
+    out = CliRunner().invoke(
+        cli, ["make-model", str(tmp_path / "m"), "--train", "--train-steps", "2"]
+    )
+    assert (
+        out.exit_code == 0
+        and "trained 2 steps" in out.stdout
+        and "training: step 2/2" in out.stderr
+    )
     out = CliRunner().invoke(cli, ["make-model", str(tmp_path / "m"), "--json"])
     assert json.loads(out.stdout)["trained"] is False and not is_trained(str(tmp_path / "m"))
 
@@ -197,21 +237,36 @@ def test_trained_model_ends_its_turn_in_words(tmp_path_factory: pytest.TempPathF
     tok = rep.tokenizer
     eot = tok.tok.token_to_id("<|eot_id|>")
     model, _ = load_checkpoint(d, max_len=512)
-    engine = Engine(model, eos_ids=list(tok.eos_ids), decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True),
-                    config=EngineConfig(max_batch=32, max_model_len=512))
+    engine = Engine(
+        model,
+        eos_ids=list(tok.eos_ids),
+        decode_text=lambda ids: tok.decode(ids, skip_special_tokens=True),
+        config=EngineConfig(max_batch=32, max_model_len=512),
+    )
     prompts = _held_out()
     events: list[list[TokenEvent]] = [[] for _ in prompts]
     for i, msgs in enumerate(prompts):
-        engine.submit(rep.encode_chat(rep.render(msgs)), SamplingParams(max_tokens=96, temperature=0), events[i].append)
+        engine.submit(
+            rep.encode_chat(rep.render(msgs)),
+            SamplingParams(max_tokens=96, temperature=0),
+            events[i].append,
+        )
     while engine.running or engine.waiting:
         engine.step()
     outputs = [[e.token_id for e in ev] for ev in events]
-    stopped = [ev[-1].finish_reason == "stop" and out[-1] == eot for ev, out in zip(events, outputs, strict=True)]
+    stopped = [
+        ev[-1].finish_reason == "stop" and out[-1] == eot
+        for ev, out in zip(events, outputs, strict=True)
+    ]
     texts = [tok.decode(out, skip_special_tokens=True) for out in outputs]
     report = [(s, t[:80]) for s, t in zip(stopped, texts, strict=True)]
     assert sum(stopped) >= 0.7 * len(prompts), report  # measured: 24 of 24
     # a random-weight model ends every output in one ID over and over; this one seldom does
-    loops = [t for out, t in zip(outputs, texts, strict=True) if len(out) >= 10 and len(set(out[-10:])) == 1]
+    loops = [
+        t
+        for out, t in zip(outputs, texts, strict=True)
+        if len(out) >= 10 and len(set(out[-10:])) == 1
+    ]
     assert len(loops) <= 0.2 * len(prompts), loops  # measured: 0 of 24
     # words: an answer may be empty (the turn ended at once), but most answers say something
     worded = [t for t in texts if any(len(w) >= 3 and w.isalpha() for w in t.split())]

@@ -19,7 +19,9 @@ from infdebug.store.queries import fetch_records
 
 
 def _ingest(store: Any, tmp_path: Any, *paths: str, strict: bool = False) -> Any:
-    return ingest_paths(store, list(paths), strict=strict, rejects_path=str(tmp_path / "rejects.jsonl"))
+    return ingest_paths(
+        store, list(paths), strict=strict, rejects_path=str(tmp_path / "rejects.jsonl")
+    )
 
 
 def _rejects(rep: Any) -> list[dict[str, Any]]:
@@ -36,12 +38,32 @@ def _count(store: Any, table: str) -> int:
 
 BAD = [
     (b'{"kind":"request","request_id":"x1","replica":"r0"', None, "malformed JSON"),
-    (b'{"kind":"request","request_id":"x2","replica":"r0","t_arrival":"yesterday"}', "t_arrival", "Expected `float`"),
+    (
+        b'{"kind":"request","request_id":"x2","replica":"r0","t_arrival":"yesterday"}',
+        "t_arrival",
+        "Expected `float`",
+    ),
     (b'{"kind":"request","request_id":"x3","replica":"r0"}', "t_arrival", "missing required field"),
-    (b'{"kind":"request","request_id":"x4\xff\xfe","replica":"r0","t_arrival":1}', None, "invalid UTF-8"),
-    (b'{"kind":"request","request_id":"x5","replica":"r0","t_arrival":1,"prompt_ids":[1,-1]}', "prompt_ids[1]", ">= 0"),
-    (b'{"kind":"request","request_id":"x6","replica":"r0","t_arrival":1,"output_ids":[99999999999]}', "output_ids[0]", "<="),
-    (b'{"kind":"request","request_id":"x7","replica":7,"t_arrival":1}', "replica", "Expected `str`"),
+    (
+        b'{"kind":"request","request_id":"x4\xff\xfe","replica":"r0","t_arrival":1}',
+        None,
+        "invalid UTF-8",
+    ),
+    (
+        b'{"kind":"request","request_id":"x5","replica":"r0","t_arrival":1,"prompt_ids":[1,-1]}',
+        "prompt_ids[1]",
+        ">= 0",
+    ),
+    (
+        b'{"kind":"request","request_id":"x6","replica":"r0","t_arrival":1,"output_ids":[99999999999]}',
+        "output_ids[0]",
+        "<=",
+    ),
+    (
+        b'{"kind":"request","request_id":"x7","replica":7,"t_arrival":1}',
+        "replica",
+        "Expected `str`",
+    ),
     (b'{"kind":"wat","request_id":"x8"}', "kind", "unknown record kind"),
     (b'["not", "an", "object"]', None, "Expected `object`"),
 ]
@@ -121,15 +143,34 @@ def test_rotated_and_gzipped_file_is_recognised(store: Any, tmp_path: Any) -> No
 def test_gzip_and_mixed_kinds_and_directories(store: Any, tmp_path: Any) -> None:
     d = tmp_path / "logs"
     (d / "sub").mkdir(parents=True)
-    recs: list[Any] = [make_request(0), make_gpu(0), make_metric(0, type="histogram", buckets={"0.1": 1.0, "+Inf": 2.0})]
-    recs.append(Finding(kind="template.double_bos", analyzer="template", severity="error", summary="two BOS",
-                        scope={"replica": "r1"}, evidence={"request_ids": ["req-0"]}))
+    recs: list[Any] = [
+        make_request(0),
+        make_gpu(0),
+        make_metric(0, type="histogram", buckets={"0.1": 1.0, "+Inf": 2.0}),
+    ]
+    recs.append(
+        Finding(
+            kind="template.double_bos",
+            analyzer="template",
+            severity="error",
+            summary="two BOS",
+            scope={"replica": "r1"},
+            evidence={"request_ids": ["req-0"]},
+        )
+    )
     with gzip.open(d / "sub" / "all.jsonl.gz", "wb") as f:
         f.write(encode_records(recs))
     (d / "gpu.jsonl").write_bytes(encode_records([make_gpu(i) for i in range(1, 6)]))
     (d / "notes.txt").write_text("not a log")
     rep = _ingest(store, tmp_path, str(d))
-    assert rep.rows == {"request": 1, "gpu": 6, "metrics": 1, "event": 0, "profile": 0, "finding": 1}
+    assert rep.rows == {
+        "request": 1,
+        "gpu": 6,
+        "metrics": 1,
+        "event": 0,
+        "profile": 0,
+        "finding": 1,
+    }
     assert len(rep.files) == 2
     f = fetch_records(store, "finding")[0]
     assert f.kind == "template.double_bos" and f.scope == {"replica": "r1"}
@@ -152,7 +193,9 @@ def test_a_line_only_clickhouse_refuses_is_bisected_out(store: Any, tmp_path: An
     # msgspec keeps the last of duplicated keys; ClickHouse refuses the line. The careful
     # path narrows the failure down to that line and rejects it with ClickHouse's reason.
     good = [encode_record(make_request(i)) for i in range(12)]
-    dup = b'{"kind":"request","request_id":"dup","request_id":"dup2","replica":"r0","t_arrival":1}\n'
+    dup = (
+        b'{"kind":"request","request_id":"dup","request_id":"dup2","replica":"r0","t_arrival":1}\n'
+    )
     p = tmp_path / "dup.jsonl"
     p.write_bytes(b"".join(good[:5]) + dup + b"".join(good[5:]))
     rep = _ingest(store, tmp_path, str(p))
@@ -199,7 +242,10 @@ def test_fast_path_doubts_send_files_down_the_careful_path(store: Any, tmp_path:
     assert got["req-1"] == a
     # an object where text belongs is a wrong type, not text
     q = tmp_path / "b.jsonl"
-    q.write_bytes(b'{"kind":"request","request_id":{"a":1},"replica":"r","t_arrival":1}\n' + encode_record(make_request(5)))
+    q.write_bytes(
+        b'{"kind":"request","request_id":{"a":1},"replica":"r","t_arrival":1}\n'
+        + encode_record(make_request(5))
+    )
     rep = _ingest(store, tmp_path, str(q))
     assert rep.rows["request"] == 1 and rep.rejected == 1
     assert _rejects(rep)[0]["field"] == "request_id"
@@ -213,7 +259,9 @@ def test_engine_logs_are_converted_on_ingest(store: Any, tmp_path: Any) -> None:
     assert by_file["vllm-0.8.log"].path_taken.startswith("vllm log")
     assert by_file["sglang-replica-b.log"].path_taken.startswith("sglang log")
     assert by_file["openai-replica-c.jsonl"].path_taken.startswith("openai log")
-    assert by_file["not-a-request-log.log"].status == "unchanged"  # found in a directory, not an engine log
+    assert (
+        by_file["not-a-request-log.log"].status == "unchanged"
+    )  # found in a directory, not an engine log
     _, rows = store.query("SELECT engine, count() FROM requests GROUP BY engine ORDER BY engine")
     assert dict(rows) == {"openai": 4, "sglang": 4, "vllm": 10}
     rejects = _rejects(rep)
@@ -223,25 +271,47 @@ def test_engine_logs_are_converted_on_ingest(store: Any, tmp_path: Any) -> None:
     assert again.rows["request"] == 0  # converted logs are idempotent too
 
 
-def test_empty_json_array_and_binary_files_each_get_their_own_message(store: Any, tmp_path: Any) -> None:
+def test_empty_json_array_and_binary_files_each_get_their_own_message(
+    store: Any, tmp_path: Any
+) -> None:
     (tmp_path / "empty.jsonl").write_bytes(b"")
     (tmp_path / "blank.jsonl").write_bytes(b"\n  \n")
-    (tmp_path / "export.json").write_text(json.dumps([json.loads(encode_record(make_request(0)))], indent=2))
-    (tmp_path / "oneline.jsonl").write_text(json.dumps([json.loads(encode_record(make_request(1)))]))
+    (tmp_path / "export.json").write_text(
+        json.dumps([json.loads(encode_record(make_request(0)))], indent=2)
+    )
+    (tmp_path / "oneline.jsonl").write_text(
+        json.dumps([json.loads(encode_record(make_request(1)))])
+    )
     (tmp_path / "core.log").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
     with gzip.open(tmp_path / "plain.gz.tmp", "wb") as f:
         f.write(encode_record(make_request(2)))
     os.rename(tmp_path / "plain.gz.tmp", tmp_path / "rotated.jsonl")  # gzip without .gz
-    names = ["empty.jsonl", "blank.jsonl", "export.json", "oneline.jsonl", "core.log", "rotated.jsonl"]
+    names = [
+        "empty.jsonl",
+        "blank.jsonl",
+        "export.json",
+        "oneline.jsonl",
+        "core.log",
+        "rotated.jsonl",
+    ]
     rep = _ingest(store, tmp_path, *(str(tmp_path / n) for n in names))
     by = {os.path.basename(f.path): f for f in rep.files}
-    assert (by["empty.jsonl"].status, by["empty.jsonl"].message) == ("empty", "empty file: nothing to load")
-    assert (by["blank.jsonl"].status, by["blank.jsonl"].message) == ("empty", "only blank lines: nothing to load")
+    assert (by["empty.jsonl"].status, by["empty.jsonl"].message) == (
+        "empty",
+        "empty file: nothing to load",
+    )
+    assert (by["blank.jsonl"].status, by["blank.jsonl"].message) == (
+        "empty",
+        "only blank lines: nothing to load",
+    )
     for n in ("export.json", "oneline.jsonl"):
         assert by[n].status == "error" and "a JSON array, not JSON Lines" in by[n].message
         assert f"jq -c '.[]' {n}" in by[n].message
     assert by["core.log"].status == "error" and "a binary file" in by["core.log"].message
-    assert "gzip-compressed" in by["rotated.jsonl"].message and "rotated.jsonl.gz" in by["rotated.jsonl"].message
+    assert (
+        "gzip-compressed" in by["rotated.jsonl"].message
+        and "rotated.jsonl.gz" in by["rotated.jsonl"].message
+    )
     messages = [by[n].message for n in names]
     assert len(set(messages)) == len(messages)  # one message each, none lumped together
     assert all("\n" not in m for m in messages)
@@ -251,12 +321,18 @@ def test_empty_json_array_and_binary_files_each_get_their_own_message(store: Any
     assert again.files[0].status == "empty" and again.exit_code() == 0
 
 
-def test_a_file_that_starts_with_blank_lines_or_an_array_line_still_loads(store: Any, tmp_path: Any) -> None:
+def test_a_file_that_starts_with_blank_lines_or_an_array_line_still_loads(
+    store: Any, tmp_path: Any
+) -> None:
     p = tmp_path / "leading-blank.jsonl"
     p.write_bytes(b"\n\n" + encode_records([make_request(i) for i in range(5)]))
     rep = _ingest(store, tmp_path, str(p))
     assert rep.rows["request"] == 5 and rep.files[0].status == "loaded"
-    q = tmp_path / "array-first.jsonl"  # JSON Lines whose first line is a stray array: judged per line
-    q.write_bytes(b'["not", "an", "object"]\n' + encode_records([make_request(i) for i in range(10, 13)]))
+    q = (
+        tmp_path / "array-first.jsonl"
+    )  # JSON Lines whose first line is a stray array: judged per line
+    q.write_bytes(
+        b'["not", "an", "object"]\n' + encode_records([make_request(i) for i in range(10, 13)])
+    )
     rep = _ingest(store, tmp_path, str(q))
     assert rep.rows["request"] == 3 and rep.rejected == 1 and _rejects(rep)[0]["line"] == 1

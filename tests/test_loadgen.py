@@ -41,19 +41,40 @@ def test_reads_the_real_mooncake_trace(shared_data: str) -> None:
     assert sum(r.hash_ids[:1] == (0,) for r in reqs) > 1
 
 
-@pytest.mark.parametrize(("name", "content", "line", "expect"), [
-    ("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,2\n2023-11-16 18:15:47.1,ten,2\n",
-     3, "integer ContextTokens"),
-    ("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,10,2\n", 2, "TIMESTAMP"),
-    ("t.csv", "when,in,out\n", 1, "header"),
-    ("t.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0]}\n{"timestamp": 1,\n', 2,
-     "syntax error"),
-    ("t.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n\n{"timestamp": 3, "output_length": 1}\n', 3,
-     "'input_length'"),
-    ("t.jsonl", '{"timestamp": 0, "input_length": -5, "output_length": 1}\n', 1, ">= 0"),
-])
-def test_a_bad_line_is_rejected_with_file_and_line(tmp_path: Any, name: str, content: str, line: int,
-                                                   expect: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "line", "expect"),
+    [
+        (
+            "t.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+            "2023-11-16 18:15:46.68,10,2\n"
+            "2023-11-16 18:15:47.1,ten,2\n",
+            3,
+            "integer ContextTokens",
+        ),
+        ("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,10,2\n", 2, "TIMESTAMP"),
+        ("t.csv", "when,in,out\n", 1, "header"),
+        (
+            "t.jsonl",
+            '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0]}\n'
+            '{"timestamp": 1,\n',
+            2,
+            "syntax error",
+        ),
+        (
+            "t.jsonl",
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
+            "\n"
+            '{"timestamp": 3, "output_length": 1}\n',
+            3,
+            "'input_length'",
+        ),
+        ("t.jsonl", '{"timestamp": 0, "input_length": -5, "output_length": 1}\n', 1, ">= 0"),
+    ],
+)
+def test_a_bad_line_is_rejected_with_file_and_line(
+    tmp_path: Any, name: str, content: str, line: int, expect: str
+) -> None:
     p = tmp_path / name
     p.write_text(content)
     with pytest.raises(TraceFormatError) as e:
@@ -70,7 +91,9 @@ def test_missing_file_and_unknown_format_are_named(tmp_path: Any) -> None:
         read_trace(str(p))
 
 
-TRACE = [TraceRequest(t, 1000 + 100 * i, 200, (), i + 1) for i, t in enumerate([0.0, 1.0, 1.0, 4.0, 6.0])]
+TRACE = [
+    TraceRequest(t, 1000 + 100 * i, 200, (), i + 1) for i, t in enumerate([0.0, 1.0, 1.0, 4.0, 6.0])
+]
 
 
 def test_time_scale_multiplies_the_trace_gaps() -> None:
@@ -92,22 +115,34 @@ def test_rate_rescales_the_mean_gap_and_the_trace_wraps() -> None:
 def test_lengths_are_scaled_and_clamped_to_the_context() -> None:
     p = plan(TRACE, duration_s=6.0, time_scale=1.0, length_scale=0.1)
     assert [(r.prompt_tokens, r.output_tokens) for r in p] == [(100 + 10 * i, 20) for i in range(5)]
-    p = plan(TRACE, duration_s=6.0, time_scale=1.0, max_model_len=256, max_output_tokens=50, reserve_tokens=32)
+    p = plan(
+        TRACE,
+        duration_s=6.0,
+        time_scale=1.0,
+        max_model_len=256,
+        max_output_tokens=50,
+        reserve_tokens=32,
+    )
     assert all(r.output_tokens == 50 and r.prompt_tokens + r.output_tokens + 32 <= 256 for r in p)
     p = plan(TRACE, duration_s=6.0, time_scale=1.0, max_prompt_tokens=64)
     assert {r.prompt_tokens for r in p} == {64}
 
 
 def test_mooncake_hash_ids_become_identical_prefixes() -> None:
-    trace = [TraceRequest(0.0, 1200, 10, (7, 8, 9), 1), TraceRequest(0.1, 1100, 10, (7, 8, 11), 2),
-             TraceRequest(0.2, 600, 10, (5, 8), 3)]
+    trace = [
+        TraceRequest(0.0, 1200, 10, (7, 8, 9), 1),
+        TraceRequest(0.1, 1100, 10, (7, 8, 11), 2),
+        TraceRequest(0.2, 600, 10, (5, 8), 3),
+    ]
     p = plan(trace, duration_s=0.2, time_scale=1.0, length_scale=0.1)  # 512-token blocks → 51
     assert p[0].blocks == ((7, 51), (8, 51), (9, 18)) and p[2].blocks == ((5, 51), (8, 9))
     a, b, c = (prompt_text(r, seed=3) for r in p)
     shared = len(os.path.commonprefix([a, b]).split())
     assert shared >= 2 * round(51 / TOKENS_PER_WORD) - 1  # blocks 7 and 8 are the same text
     assert c.split()[:5] != a.split()[:5]  # hash 5 is another block
-    assert prompt_text(p[0], seed=3) == a and prompt_text(p[0], seed=4) != a  # deterministic by seed
+    assert (
+        prompt_text(p[0], seed=3) == a and prompt_text(p[0], seed=4) != a
+    )  # deterministic by seed
     # requests without hash ids get their own text
     q = plan(TRACE, duration_s=1.0, time_scale=1.0, length_scale=0.1)
     assert prompt_text(q[0]) != prompt_text(q[1])
@@ -133,8 +168,10 @@ def test_prompt_length_roughly_matches_on_the_tiny_tokenizer(tiny_model: str) ->
 
 
 def test_only_local_urls_unless_allowed() -> None:
-    assert check_urls(["http://127.0.0.1:8101/v1/", "http://localhost:9"]) == ["http://127.0.0.1:8101",
-                                                                             "http://localhost:9"]
+    assert check_urls(["http://127.0.0.1:8101/v1/", "http://localhost:9"]) == [
+        "http://127.0.0.1:8101",
+        "http://localhost:9",
+    ]
     with pytest.raises(LoadError, match="not this machine"):
         check_urls(["http://10.0.0.5:8000"])
     assert check_urls(["http://10.0.0.5:8000"], allow_remote=True) == ["http://10.0.0.5:8000"]
@@ -149,10 +186,14 @@ def test_rate_is_the_average_over_the_run_on_every_real_trace(shared_data: str) 
     # Rescaling by the whole trace's mean gap missed the rate wherever the replayed part is
     # burstier or quieter than the whole: the Azure conv trace opens with its longest gap
     # (1 req/s for 10 s sent 1 request), the code trace with a 143-s lull (3 req/s: 1.05).
-    paths = [os.path.join(shared_data, "traces", "azure_llm_2023", f"AzureLLMInferenceTrace_{k}.csv")
-             for k in ("conv", "code")]
-    paths += [os.path.join(shared_data, "traces", "mooncake_fast25", f"{k}_trace.jsonl")
-              for k in ("conversation", "synthetic")]
+    paths = [
+        os.path.join(shared_data, "traces", "azure_llm_2023", f"AzureLLMInferenceTrace_{k}.csv")
+        for k in ("conv", "code")
+    ]
+    paths += [
+        os.path.join(shared_data, "traces", "mooncake_fast25", f"{k}_trace.jsonl")
+        for k in ("conversation", "synthetic")
+    ]
     for path in paths:
         trace = read_trace(path, limit=3000)
         for rate, duration in ((1.0, 10.0), (2.0, 20.0), (3.0, 60.0), (0.5, 7.0), (25.0, 4.0)):
@@ -175,7 +216,9 @@ class _FakeReplica(BaseHTTPRequestHandler):
 
     arrivals: list[float] = []
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: pytest output carries no prints
+    def log_message(
+        self, format: str, *args: Any
+    ) -> None:  # quiet: pytest output carries no prints
         pass
 
     def _json(self, obj: Any) -> None:
@@ -187,8 +230,11 @@ class _FakeReplica(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        self._json({"data": [{"id": "m", "max_model_len": 2048}]} if self.path == "/v1/models"
-                   else {"replica": "fake", "running": 0, "waiting": 0})
+        self._json(
+            {"data": [{"id": "m", "max_model_len": 2048}]}
+            if self.path == "/v1/models"
+            else {"replica": "fake", "running": 0, "waiting": 0}
+        )
 
     def do_POST(self) -> None:
         type(self).arrivals.append(time.perf_counter())
@@ -196,9 +242,11 @@ class _FakeReplica(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for chunk in ({"choices": [{"delta": {"content": "a"}, "finish_reason": None}]},
-                      {"choices": [{"delta": {"content": "b"}, "finish_reason": "length"}]},
-                      {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}):
+        for chunk in (
+            {"choices": [{"delta": {"content": "a"}, "finish_reason": None}]},
+            {"choices": [{"delta": {"content": "b"}, "finish_reason": "length"}]},
+            {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+        ):
             self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         self.wfile.write(b"data: [DONE]\n\n")
 
@@ -217,14 +265,25 @@ def fake_replica() -> Iterator[tuple[str, list[float]]]:
         server.server_close()
 
 
-def test_load_sends_the_rate_it_is_given(fake_replica: tuple[str, list[float]], shared_data: str) -> None:
+def test_load_sends_the_rate_it_is_given(
+    fake_replica: tuple[str, list[float]], shared_data: str
+) -> None:
     url, arrivals = fake_replica
-    trace = read_trace(os.path.join(shared_data, "traces", "azure_llm_2023", "AzureLLMInferenceTrace_conv.csv"),
-                       limit=200)
+    trace = read_trace(
+        os.path.join(shared_data, "traces", "azure_llm_2023", "AzureLLMInferenceTrace_conv.csv"),
+        limit=200,
+    )
     rate, duration = 8.0, 2.5
     t0 = time.perf_counter()
-    run = asyncio.run(run_load([url], plan(trace, duration_s=duration, rate=rate, max_output_tokens=2),
-                               concurrency=8, drain_s=10, duration_s=duration))
+    run = asyncio.run(
+        run_load(
+            [url],
+            plan(trace, duration_s=duration, rate=rate, max_output_tokens=2),
+            concurrency=8,
+            drain_s=10,
+            duration_s=duration,
+        )
+    )
     s = summarize(run)
     assert len(arrivals) == round(rate * duration) == s["total"]["sent"] == s["total"]["ok"]
     assert s["sent_per_s"] == pytest.approx(rate)

@@ -15,7 +15,9 @@ from infdebug.collectors.ingest import ingest_paths
 from infdebug.collectors.prom_snapshot import INSTALL_HINT, read_exposition
 from infdebug.store.queries import fetch_records
 
-pytest.importorskip("prometheus_client", reason="prometheus-client is installed with the engine extra")
+pytest.importorskip(
+    "prometheus_client", reason="prometheus-client is installed with the engine extra"
+)
 
 VLLM = "vllm_metrics_v0_qwen2.5-coder-1.5b_aibrix-docs.prom"
 SGLANG = "sglang_metrics_gemma2-9b_docs_2024-11.prom"
@@ -50,18 +52,28 @@ def test_real_vllm_and_sglang_expositions_load(store: Any, tmp_path: Any, shared
     assert all(f.path_taken.startswith("prometheus exposition") for f in rep.files)
     recs = fetch_records(store, "metrics")
     assert {r.replica for r in recs} == {"vllm-r1", "sglang-r2"}
-    assert {r.t for r in recs} == {1_764_000_000.0}  # the file's mtime: no sample carries a timestamp
+    assert {r.t for r in recs} == {
+        1_764_000_000.0
+    }  # the file's mtime: no sample carries a timestamp
     by = {(r.replica, r.name, r.type): r for r in recs if r.type != "summary"}
     ttft = by[("sglang-r2", "sglang:time_to_first_token_seconds", "histogram")]
     assert ttft.labels == {"name": "google/gemma-2-9b-it"}
-    assert ttft.buckets is not None and ttft.buckets["+Inf"] == 2124.0 and ttft.buckets["0.04"] == 207.0
+    assert (
+        ttft.buckets is not None
+        and ttft.buckets["+Inf"] == 2124.0
+        and ttft.buckets["0.04"] == 207.0
+    )
     assert ttft.count == 2124.0 and ttft.sum == pytest.approx(656.0780844688416)
     assert by[("sglang-r2", "sglang:prompt_tokens_total", "counter")].value == 506780.0
     assert by[("sglang-r2", "sglang:cache_hit_rate", "gauge")].value == 10.61
     running = by[("vllm-r1", "vllm:num_requests_running", "gauge")]
-    assert running.value == 0.0 and running.labels == {"model_name": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
+    assert running.value == 0.0 and running.labels == {
+        "model_name": "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    }
     assert by[("vllm-r1", "vllm:request_success_total", "counter")].labels == {
-        "finished_reason": "stop", "model_name": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
+        "finished_reason": "stop",
+        "model_name": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    }
     assert by[("vllm-r1", "vllm:iteration_tokens_total", "histogram")].sum == 1103.0
     # the same snapshot again adds nothing
     again = _ingest(store, tmp_path, v, s)
@@ -69,7 +81,9 @@ def test_real_vllm_and_sglang_expositions_load(store: Any, tmp_path: Any, shared
     assert len(fetch_records(store, "metrics")) == len(recs)
 
 
-def test_an_exposition_is_told_by_its_content_and_a_bad_line_is_a_reject(store: Any, tmp_path: Any) -> None:
+def test_an_exposition_is_told_by_its_content_and_a_bad_line_is_a_reject(
+    store: Any, tmp_path: Any
+) -> None:
     p = tmp_path / "replica-7.txt"  # no .prom: told by its # HELP / # TYPE lines
     p.write_text(
         "# HELP vllm:num_requests_running Number of requests running.\n"
@@ -83,7 +97,8 @@ def test_an_exposition_is_told_by_its_content_and_a_bad_line_is_a_reject(store: 
         'vllm:e2e_request_latency_seconds_sum{model_name="m"} 2.5\n'
         "this is not a sample\n"  # line 10
         "# TYPE vllm:preemptions counter\n"
-        "vllm:preemptions 7 1700000000000\n"  # a counter without _total, with its own timestamp (ms)
+        # a counter without _total, with its own timestamp (ms)
+        "vllm:preemptions 7 1700000000000\n"
     )
     rep = _ingest(store, tmp_path, str(p))
     assert rep.rows["metrics"] == 3 and rep.rejected == 2 and rep.exit_code() == 3, rep.to_json()
@@ -94,7 +109,12 @@ def test_an_exposition_is_told_by_its_content_and_a_bad_line_is_a_reject(store: 
     recs = {r.name: r for r in fetch_records(store, "metrics")}
     assert recs["vllm:num_requests_running"].replica == "replica-7"
     h = recs["vllm:e2e_request_latency_seconds"]
-    assert h.buckets == {"0.5": 4.0, "+Inf": 5.0} and h.count == 5.0 and h.sum == 2.5 and h.labels == {"model_name": "m"}
+    assert (
+        h.buckets == {"0.5": 4.0, "+Inf": 5.0}
+        and h.count == 5.0
+        and h.sum == 2.5
+        and h.labels == {"model_name": "m"}
+    )
     c = recs["vllm:preemptions"]  # keeps its exposed name (the parser would call it …_total)
     assert c.type == "counter" and c.value == 7.0 and c.t == 1_700_000_000.0
 
@@ -117,8 +137,9 @@ def test_summaries_give_sum_count_and_one_record_per_quantile(tmp_path: Any) -> 
     assert {r.replica for r in recs} == {"explicit"} and {r.type for r in recs} == {"summary"}
 
 
-def test_without_prometheus_client_the_error_names_the_install(store: Any, tmp_path: Any,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_prometheus_client_the_error_names_the_install(
+    store: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = tmp_path / "r1.prom"
     p.write_text("# TYPE up gauge\nup 1\n")
     monkeypatch.setitem(sys.modules, "prometheus_client.parser", None)  # import fails

@@ -49,16 +49,34 @@ def _utc(y: int, mo: int, d: int, h: int, mi: int, s: int) -> float:
 
 
 def test_repr_parser_reads_what_engines_print() -> None:
-    v, _ = parse_repr("X(a='it\\'s', b=[1, 2], c=array('l', [3, 4]), d=(5,), e=stop, f=</s>, g={'k': None}, h=-1e-05)")
+    v, _ = parse_repr(
+        "X(a='it\\'s', b=[1, 2], c=array('l', [3, 4]), d=(5,), "
+        "e=stop, f=</s>, g={'k': None}, h=-1e-05)"
+    )
     assert isinstance(v, Call) and v.name == "X"
-    assert v.kwargs == {"a": "it's", "b": [1, 2], "c": [3, 4], "d": (5,), "e": "stop", "f": "</s>", "g": {"k": None}, "h": -1e-05}
+    assert v.kwargs == {
+        "a": "it's",
+        "b": [1, 2],
+        "c": [3, 4],
+        "d": (5,),
+        "e": "stop",
+        "f": "</s>",
+        "g": {"k": None},
+        "h": -1e-05,
+    }
 
 
 def test_timestamps_with_and_without_year() -> None:
-    assert parse_timestamp("INFO 05-14 10:23:45 logger.py:39]", 2024) == _utc(2024, 5, 14, 10, 23, 45)
-    assert parse_timestamp("INFO 2024-05-14 10:23:45,123 x.py:1]", 1999) == pytest.approx(_utc(2024, 5, 14, 10, 23, 45) + 0.123)
+    assert parse_timestamp("INFO 05-14 10:23:45 logger.py:39]", 2024) == _utc(
+        2024, 5, 14, 10, 23, 45
+    )
+    assert parse_timestamp("INFO 2024-05-14 10:23:45,123 x.py:1]", 1999) == pytest.approx(
+        _utc(2024, 5, 14, 10, 23, 45) + 0.123
+    )
     # a December line in a file last written in January is from the year before
-    assert parse_timestamp("INFO 12-31 23:00:00 [logger.py:39]", 2025, _utc(2025, 1, 1, 5, 0, 0)) == _utc(2024, 12, 31, 23, 0, 0)
+    assert parse_timestamp(
+        "INFO 12-31 23:00:00 [logger.py:39]", 2025, _utc(2025, 1, 1, 5, 0, 0)
+    ) == _utc(2024, 12, 31, 23, 0, 0)
     assert parse_timestamp("no time here", 2024) is None
 
 
@@ -100,13 +118,15 @@ def test_vllm_05_server_log(tmp_path: Any) -> None:
     assert r.prompt_text.endswith("<|end_header_id|>\n\n")
     assert r.prompt_ids[:2] == [128000, 128006] and len(r.prompt_ids) == 17
     assert r.sampling is not None
-    assert {k: r.sampling[k] for k in ("temperature", "top_p", "top_k", "max_tokens", "stop_ids")} == {
-        "temperature": 0.7, "top_p": 0.9, "top_k": -1, "max_tokens": 256, "stop_ids": [128009]
-    }
+    assert {
+        k: r.sampling[k] for k in ("temperature", "top_p", "top_k", "max_tokens", "stop_ids")
+    } == {"temperature": 0.7, "top_p": 0.9, "top_k": -1, "max_tokens": 256, "stop_ids": [128009]}
     assert "seed" not in r.sampling  # seed=None
     # a prompt that contains "', params:" and escapes; prompt_token_ids: None gives []
     tricky = reqs["cmpl-0a1b2c3d4e5f-0"]
-    assert tricky.prompt_text == "Say ', params: SamplingParams(n=9)' back to me.\\ Then a tab:\there"
+    assert (
+        tricky.prompt_text == "Say ', params: SamplingParams(n=9)' back to me.\\ Then a tab:\there"
+    )
     assert tricky.prompt_ids == [] and tricky.sampling is not None
     assert tricky.sampling["seed"] == 1234 and tricky.sampling["stop"] == ["###"]
     assert reqs["cmpl-9988-0"].prompt_text == "Ünïcödé — 日本語 and an emoji 🙂"
@@ -121,8 +141,12 @@ def test_vllm_08_and_later_lines(tmp_path: Any) -> None:
     a, b = reqs["chatcmpl-aa11"], reqs["cmpl-bb22-0"]
     assert a.replica == b.replica == "pod-7" and a.engine_version == "0.8.5"
     assert a.t_arrival == _utc(2025, 1, 3, 23, 59, 59)
-    assert a.prompt_ids == [] and a.sampling is not None and a.sampling["stop_ids"] == [128001, 128008, 128009]
-    assert a.prompt_text is not None and "\"double quotes\"\nplease." in a.prompt_text
+    assert (
+        a.prompt_ids == []
+        and a.sampling is not None
+        and a.sampling["stop_ids"] == [128001, 128008, 128009]
+    )
+    assert a.prompt_text is not None and '"double quotes"\nplease.' in a.prompt_text
     # (APIServer pid=1) prefix, prompt_embeds shape, and the Generated response joined in
     assert b.t_arrival == _utc(2025, 1, 4, 0, 0, 3)
     assert b.prompt_text == "plain 'single' quotes"
@@ -137,7 +161,11 @@ def test_vllm_02_03_variants_and_year_rollover(tmp_path: Any) -> None:
     old = reqs["cmpl-old02"]  # "sampling params:" / "prompt token ids:", 0.2 era
     assert old.t_arrival == _utc(2023, 12, 1, 8, 0, 0)
     assert old.prompt_ids == [1, 15043, 29892, 590, 1024, 338]
-    assert old.sampling is not None and old.sampling["stop_ids"] == [2] and old.sampling["max_tokens"] == 16
+    assert (
+        old.sampling is not None
+        and old.sampling["stop_ids"] == [2]
+        and old.sampling["max_tokens"] == 16
+    )
     o3 = reqs["cmpl-old03"]  # "prefix_pos: None,sampling_params:" and a year in the timestamp
     assert o3.prompt_text == "Don't stop" and o3.prompt_ids == [1, 3872, 29915, 29873, 5040]
     assert o3.t_arrival == pytest.approx(_utc(2024, 3, 2, 9, 15, 1) + 0.25)
@@ -148,7 +176,12 @@ def test_vllm_request_output_reprs_and_join(tmp_path: Any) -> None:
     reqs, errs = _read(path)
     joined = reqs["cmpl-7f3e-0"]
     assert joined.prompt_text == 'It\'s a "test"'
-    assert joined.prompt_ids == [1, 739, 29915, 29879]  # the RequestOutput's full list, not the logger's cut
+    assert joined.prompt_ids == [
+        1,
+        739,
+        29915,
+        29879,
+    ]  # the RequestOutput's full list, not the logger's cut
     assert joined.output_ids == [3431, 2]  # array('l', [...])
     assert joined.output_text == "ok</s>" and joined.finish_reason == "stop"
     assert joined.output_logprobs == [-0.25, -0.5]
@@ -158,7 +191,11 @@ def test_vllm_request_output_reprs_and_join(tmp_path: Any) -> None:
     assert r0.output_ids == [2259, 29889, 306] and r0.finish_reason == "length"
     assert r0.ttft_s == pytest.approx(0.25) and r0.queue_s == pytest.approx(0.01)
     r2 = reqs["2"]  # tuple token ids, prompt=None, no metrics, no timestamp
-    assert r2.output_ids == [13347, 128009] and r2.prompt_text is None and r2.prompt_ids == [128000, 9906]
+    assert (
+        r2.output_ids == [13347, 128009]
+        and r2.prompt_text is None
+        and r2.prompt_ids == [128000, 9906]
+    )
     assert r2.t_arrival == 0.0 and r2.cached_prompt_tokens == 16
     assert list(errs) == [6] and "output_ids" in errs[6].reason  # a negative token ID
 
@@ -172,12 +209,19 @@ def test_sglang_log_requests(tmp_path: Any) -> None:
     assert a.prompt_ids[:2] == [128000, 128006] and a.output_ids == [9906, 0, 128009]
     assert a.output_text == "Hello!" and a.finish_reason == "stop"
     assert a.sampling == {
-        "temperature": 0.0, "max_tokens": 128, "stop": [], "stop_ids": [128009], "top_p": 1.0, "top_k": -1,
+        "temperature": 0.0,
+        "max_tokens": 128,
+        "stop": [],
+        "stop_ids": [128009],
+        "top_p": 1.0,
+        "top_k": -1,
         "skip_special_tokens": True,
     }
     d = reqs["d4e5f6"]
-    assert d.prompt_text == "He said \"it's fine\"\nthen left." and d.prompt_ids == []
-    assert d.finish_reason == "length" and d.output_ids == [5507] * 4 and d.cached_prompt_tokens == 2
+    assert d.prompt_text == 'He said "it\'s fine"\nthen left.' and d.prompt_ids == []
+    assert (
+        d.finish_reason == "length" and d.output_ids == [5507] * 4 and d.cached_prompt_tokens == 2
+    )
     assert d.e2e_s == 1.0  # Finish time - Receive time
     # truncated by the logger: kept, the shortened fields left out
     assert reqs["long1"].prompt_text is None and reqs["long1"].prompt_ids == []
@@ -192,7 +236,10 @@ def test_openai_jsonl() -> None:
     reqs, errs = _read(os.path.join(DATA, "openai-replica-c.jsonl"))
     chat = reqs["chatcmpl-111"]
     assert chat.engine == "openai" and chat.model == "meta-llama/Llama-3.1-8B-Instruct"
-    assert chat.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 'Say "hi"'}]
+    assert chat.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": 'Say "hi"'},
+    ]
     assert chat.prompt_ids[0] == 128000 and chat.output_ids == [6151, 128009]
     assert chat.t_arrival == 1736000000.5 and chat.finish_reason == "stop"
     assert chat.sampling == {"temperature": 0.2, "seed": 11, "max_tokens": 32, "stop_ids": [128009]}
@@ -200,7 +247,9 @@ def test_openai_jsonl() -> None:
     assert comp.prompt_text == "Once upon" and comp.prompt_ids == [128000, 12805, 5304]
     assert comp.output_ids == [264, 892, 11] and comp.t_arrival == _utc(2025, 1, 4, 12, 0, 0)
     lp = reqs["chatcmpl-333"]  # logprobs only: IDs unknown
-    assert lp.output_ids == [] and lp.output_logprobs == [-0.5, -1.5] and lp.t_arrival == 1736000200.0
+    assert (
+        lp.output_ids == [] and lp.output_logprobs == [-0.5, -1.5] and lp.t_arrival == 1736000200.0
+    )
     assert reqs["chatcmpl-444"].output_ids == [13, 128009]  # return_tokens_as_token_ids
     assert list(errs) == [3] and "malformed JSON" in errs[3].reason
 

@@ -39,15 +39,20 @@ COLLECTORS = os.path.dirname(os.path.abspath(collectors.__file__))
 
 
 def _format_modules() -> list[Any]:
-    return [importlib.import_module(f"infdebug.collectors.{m.name}") for m in pkgutil.iter_modules(collectors.__path__)
-            if m.name.startswith("readers_")]
+    return [
+        importlib.import_module(f"infdebug.collectors.{m.name}")
+        for m in pkgutil.iter_modules(collectors.__path__)
+        if m.name.startswith("readers_")
+    ]
 
 
 def test_every_readers_module_that_declares_a_spec_is_registered() -> None:
     declared = {mod.READER.name: mod.READER for mod in _format_modules() if hasattr(mod, "READER")}
     assert set(declared) == set(READERS) and set(READERS) >= BUILTIN
     assert all(READERS[name] is spec for name, spec in declared.items())
-    assert format_names() == [s.name for s in sorted(READERS.values(), key=lambda s: (s.order, s.name))]
+    assert format_names() == [
+        s.name for s in sorted(READERS.values(), key=lambda s: (s.order, s.name))
+    ]
 
 
 def test_the_ingest_format_choice_is_the_registry() -> None:
@@ -59,7 +64,9 @@ def test_the_ingest_format_choice_is_the_registry() -> None:
     assert {"openai-batch", "prometheus"} <= set(opt.type.choices)
 
 
-def test_the_not_recognised_message_lists_every_registered_format(store: Store, tmp_path: Any) -> None:
+def test_the_not_recognised_message_lists_every_registered_format(
+    store: Store, tmp_path: Any
+) -> None:
     noise = tmp_path / "noise.log"
     noise.write_text("just noise\nmore noise\n")
     msg = not_recognised(str(noise))
@@ -88,7 +95,9 @@ def test_unknown_and_non_request_formats_are_refused_by_name(tmp_path: Any) -> N
 _TOY_RE = re.compile(r"TOYREQ id=(\S+) prompt_ids=([\d,]+) output_ids=([\d,]+)")
 
 
-def read_toy(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
+def read_toy(
+    lines: Iterable[tuple[int, str]], ctx: Context
+) -> Iterator[tuple[int, Request | LineError]]:
     for n, text in lines:
         if not text.strip():
             continue
@@ -101,13 +110,31 @@ def read_toy(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[i
                 ctx.stats.ignored += 1
             continue
         ids = [[int(x) for x in g.split(",")] for g in (m.group(2), m.group(3))]
-        yield n, build_request(ctx, n, {"request_id": m.group(1), "prompt_ids": ids[0], "output_ids": ids[1],
-                                        "t_arrival": 1_764_000_000.0 + n})
+        yield (
+            n,
+            build_request(
+                ctx,
+                n,
+                {
+                    "request_id": m.group(1),
+                    "prompt_ids": ids[0],
+                    "output_ids": ids[1],
+                    "t_arrival": 1_764_000_000.0 + n,
+                },
+            ),
+        )
 
 
-TOY = ReaderSpec("toy", "toy 'TOYREQ id=…' lines", read=read_toy, text_line=lambda t: "TOYREQ " in t,
-                 engine="toy-engine")
-TOY_JSON = ReaderSpec("toy-json", 'toy {"toy": …} JSONL', read=read_toy, json_line=lambda o: "toy" in o, order=5)
+TOY = ReaderSpec(
+    "toy",
+    "toy 'TOYREQ id=…' lines",
+    read=read_toy,
+    text_line=lambda t: "TOYREQ " in t,
+    engine="toy-engine",
+)
+TOY_JSON = ReaderSpec(
+    "toy-json", 'toy {"toy": …} JSONL', read=read_toy, json_line=lambda o: "toy" in o, order=5
+)
 
 
 @pytest.fixture
@@ -123,26 +150,37 @@ def toy() -> Iterator[ReaderSpec]:
 
 def _toy_log(tmp_path: Any) -> str:
     p = tmp_path / "toy-r7.log"
-    p.write_text("starting the toy server\nTOYREQ id=a prompt_ids=1,2,3 output_ids=7,8\n"
-                 "TOYREQ broken\nTOYREQ id=b prompt_ids=4 output_ids=9\n")
+    p.write_text(
+        "starting the toy server\nTOYREQ id=a prompt_ids=1,2,3 output_ids=7,8\n"
+        "TOYREQ broken\nTOYREQ id=b prompt_ids=4 output_ids=9\n"
+    )
     return str(p)
 
 
 def test_a_registered_spec_is_detected_read_and_described(toy: ReaderSpec, tmp_path: Any) -> None:
     path = _toy_log(tmp_path)
-    assert detect_line("INFO TOYREQ id=x") == "toy" and detect_line('{"toy": 1, "kind": "request"}') == "toy-json"
-    assert detect_line('{"kind": "request"}') == "contract"  # the built-in ones are still told as before
+    assert (
+        detect_line("INFO TOYREQ id=x") == "toy"
+        and detect_line('{"toy": 1, "kind": "request"}') == "toy-json"
+    )
+    assert (
+        detect_line('{"kind": "request"}') == "contract"
+    )  # the built-in ones are still told as before
     assert detect_format(path) == "toy" and "toy" in format_names()
     got = list(read_engine_log(path))
     reqs = [r for _, r in got if isinstance(r, Request)]
-    assert [r.request_id for r in reqs] == ["a", "b"] and [n for n, r in got if isinstance(r, LineError)] == [3]
+    assert [r.request_id for r in reqs] == ["a", "b"] and [
+        n for n, r in got if isinstance(r, LineError)
+    ] == [3]
     assert reqs[0].replica == replica_from_path(path) == "toy-r7" and reqs[0].engine == "toy-engine"
     assert toy.describe in not_recognised("x.log")
     with pytest.raises(ValueError, match="registered twice"):
         register(ReaderSpec("toy", "another toy", read=read_toy))
 
 
-def test_a_registered_spec_ingests_like_the_built_in_ones(toy: ReaderSpec, store: Store, tmp_path: Any) -> None:
+def test_a_registered_spec_ingests_like_the_built_in_ones(
+    toy: ReaderSpec, store: Store, tmp_path: Any
+) -> None:
     path = _toy_log(tmp_path)
     rep = ingest_paths(store, [path], rejects_path=str(tmp_path / "rejects.jsonl"))
     f = rep.files[0]
@@ -151,7 +189,7 @@ def test_a_registered_spec_ingests_like_the_built_in_ones(toy: ReaderSpec, store
     assert [tuple(r) for r in rows] == [("a", "toy-engine"), ("b", "toy-engine")]
 
 
-# --- the arrows ------------------------------------------------------------------------------------
+# --- the arrows -----------------------------------------------------------------------------------
 
 
 def _imports(path: str) -> set[str]:
@@ -167,10 +205,16 @@ def _imports(path: str) -> set[str]:
 
 
 def test_the_format_modules_never_import_the_registry() -> None:
-    """readers → readers_<format> → readers_base, and never back (no import inside a function either)."""
-    users = [n for n in os.listdir(COLLECTORS) if n.startswith("readers_") or n == "prom_snapshot.py"]
+    """readers → readers_<format> → readers_base, and never back (no import inside a function
+    either)."""
+    users = [
+        n for n in os.listdir(COLLECTORS) if n.startswith("readers_") or n == "prom_snapshot.py"
+    ]
     assert "readers_base.py" in users and len(users) >= 8
     for name in users:
         assert readers.__name__ not in _imports(os.path.join(COLLECTORS, name)), name
-    assert not {m for m in _imports(os.path.join(COLLECTORS, "readers_base.py")) if m.startswith("infdebug.collectors.readers_")} - {
-        "infdebug.collectors.readers_fields", "infdebug.collectors.readers_shipper"}
+    assert not {
+        m
+        for m in _imports(os.path.join(COLLECTORS, "readers_base.py"))
+        if m.startswith("infdebug.collectors.readers_")
+    } - {"infdebug.collectors.readers_fields", "infdebug.collectors.readers_shipper"}

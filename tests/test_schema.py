@@ -43,7 +43,9 @@ def test_kind_tag_and_version_are_written() -> None:
 
 
 def test_unknown_fields_are_ignored_unless_strict() -> None:
-    line = b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"from_the_future":[1,2]}'
+    line = (
+        b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"from_the_future":[1,2]}'
+    )
     assert decode_record(line).request_id == "a"
     with pytest.raises(LineError) as e:
         decode_record(line, strict=True)
@@ -51,25 +53,63 @@ def test_unknown_fields_are_ignored_unless_strict() -> None:
 
 
 def test_null_arrays_read_as_empty() -> None:
-    r = decode_record(b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"prompt_ids":null}')
+    r = decode_record(
+        b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"prompt_ids":null}'
+    )
     assert isinstance(r, Request) and r.prompt_ids == [] and r.output_ids == []
 
 
 @pytest.mark.parametrize(
     ("line", "field", "needle"),
     [
-        (b'{"kind":"request","request_id":"a","replica":"r"}', "t_arrival", "missing required field"),
-        (b'{"kind":"request","request_id":"a","replica":"r","t_arrival":"noon"}', "t_arrival", "Expected `float`"),
-        (b'{"kind":"request","request_id":5,"replica":"r","t_arrival":1}', "request_id", "Expected `str`"),
-        (b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"prompt_ids":[1,-3]}', "prompt_ids[1]", ">= 0"),
-        (b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"output_ids":[4294967296]}', "output_ids[0]", "<= 4294967295"),
-        (b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"finish_reason":"done"}', "finish_reason", "Invalid enum"),
-        (b'{"kind":"gpu","t":1,"replica":"r","throttle_reasons":"power_cap"}', "throttle_reasons", "Expected `array"),
+        (
+            b'{"kind":"request","request_id":"a","replica":"r"}',
+            "t_arrival",
+            "missing required field",
+        ),
+        (
+            b'{"kind":"request","request_id":"a","replica":"r","t_arrival":"noon"}',
+            "t_arrival",
+            "Expected `float`",
+        ),
+        (
+            b'{"kind":"request","request_id":5,"replica":"r","t_arrival":1}',
+            "request_id",
+            "Expected `str`",
+        ),
+        (
+            b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"prompt_ids":[1,-3]}',
+            "prompt_ids[1]",
+            ">= 0",
+        ),
+        (
+            b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"output_ids":[4294967296]}',
+            "output_ids[0]",
+            "<= 4294967295",
+        ),
+        (
+            b'{"kind":"request","request_id":"a","replica":"r","t_arrival":1,"finish_reason":"done"}',
+            "finish_reason",
+            "Invalid enum",
+        ),
+        (
+            b'{"kind":"gpu","t":1,"replica":"r","throttle_reasons":"power_cap"}',
+            "throttle_reasons",
+            "Expected `array",
+        ),
         (b'{"kind":"mystery","x":1}', "kind", "unknown record kind 'mystery'"),
         (b'{"request_id":"a"}', "kind", "missing required field `kind`"),
-        (b'{"kind":"template.double_bos","analyzer":"t","summary":"s"}', "severity", "missing required field"),
+        (
+            b'{"kind":"template.double_bos","analyzer":"t","summary":"s"}',
+            "severity",
+            "missing required field",
+        ),
         (b'{"kind":"request",', None, "malformed JSON"),
-        (b'{"kind":"request","request_id":"\xff","replica":"r","t_arrival":1}', None, "invalid UTF-8"),
+        (
+            b'{"kind":"request","request_id":"\xff","replica":"r","t_arrival":1}',
+            None,
+            "invalid UTF-8",
+        ),
     ],
 )
 def test_bad_lines_name_field_and_reason(line: bytes, field: str | None, needle: str) -> None:
@@ -95,7 +135,10 @@ def test_read_records_reads_gzip_and_reports_line_numbers(tmp_path: object) -> N
 def test_invalid_utf8_names_its_byte_offset_whatever_msgspec_raises(offset: int) -> None:
     # msgspec <= 0.22 raised UnicodeDecodeError, 0.23 raises DecodeError without the offset:
     # the reject reason names the byte either way.
-    good = b'{"kind":"request","request_id":"abcdefghijklmnopqrstuvwxyz0123456789","replica":"r","t_arrival":1}'
+    good = (
+        b'{"kind":"request","request_id":"abcdefghijklmnopqrstuvwxyz0123456789",'
+        b'"replica":"r","t_arrival":1}'
+    )
     line = good[:offset] + b"\xff" + good[offset:]
     with pytest.raises(LineError) as e:
         decode_record(line)

@@ -34,7 +34,7 @@ CASES_PATH = os.path.join(SHARED_DATA, "templates", "hfjs_e2e_cases.json")
 KNOWN_FAILURES = {
     "MadeAgents/Hammer2.1": (
         "JS-specific: the template prints `tools|string`; huggingface.js stringifies objects as "
-        'JSON ({"type": "function"}), Python Jinja as the Python repr ({\'type\': \'function\'}), '
+        "JSON ({\"type\": \"function\"}), Python Jinja as the Python repr ({'type': 'function'}), "
         "which is what transformers feeds the model"
     ),
     "ai21labs/AI21-Jamba-Large-1.6": (
@@ -63,20 +63,33 @@ def _render_case(name: str, case: dict[str, Any]) -> str:
     messages = data.pop("messages")
     add_generation_prompt = data.pop("add_generation_prompt", False)
     with fixed_now(CASE_NOW.get(name)):
-        return render_chat(case["chat_template"], messages, add_generation_prompt=add_generation_prompt, **data)
+        return render_chat(
+            case["chat_template"], messages, add_generation_prompt=add_generation_prompt, **data
+        )
 
 
 def _first_difference(got: str, want: str) -> str:
-    i = next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
-    return f"at char {i}: got {got[max(0, i - 30):i + 50]!r}, want {want[max(0, i - 30):i + 50]!r}"
+    i = next(
+        (k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+        min(len(got), len(want)),
+    )
+    return (
+        f"at char {i}: got {got[max(0, i - 30) : i + 50]!r}, want {want[max(0, i - 30) : i + 50]!r}"
+    )
 
 
 def _params() -> list[Any]:
     out = []
     for name, _ in _cases():
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[name])] if name in KNOWN_FAILURES else []
+        marks = (
+            [pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[name])]
+            if name in KNOWN_FAILURES
+            else []
+        )
         out.append(pytest.param(name, marks=marks, id=name))
-    return out or [pytest.param(None, marks=pytest.mark.skip(reason=f"{CASES_PATH} is absent"), id="no-data")]
+    return out or [
+        pytest.param(None, marks=pytest.mark.skip(reason=f"{CASES_PATH} is absent"), id="no-data")
+    ]
 
 
 @pytest.mark.parametrize("name", _params())
@@ -104,7 +117,9 @@ def test_hfjs_conformance_count(shared_data: str, capsys: pytest.CaptureFixture[
         for name, why in failures.items():
             print(f"  FAIL {name}: {KNOWN_FAILURES.get(name, 'UNEXPECTED')}\n       {why}")
     assert passed >= 50
-    assert set(failures) <= set(KNOWN_FAILURES), f"unexpected failures: {set(failures) - set(KNOWN_FAILURES)}"
+    assert set(failures) <= set(KNOWN_FAILURES), (
+        f"unexpected failures: {set(failures) - set(KNOWN_FAILURES)}"
+    )
 
 
 def test_known_failures_fail_for_the_stated_reason(shared_data: str) -> None:
@@ -116,7 +131,10 @@ def test_known_failures_fail_for_the_stated_reason(shared_data: str) -> None:
     # with add_generation_prompt=True (what the JS harness's `undefined` amounts to) it matches
     data = dict(jamba_case["data"])
     messages = data.pop("messages")
-    assert render_chat(jamba_case["chat_template"], messages, add_generation_prompt=True, **data) == jamba_case["target"]
+    assert (
+        render_chat(jamba_case["chat_template"], messages, add_generation_prompt=True, **data)
+        == jamba_case["target"]
+    )
 
 
 # --- Llama-3.1: the double BOS ---------------------------------------------------------------
@@ -129,7 +147,9 @@ def test_llama31_double_bos_and_encode_prompt(shared_data: str) -> None:
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "What is the capital of France?"},
     ]
-    rendered = render_chat(template, messages, bos_token=bundle.bos_token, eos_token=bundle.eos_token)
+    rendered = render_chat(
+        template, messages, bos_token=bundle.bos_token, eos_token=bundle.eos_token
+    )
     assert rendered.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
     assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     doubled = bundle.encode(rendered, add_special_tokens=True)
@@ -144,7 +164,10 @@ def test_llama31_double_bos_and_encode_prompt(shared_data: str) -> None:
 
 
 def test_tojson_is_not_html_escaped_and_keeps_unicode() -> None:
-    tpl = "{{ x|tojson }}|{{ x|tojson(indent=2) }}|{{ x|tojson(sort_keys=true, separators=(',', ':')) }}"
+    tpl = (
+        "{{ x|tojson }}|{{ x|tojson(indent=2) }}|"
+        "{{ x|tojson(sort_keys=true, separators=(',', ':')) }}"
+    )
     x = {"z": "<b>&'é</b>", "a": [1, None]}
     assert render_chat(tpl, [], x=x) == (
         '{"z": "<b>&\'é</b>", "a": [1, null]}|'
@@ -154,7 +177,11 @@ def test_tojson_is_not_html_escaped_and_keeps_unicode() -> None:
 
 
 def test_raise_exception_carries_the_template_message() -> None:
-    tpl = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+    tpl = (
+        "{% if messages[0]['role'] != 'user' %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+        "{% endif %}"
+    )
     with pytest.raises(ChatTemplateError) as e:
         render_chat(tpl, [{"role": "assistant", "content": "x"}])
     assert str(e.value) == "Conversation roles must alternate user/assistant"
@@ -176,23 +203,47 @@ def test_syntax_and_runtime_errors_become_chat_template_errors() -> None:
 
 
 def test_trim_blocks_lstrip_blocks_and_loop_controls() -> None:
-    tpl = "{% for m in messages %}\n    {% if m.role == 'skip' %}{% continue %}{% endif %}\n[{{ m.content }}]\n    {% if loop.index == 3 %}{% break %}{% endif %}\n{% endfor %}"
+    tpl = (
+        "{% for m in messages %}\n"
+        "    {% if m.role == 'skip' %}{% continue %}{% endif %}\n"
+        "[{{ m.content }}]\n"
+        "    {% if loop.index == 3 %}{% break %}{% endif %}\n"
+        "{% endfor %}"
+    )
     msgs = [{"role": r, "content": str(i)} for i, r in enumerate(["u", "skip", "u", "u", "u"])]
     assert render_chat(tpl, msgs) == "[0]\n[2]\n"
 
 
 def test_generation_tag_renders_its_body() -> None:
-    tpl = "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}A:{{ m.content }}{% endgeneration %}{% else %}U:{{ m.content }}{% endif %}{% endfor %}"
+    tpl = (
+        "{% for m in messages %}"
+        "{% if m.role == 'assistant' %}{% generation %}A:{{ m.content }}{% endgeneration %}"
+        "{% else %}U:{{ m.content }}{% endif %}"
+        "{% endfor %}"
+    )
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert render_chat(tpl, msgs) == "U:hiA:yo"
 
 
 def test_variables_as_transformers_passes_them() -> None:
-    tpl = "{{ bos_token }}|{{ eos_token is defined }}|{{ add_generation_prompt }}|{{ tools is none }}|{{ documents is none }}|{{ unk_token }}|{{ enable_thinking }}"
+    tpl = (
+        "{{ bos_token }}|{{ eos_token is defined }}|{{ add_generation_prompt }}|"
+        "{{ tools is none }}|{{ documents is none }}|{{ unk_token }}|{{ enable_thinking }}"
+    )
     # unset special tokens stay undefined (render as ""), never as the string "None"
     assert render_chat(tpl, []) == "|False|True|True|True||"
-    assert render_chat(tpl, [], bos_token="<s>", eos_token="</s>", add_generation_prompt=False, unk_token=None,
-                       enable_thinking=False) == "<s>|True|False|True|True||False"
+    assert (
+        render_chat(
+            tpl,
+            [],
+            bos_token="<s>",
+            eos_token="</s>",
+            add_generation_prompt=False,
+            unk_token=None,
+            enable_thinking=False,
+        )
+        == "<s>|True|False|True|True||False"
+    )
 
 
 def test_strftime_now_uses_the_given_time() -> None:
@@ -208,7 +259,11 @@ def test_strftime_now_uses_the_given_time() -> None:
 def test_smollm3_generation_tag_template(shared_data: str) -> None:
     template = load_template(os.path.join(shared_data, "templates", "smollm3.jinja"))
     assert "{% generation %}" in template
-    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
     with fixed_now(datetime(2025, 7, 10)):
         out = render_chat(template, msgs)
     assert "Today Date: 10 July 2025" in out and "Hello!" in out
@@ -222,17 +277,26 @@ def test_template_fingerprint_is_whitespace_exact() -> None:
     a = "{% for m in messages %}{{ m.content }}{% endfor %}"
     assert template_fingerprint(a) == template_fingerprint(str(a))
     assert template_fingerprint(a).startswith("tpl-")
-    assert len({template_fingerprint(t) for t in (a, a + "\n", a.replace("{{ ", "{{"), " " + a)}) == 4
+    assert (
+        len({template_fingerprint(t) for t in (a, a + "\n", a.replace("{{ ", "{{"), " " + a)}) == 4
+    )
 
 
 def test_load_template_sources(tmp_path: Any) -> None:
     src = "{{ bos_token }}\r\n{% for m in messages %}{{ m.content }}{% endfor %}\n"
     (tmp_path / "t.jinja").write_bytes(src.encode())
     assert load_template(str(tmp_path / "t.jinja")) == src  # exact: CRLF and the final newline kept
-    cfg = {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}
+    cfg = {
+        "chat_template": [
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"},
+        ]
+    }
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert load_template(str(tmp_path / "tokenizer_config.json")) == "D"
-    assert load_template(str(tmp_path)) == "D"  # a directory: no chat_template.jinja, so the config's
+    assert (
+        load_template(str(tmp_path)) == "D"
+    )  # a directory: no chat_template.jinja, so the config's
     (tmp_path / "chat_template.jinja").write_text("J")
     assert load_template(str(tmp_path)) == "J"
     (tmp_path / "other.json").write_text('{"bos_token": "<s>"}')
@@ -258,25 +322,36 @@ def test_same_output_as_transformers(shared_data: str) -> None:
     conversations = [
         [{"role": "user", "content": "Hi there"}],
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "A joke?"}],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "A joke?"},
+        ],
     ]
     specials = {"bos_token": "<s>", "eos_token": "</s>"}
     compared = 0
     for name in sorted(n for n in os.listdir(folder) if n.endswith(".jinja")):
         template = load_template(os.path.join(folder, name))
         if "strftime_now" in template:
-            continue  # the date would differ between the two calls only around midnight; skip the race
+            # the date would differ between the two calls only around midnight; skip the race
+            continue
         for messages in conversations:
             for agp in (True, False):
                 try:
                     theirs = chat_template_utils.render_jinja_template(
-                        conversations=[messages], chat_template=template, add_generation_prompt=agp, **specials
+                        conversations=[messages],
+                        chat_template=template,
+                        add_generation_prompt=agp,
+                        **specials,
                     )[0][0]
                 except Exception as e:
                     with pytest.raises(ChatTemplateError) as ours_err:
                         render_chat(template, messages, add_generation_prompt=agp, **specials)
                     assert str(ours_err.value) == str(e), name
                 else:
-                    assert render_chat(template, messages, add_generation_prompt=agp, **specials) == theirs, name
+                    assert (
+                        render_chat(template, messages, add_generation_prompt=agp, **specials)
+                        == theirs
+                    ), name
                 compared += 1
     assert compared >= 150

@@ -59,7 +59,10 @@ def _train(specials: list[str]) -> tokenizers.Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
     return tok
@@ -87,12 +90,19 @@ def test_gpt2_golden_from_vocab_and_merges(real: Callable[[str], TokenizerBundle
     assert b.encode("Hello world!") == [15496, 995, 0]
     assert b.source.endswith("vocab.json")
     # no config: GPT-2's defaults, and GPT-2 adds no BOS
-    assert (b.bos_token, b.eos_token, b.eos_ids, b.add_bos) == ("<|endoftext|>", "<|endoftext|>", [50256], False)
+    assert (b.bos_token, b.eos_token, b.eos_ids, b.add_bos) == (
+        "<|endoftext|>",
+        "<|endoftext|>",
+        [50256],
+        False,
+    )
     assert b.encode("Hello world!", add_special_tokens=True) == [15496, 995, 0]
     assert b.decode([15496, 995, 0]) == "Hello world!"
 
 
-def test_qwen2_golden_crlf_merges_nfc_and_split_regex(real: Callable[[str], TokenizerBundle]) -> None:
+def test_qwen2_golden_crlf_merges_nfc_and_split_regex(
+    real: Callable[[str], TokenizerBundle],
+) -> None:
     b = real("qwen2-1.5b-instruct-finetune")
     assert b.encode("Hello world!") == [9707, 1879, 0]
     # Qwen2 splits digits one by one (GPT-2's regex would keep "12345" together)
@@ -108,7 +118,9 @@ def test_qwen2_golden_crlf_merges_nfc_and_split_regex(real: Callable[[str], Toke
 def test_qwen2_merges_have_no_carriage_returns(shared_data: str) -> None:
     path = os.path.join(shared_data, "tokenizers", "qwen2-1.5b-instruct-finetune", "merges.txt")
     with open(path, "rb") as f:
-        assert b"\r\n" in f.read(4096), "the shared Qwen2 merges.txt is expected to have CRLF line ends"
+        assert b"\r\n" in f.read(4096), (
+            "the shared Qwen2 merges.txt is expected to have CRLF line ends"
+        )
     merges = read_merges(path)
     assert merges and not any("\r" in a or "\r" in b for a, b in merges)
 
@@ -117,11 +129,15 @@ def test_merges_crlf_and_lf_read_the_same(tmp_path: Any) -> None:
     body = ["#version: 0.2", "Ġ t", "h e", "Ġt he"]
     (tmp_path / "lf.txt").write_bytes(("\n".join(body) + "\n").encode())
     (tmp_path / "crlf.txt").write_bytes(("\r\n".join(body) + "\r\n").encode())
-    assert read_merges(str(tmp_path / "lf.txt")) == read_merges(str(tmp_path / "crlf.txt")) == [
-        ("Ġ", "t"),
-        ("h", "e"),
-        ("Ġt", "he"),
-    ]
+    assert (
+        read_merges(str(tmp_path / "lf.txt"))
+        == read_merges(str(tmp_path / "crlf.txt"))
+        == [
+            ("Ġ", "t"),
+            ("h", "e"),
+            ("Ġt", "he"),
+        ]
+    )
     (tmp_path / "bad.txt").write_text("#version: 0.2\na b\nabc\n")
     with pytest.raises(TextFormatError, match=r"bad\.txt:3: expected 'left right'"):
         read_merges(str(tmp_path / "bad.txt"))
@@ -166,7 +182,9 @@ def test_llama3_special_tokens(real: Callable[[str], TokenizerBundle]) -> None:
     assert len(set(llama3_special_tokens("3.0"))) == len(set(llama3_special_tokens("3.1"))) == 256
 
 
-def test_phi3_revisions_differ_only_in_added_token_flags(real: Callable[[str], TokenizerBundle]) -> None:
+def test_phi3_revisions_differ_only_in_added_token_flags(
+    real: Callable[[str], TokenizerBundle],
+) -> None:
     text = "<|user|>\nHello<|end|>\n<|assistant|>\n"
     a, b = real("phi-3"), real("phi-3-mini")
     # rstrip=False keeps "\n" after each special token as "▁" + "<0x0A>"; rstrip=True eats it
@@ -184,13 +202,18 @@ def test_phi3_revisions_differ_only_in_added_token_flags(real: Callable[[str], T
 def test_phi3_fingerprints_differ(shared_data: str, real: Callable[[str], TokenizerBundle]) -> None:
     assert real("phi-3").fingerprint != real("phi-3-mini").fingerprint
     # the tokenizer.json files alone, configs aside: only added-token flags differ
-    raw = [_read_json(os.path.join(shared_data, "tokenizers", n, "tokenizer.json")) for n in ("phi-3", "phi-3-mini")]
+    raw = [
+        _read_json(os.path.join(shared_data, "tokenizers", n, "tokenizer.json"))
+        for n in ("phi-3", "phi-3-mini")
+    ]
     canon = [canonical_tokenizer(r) for r in raw]
     assert {k for k in canon[0] if canon[0][k] != canon[1][k]} == {"added_tokens"}
     assert tokenizer_fingerprint(raw[0]) != tokenizer_fingerprint(raw[1])
 
 
-def test_fingerprint_survives_reserialisation_and_reformatting(tmp_path: Any, real: Callable[[str], TokenizerBundle]) -> None:
+def test_fingerprint_survives_reserialisation_and_reformatting(
+    tmp_path: Any, real: Callable[[str], TokenizerBundle]
+) -> None:
     b = real("phi-3")
     again = tokenizers.Tokenizer.from_str(b.tok.to_str())
     cfg = b.config_for_fingerprint()
@@ -234,8 +257,13 @@ def test_fingerprint_sees_every_id_determining_part(trained: tokenizers.Tokenize
         "normalizer": lambda d: d.update(normalizer={"type": "NFC"}),
         "pre_tokenizer": lambda d: d["pre_tokenizer"].update(add_prefix_space=True),
         "decoder": lambda d: d.update(decoder=None),
-        "post_processor": lambda d: d.update(post_processor={"type": "ByteLevel", "trim_offsets": False}),
-        **{flag: set_flag(flag) for flag in ("special", "normalized", "lstrip", "rstrip", "single_word")},
+        "post_processor": lambda d: d.update(
+            post_processor={"type": "ByteLevel", "trim_offsets": False}
+        ),
+        **{
+            flag: set_flag(flag)
+            for flag in ("special", "normalized", "lstrip", "rstrip", "single_word")
+        },
     }
     fps = {name: changed(edit) for name, edit in variants.items()}
     assert fp not in fps.values()
@@ -244,10 +272,14 @@ def test_fingerprint_sees_every_id_determining_part(trained: tokenizers.Tokenize
     assert changed(lambda d: d.update(padding={"strategy": "BatchLongest"})) == fp
     # merges written as "a b" strings (older tokenizers) or pairs (newer) are the same merges
     as_strings = json.loads(json.dumps(base))
-    as_strings["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in base["model"]["merges"]]
+    as_strings["model"]["merges"] = [
+        " ".join(m) if isinstance(m, list) else m for m in base["model"]["merges"]
+    ]
     assert tokenizer_fingerprint(as_strings) == fp
     # config flags count
-    assert tokenizer_fingerprint(base, {"add_bos": True}) != tokenizer_fingerprint(base, {"add_bos": False})
+    assert tokenizer_fingerprint(base, {"add_bos": True}) != tokenizer_fingerprint(
+        base, {"add_bos": False}
+    )
 
 
 def test_added_tokens_keep_their_ids_and_flags(tmp_path: Any) -> None:
@@ -262,18 +294,29 @@ def test_added_tokens_keep_their_ids_and_flags(tmp_path: Any) -> None:
     assert out.encode("x<|a|>  y").ids[1] == size
     # a token already in the vocabulary keeps its id (through the JSON)
     hello = tok.token_to_id("hello")
-    again = with_added_tokens(tokenizers.Tokenizer.from_str(tok.to_str()), [AddedTokenSpec(hello, "hello")])
+    again = with_added_tokens(
+        tokenizers.Tokenizer.from_str(tok.to_str()), [AddedTokenSpec(hello, "hello")]
+    )
     assert again.token_to_id("hello") == hello and again.get_added_tokens_decoder()[hello].special
     # tokenizers renumbers added tokens after a gap: refused, with the file named
-    with pytest.raises(TextFormatError, match=r"cfg\.json: expected '<\|a\|>' at id \d+, but it gets id"):
+    with pytest.raises(
+        TextFormatError, match=r"cfg\.json: expected '<\|a\|>' at id \d+, but it gets id"
+    ):
         with_added_tokens(tok, [AddedTokenSpec(size + 5, "<|a|>")], "cfg.json")
 
 
 # --- BOS handling and encode_prompt ----------------------------------------------------------
 
 
-def test_config_add_bos_honoured_for_llama_class(tmp_path: Any, trained: tokenizers.Tokenizer) -> None:
-    cfg = {"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}
+def test_config_add_bos_honoured_for_llama_class(
+    tmp_path: Any, trained: tokenizers.Tokenizer
+) -> None:
+    cfg = {
+        "tokenizer_class": "LlamaTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "add_bos_token": True,
+    }
     b = load_tokenizer(_write_model_dir(tmp_path / "llama", trained, cfg))
     assert b.add_bos and b.bos_id == 0
     assert b.encode("hello world", add_special_tokens=True)[0] == 0
@@ -285,7 +328,9 @@ def test_config_add_bos_honoured_for_llama_class(tmp_path: Any, trained: tokeniz
     assert (ids[0], ids[-1]) == (0, 1)
 
 
-def test_config_add_bos_ignored_by_generic_fast_class_is_noted(tmp_path: Any, trained: tokenizers.Tokenizer) -> None:
+def test_config_add_bos_ignored_by_generic_fast_class_is_noted(
+    tmp_path: Any, trained: tokenizers.Tokenizer
+) -> None:
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "add_bos_token": True}
     b = load_tokenizer(_write_model_dir(tmp_path / "generic", trained, cfg))
     assert b.add_bos is False
@@ -295,8 +340,12 @@ def test_config_add_bos_ignored_by_generic_fast_class_is_noted(tmp_path: Any, tr
 
 def test_add_bos_inferred_from_post_processor(tmp_path: Any, trained: tokenizers.Tokenizer) -> None:
     tok = tokenizers.Tokenizer.from_str(trained.to_str())
-    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    b = load_tokenizer(_write_model_dir(tmp_path / "pp", tok, {"bos_token": "<s>", "eos_token": "<|eot_id|>"}))
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 0)]
+    )
+    b = load_tokenizer(
+        _write_model_dir(tmp_path / "pp", tok, {"bos_token": "<s>", "eos_token": "<|eot_id|>"})
+    )
     assert b.add_bos is True and b.eos_ids == [2]
     assert b.encode("hello", add_special_tokens=True) == [0] + b.encode("hello")
 
@@ -371,8 +420,17 @@ def test_load_errors_name_the_file(tmp_path: Any) -> None:
         load_tokenizer(str(tmp_path / "bpe"))
 
 
-def test_tokenizer_config_path_loads_its_directory(real: Callable[[str], TokenizerBundle], shared_data: str) -> None:
-    b = load_tokenizer(os.path.join(shared_data, "tokenizers", "phi-3-mini", "tokenizer_config.json"))
+def test_tokenizer_config_path_loads_its_directory(
+    real: Callable[[str], TokenizerBundle], shared_data: str
+) -> None:
+    b = load_tokenizer(
+        os.path.join(shared_data, "tokenizers", "phi-3-mini", "tokenizer_config.json")
+    )
     assert b.fingerprint == real("phi-3-mini").fingerprint
     assert b.chat_template is not None and "<|assistant|>" in b.chat_template
-    assert b.special_tokens == {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"}
+    assert b.special_tokens == {
+        "bos_token": "<s>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<unk>",
+        "pad_token": "<|endoftext|>",
+    }

@@ -40,26 +40,42 @@ class ProxiedRequest:
     times: list[float] = field(default_factory=list)
 
     def timing(self) -> dict[str, Any]:
-        return {"t_arrival": self.t_arrival, "queue_s": 0.001, "prefill_s": 0.002,
-                "ttft_s": self.times[0] if self.times else None, "e2e_s": self.times[-1] if self.times else None,
-                "token_times_s": list(self.times)}
+        return {
+            "t_arrival": self.t_arrival,
+            "queue_s": 0.001,
+            "prefill_s": 0.002,
+            "ttft_s": self.times[0] if self.times else None,
+            "e2e_s": self.times[-1] if self.times else None,
+            "token_times_s": list(self.times),
+        }
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": 0.5, "top_p": 0.9, "max_tokens": 8, "stop_ids": [2]}
 
 
 def _proxied(i: int = 0) -> ProxiedRequest:
-    return ProxiedRequest(f"px-{i}", [1, 5, 7, 9], [11, 12, 2], prompt_text=SECRET, output_text="hi",
-                          messages=[{"role": "user", "content": SECRET}], cached_tokens=2,
-                          times=[0.01, 0.02, 0.03])
+    return ProxiedRequest(
+        f"px-{i}",
+        [1, 5, 7, 9],
+        [11, 12, 2],
+        prompt_text=SECRET,
+        output_text="hi",
+        messages=[{"role": "user", "content": SECRET}],
+        cached_tokens=2,
+        times=[0.01, 0.02, 0.03],
+    )
 
 
 def test_tracer_and_exporters_import_no_engine_and_no_torch() -> None:
-    code = ("import sys\n"
-            "import infdebug.tracer.hooks, infdebug.tracer.exporters, infdebug.tracer.tracer\n"
-            "import infdebug.tracer.jsonl, infdebug.tracer.prom, infdebug.tracer.otel, infdebug.tracer.wiring\n"
-            "bad = sorted(m for m in sys.modules if m.startswith('infdebug.tracer.engine') or m == 'torch')\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys\n"
+        "import infdebug.tracer.hooks, infdebug.tracer.exporters, infdebug.tracer.tracer\n"
+        "import infdebug.tracer.jsonl, infdebug.tracer.prom, "
+        "infdebug.tracer.otel, infdebug.tracer.wiring\n"
+        "bad = sorted(m for m in sys.modules "
+        "if m.startswith('infdebug.tracer.engine') or m == 'torch')\n"
+        "assert not bad, bad\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 
@@ -73,7 +89,12 @@ def test_a_request_that_is_not_the_engines_is_traced_and_redacted() -> None:
     assert tr.force_flush(10_000)
     (rec,) = mem.records  # exported before close: force_flush waited for the background thread
     assert rec.request_id == "px-0" and rec.replica == "px" and rec.finish_reason == "stop"
-    assert not rec.prompt_ids and not rec.output_ids and rec.prompt_text is None and rec.output_text is None
+    assert (
+        not rec.prompt_ids
+        and not rec.output_ids
+        and rec.prompt_text is None
+        and rec.output_text is None
+    )
     assert rec.prompt_tokens == 4 and rec.output_tokens == 3  # the lengths survive --redact all
     assert rec.messages == [{"role": "user"}]
     assert rec.sampling == {"temperature": 0.5, "top_p": 0.9, "max_tokens": 8, "stop_ids": [2]}
@@ -95,10 +116,21 @@ def test_in_memory_exporter_keeps_nothing_after_shutdown() -> None:
 
 def _redacted_record(**kw: Any) -> Request:
     base: dict[str, Any] = dict(
-        request_id="r-1", replica="r", t_arrival=1.7e9, model="m", queue_s=0.001, prefill_s=0.01, ttft_s=0.02,
-        e2e_s=0.05, token_times_s=[0.02, 0.03, 0.05], messages=[{"role": "user"}], cached_prompt_tokens=16,
-        finish_reason="length", sampling={"temperature": 0.7, "top_p": 0.95, "max_tokens": 3},
-        prompt_tokens=40, output_tokens=3,
+        request_id="r-1",
+        replica="r",
+        t_arrival=1.7e9,
+        model="m",
+        queue_s=0.001,
+        prefill_s=0.01,
+        ttft_s=0.02,
+        e2e_s=0.05,
+        token_times_s=[0.02, 0.03, 0.05],
+        messages=[{"role": "user"}],
+        cached_prompt_tokens=16,
+        finish_reason="length",
+        sampling={"temperature": 0.7, "top_p": 0.95, "max_tokens": 3},
+        prompt_tokens=40,
+        output_tokens=3,
     )
     base.update(kw)
     return Request(**base)
@@ -106,9 +138,13 @@ def _redacted_record(**kw: Any) -> Request:
 
 def test_token_counts_prefer_the_counts_then_the_ids() -> None:
     assert token_counts(_redacted_record()) == (40, 3)
-    assert token_counts(_redacted_record(prompt_tokens=None, output_tokens=None, prompt_ids=[1, 2],
-                                         output_ids=[3])) == (2, 1)
-    assert token_counts(_redacted_record(prompt_tokens=None, output_tokens=None)) == (0, 3)  # token times
+    assert token_counts(
+        _redacted_record(prompt_tokens=None, output_tokens=None, prompt_ids=[1, 2], output_ids=[3])
+    ) == (2, 1)
+    assert token_counts(_redacted_record(prompt_tokens=None, output_tokens=None)) == (
+        0,
+        3,
+    )  # token times
 
 
 def test_prometheus_reads_the_record_alone() -> None:
@@ -120,7 +156,12 @@ def test_prometheus_reads_the_record_alone() -> None:
     assert m.registry.get_sample_value("infdebug_prefix_cache_queries_total", lv) == 40
     assert m.registry.get_sample_value("infdebug_prefix_cache_hits_total", lv) == 16
     assert m.registry.get_sample_value("infdebug_inter_token_latency_seconds_count", lv) == 2
-    assert m.registry.get_sample_value("infdebug_request_success_total", lv | {"finished_reason": "length"}) == 1
+    assert (
+        m.registry.get_sample_value(
+            "infdebug_request_success_total", lv | {"finished_reason": "length"}
+        )
+        == 1
+    )
 
 
 def test_otel_spans_read_the_record_alone() -> None:
@@ -135,8 +176,11 @@ def test_otel_spans_read_the_record_alone() -> None:
     ot.export(_redacted_record(request_id="r-2", messages=None, sampling=None))
     assert ot.force_flush(10_000)
     ot.shutdown()
-    roots = {dict(s.attributes or {})["infdebug.request_id"]: s for s in spans.get_finished_spans()
-             if s.parent is None}
+    roots = {
+        dict(s.attributes or {})["infdebug.request_id"]: s
+        for s in spans.get_finished_spans()
+        if s.parent is None
+    }
     a = dict(roots["r-1"].attributes or {})
     assert a["gen_ai.operation.name"] == "chat"
     assert a["gen_ai.usage.input_tokens"] == 40 and a["gen_ai.usage.output_tokens"] == 3
@@ -144,8 +188,12 @@ def test_otel_spans_read_the_record_alone() -> None:
     assert "infdebug.prompt_token_ids" not in a  # redacted: no IDs in the record
     b = dict(roots["r-2"].attributes or {})
     assert b["gen_ai.operation.name"] == "text_completion"
-    assert not [k for k in b if k.startswith("gen_ai.request.") and k not in ("gen_ai.request.model",
-                                                                               "gen_ai.request.id")]
+    assert not [
+        k
+        for k in b
+        if k.startswith("gen_ai.request.")
+        and k not in ("gen_ai.request.model", "gen_ai.request.id")
+    ]
     prefill = [s for s in spans.get_finished_spans() if s.name == "prefill"]
     assert [dict(s.attributes or {})["gen_ai.usage.input_tokens"] for s in prefill] == [40, 40]
 
@@ -164,12 +212,18 @@ def test_jsonl_force_flush_writes_what_was_queued(tmp_path: Any) -> None:
     stopped.shutdown()
 
 
-def test_wiring_builds_the_exporters_from_the_config(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wiring_builds_the_exporters_from_the_config(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     info = ReplicaInfo(replica="w", model="m")
-    t = make_tracer(TracerConfig(trace_dir=str(tmp_path), simulate_gpu=True, gpu_hz=50), info,
-                    load=lambda: (2, 1), max_batch=4)
+    t = make_tracer(
+        TracerConfig(trace_dir=str(tmp_path), simulate_gpu=True, gpu_hz=50),
+        info,
+        load=lambda: (2, 1),
+        max_batch=4,
+    )
     assert [type(e).__name__ for e in t.tracer.exporters] == ["PromExporter", "JsonlExporter"]
     assert t.trace is t.tracer.exporters[1] and t.otlp_endpoint is None
     assert t.gpu_sampler is not None and t.gpu_trace is not None

@@ -41,8 +41,12 @@ CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "conte
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_model(str(tmp_path_factory.mktemp("m") / "tiny-llama3"), preset="tiny", arch="llama",
-                      chat_format="llama3")
+    return make_model(
+        str(tmp_path_factory.mktemp("m") / "tiny-llama3"),
+        preset="tiny",
+        arch="llama",
+        chat_format="llama3",
+    )
 
 
 @pytest.fixture
@@ -52,10 +56,19 @@ def otlp() -> Iterator[OtlpReceiver]:
     r.close()
 
 
-def _serve(model_dir: str, tmp_path: Any, otlp: OtlpReceiver, **kw: Any) -> tuple[Replica, TestClient]:
+def _serve(
+    model_dir: str, tmp_path: Any, otlp: OtlpReceiver, **kw: Any
+) -> tuple[Replica, TestClient]:
     kw.setdefault("otlp_endpoint", otlp.url)
-    rep = Replica(model_dir, name="r-x", deployment="canary", max_model_len=256, max_batch=4,
-                  trace_dir=str(tmp_path / "trace"), **kw)
+    rep = Replica(
+        model_dir,
+        name="r-x",
+        deployment="canary",
+        max_model_len=256,
+        max_batch=4,
+        trace_dir=str(tmp_path / "trace"),
+        **kw,
+    )
     rep.start()
     return rep, TestClient(App(rep).app)
 
@@ -71,23 +84,44 @@ def _metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())
-                                           if k not in ("replica", "model_name")) + "}" if len(s.labels) > 2 else "")
+            key = s.name + (
+                "{"
+                + ",".join(
+                    f"{k}={v}"
+                    for k, v in sorted(s.labels.items())
+                    if k not in ("replica", "model_name")
+                )
+                + "}"
+                if len(s.labels) > 2
+                else ""
+            )
             assert s.labels.get("replica") == "r-x" or not s.labels, s
             out[key] = s.value
     return out
 
 
-def test_jsonl_metrics_and_spans_agree_request_for_request(model_dir: str, tmp_path: Any, otlp: OtlpReceiver) -> None:
+def test_jsonl_metrics_and_spans_agree_request_for_request(
+    model_dir: str, tmp_path: Any, otlp: OtlpReceiver
+) -> None:
     rep, c = _serve(model_dir, tmp_path, otlp)
     ids: list[str] = []
     for i in range(3):
-        r = c.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4 + i, "temperature": 0})
+        r = c.post(
+            "/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4 + i, "temperature": 0}
+        )
         assert r.status_code == 200, r.text
         ids.append(r.json()["id"])
     for i in range(2):
-        r = c.post("/v1/completions", json={"prompt": "the fleet", "max_tokens": 6 + i, "temperature": 0.7,
-                                            "top_p": 0.9, "seed": i})
+        r = c.post(
+            "/v1/completions",
+            json={
+                "prompt": "the fleet",
+                "max_tokens": 6 + i,
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "seed": i,
+            },
+        )
         assert r.status_code == 200, r.text
         ids.append(r.json()["id"])
     rep.stop()  # drains the tracer: JSONL fsynced, spans flushed to the receiver
@@ -97,7 +131,13 @@ def test_jsonl_metrics_and_spans_agree_request_for_request(model_dir: str, tmp_p
     recs = {r.request_id: r for r in _records(rep)}
     assert sorted(recs) == sorted(ids)  # the response ID is the trace's request_id
     for r in recs.values():
-        assert r.replica == "r-x" and r.deployment == "canary" and r.tokenizer_fp and r.prompt_ids and r.output_ids
+        assert (
+            r.replica == "r-x"
+            and r.deployment == "canary"
+            and r.tokenizer_fp
+            and r.prompt_ids
+            and r.output_ids
+        )
         assert r.ttft_s is not None and r.e2e_s is not None and r.queue_s is not None
         assert len(r.token_times_s or []) == len(r.output_ids)
     assert SECRET in (recs[ids[0]].prompt_text or "")
@@ -105,31 +145,53 @@ def test_jsonl_metrics_and_spans_agree_request_for_request(model_dir: str, tmp_p
     # /metrics: counts and sums of every histogram agree with the records
     n = len(recs)
     assert metrics["infdebug_time_to_first_token_seconds_count"] == n
-    assert metrics["infdebug_time_to_first_token_seconds_sum"] == pytest.approx(sum(r.ttft_s or 0 for r in recs.values()))
+    assert metrics["infdebug_time_to_first_token_seconds_sum"] == pytest.approx(
+        sum(r.ttft_s or 0 for r in recs.values())
+    )
     assert metrics["infdebug_e2e_request_latency_seconds_count"] == n
-    assert metrics["infdebug_e2e_request_latency_seconds_sum"] == pytest.approx(sum(r.e2e_s or 0 for r in recs.values()))
-    assert metrics["infdebug_request_queue_time_seconds_sum"] == pytest.approx(sum(r.queue_s or 0 for r in recs.values()))
+    assert metrics["infdebug_e2e_request_latency_seconds_sum"] == pytest.approx(
+        sum(r.e2e_s or 0 for r in recs.values())
+    )
+    assert metrics["infdebug_request_queue_time_seconds_sum"] == pytest.approx(
+        sum(r.queue_s or 0 for r in recs.values())
+    )
     assert metrics["infdebug_request_prefill_time_seconds_count"] == n
     gaps = sum(len(r.output_ids or []) - 1 for r in recs.values())
     assert metrics["infdebug_inter_token_latency_seconds_count"] == gaps
     assert metrics["infdebug_inter_token_latency_seconds_sum"] == pytest.approx(
-        sum((r.e2e_s or 0) - (r.ttft_s or 0) for r in recs.values()))
-    assert metrics["infdebug_generation_tokens_total"] == sum(len(r.output_ids or []) for r in recs.values())
-    assert metrics["infdebug_prompt_tokens_total"] == sum(len(r.prompt_ids or []) for r in recs.values())
-    assert metrics["infdebug_prefix_cache_hits_total"] == sum(r.cached_prompt_tokens or 0 for r in recs.values()) > 0
+        sum((r.e2e_s or 0) - (r.ttft_s or 0) for r in recs.values())
+    )
+    assert metrics["infdebug_generation_tokens_total"] == sum(
+        len(r.output_ids or []) for r in recs.values()
+    )
+    assert metrics["infdebug_prompt_tokens_total"] == sum(
+        len(r.prompt_ids or []) for r in recs.values()
+    )
+    assert (
+        metrics["infdebug_prefix_cache_hits_total"]
+        == sum(r.cached_prompt_tokens or 0 for r in recs.values())
+        > 0
+    )
     assert sum(v for k, v in metrics.items() if k.startswith("infdebug_request_success_total")) == n
     assert metrics["infdebug_num_requests_running"] == 0
     assert "infdebug_tracer_dropped_records_total{stage=jsonl}" in metrics
-    assert metrics["infdebug_request_queue_time_seconds_bucket{le=0.001}"] >= 0  # queue buckets go below 300 ms
+    assert (
+        metrics["infdebug_request_queue_time_seconds_bucket{le=0.001}"] >= 0
+    )  # queue buckets go below 300 ms
 
     # OTLP: one request span with prefill and decode children per record, same numbers
     roots = {s["attrs"]["infdebug.request_id"]: s for s in otlp.spans if not s["parent"]}
     assert sorted(roots) == sorted(ids)
     for rid, s in roots.items():
         r, a = recs[rid], s["attrs"]
-        assert s["resource"]["service.name"] == rep.model_name and s["resource"]["infdebug.replica"] == "r-x"
+        assert (
+            s["resource"]["service.name"] == rep.model_name
+            and s["resource"]["infdebug.replica"] == "r-x"
+        )
         assert a["gen_ai.system"] == "infdebug" and a["gen_ai.request.model"] == rep.model_name
-        assert a["gen_ai.operation.name"] == ("chat" if rid.startswith("chatcmpl-") else "text_completion")
+        assert a["gen_ai.operation.name"] == (
+            "chat" if rid.startswith("chatcmpl-") else "text_completion"
+        )
         assert a["gen_ai.usage.input_tokens"] == len(r.prompt_ids or [])
         assert a["gen_ai.usage.output_tokens"] == len(r.output_ids or [])
         assert a["gen_ai.latency.time_to_first_token"] == pytest.approx(r.ttft_s)
@@ -137,8 +199,14 @@ def test_jsonl_metrics_and_spans_agree_request_for_request(model_dir: str, tmp_p
         assert a["gen_ai.latency.time_in_queue"] == pytest.approx(r.queue_s)
         assert a["gen_ai.response.finish_reasons"] == [r.finish_reason]
         assert a["gen_ai.request.max_tokens"] == (r.sampling or {})["max_tokens"]
-        assert a["infdebug.tokenizer_fp"] == r.tokenizer_fp and a["infdebug.template_fp"] == r.template_fp
-        assert a["infdebug.prompt_token_ids"] == r.prompt_ids and a["infdebug.output_token_ids"] == r.output_ids
+        assert (
+            a["infdebug.tokenizer_fp"] == r.tokenizer_fp
+            and a["infdebug.template_fp"] == r.template_fp
+        )
+        assert (
+            a["infdebug.prompt_token_ids"] == r.prompt_ids
+            and a["infdebug.output_token_ids"] == r.output_ids
+        )
         assert s["start"] == pytest.approx(r.t_arrival * 1e9, abs=1e3)
         assert (s["end"] - s["start"]) / 1e9 == pytest.approx(r.e2e_s, abs=1e-6)
         assert s["events"] == 0
@@ -146,14 +214,19 @@ def test_jsonl_metrics_and_spans_agree_request_for_request(model_dir: str, tmp_p
         assert set(kids) == {"prefill", "decode"}
         assert kids["prefill"]["end"] == kids["decode"]["start"]
         assert (kids["decode"]["end"] - kids["decode"]["start"]) / 1e9 == pytest.approx(
-            (r.e2e_s or 0) - (r.ttft_s or 0), abs=1e-6)
+            (r.e2e_s or 0) - (r.ttft_s or 0), abs=1e-6
+        )
 
 
 @pytest.mark.parametrize("redact", ["prompts", "all"])
-def test_redaction_reaches_every_exporter(model_dir: str, tmp_path: Any, otlp: OtlpReceiver, redact: str) -> None:
+def test_redaction_reaches_every_exporter(
+    model_dir: str, tmp_path: Any, otlp: OtlpReceiver, redact: str
+) -> None:
     rep, c = _serve(model_dir, tmp_path, otlp, redact=redact)
-    r = c.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 8, "temperature": 0,
-                                             "return_token_ids": True})
+    r = c.post(
+        "/v1/chat/completions",
+        json={"messages": CHAT, "max_tokens": 8, "temperature": 0, "return_token_ids": True},
+    )
     assert r.status_code == 200
     body = r.json()
     rep.stop()
@@ -171,15 +244,22 @@ def test_redaction_reaches_every_exporter(model_dir: str, tmp_path: Any, otlp: O
     assert SECRET not in json.dumps(span)
     assert span["attrs"]["gen_ai.usage.input_tokens"] == len(body["prompt_token_ids"])
     if redact == "prompts":
-        assert rec.prompt_ids == body["prompt_token_ids"] and rec.output_ids == body["choices"][0]["token_ids"]
+        assert (
+            rec.prompt_ids == body["prompt_token_ids"]
+            and rec.output_ids == body["choices"][0]["token_ids"]
+        )
         assert span["attrs"]["infdebug.prompt_token_ids"] == body["prompt_token_ids"]
     else:
         assert not rec.prompt_ids and not rec.output_ids  # left empty
-        assert "infdebug.prompt_token_ids" not in span["attrs"] and "infdebug.output_token_ids" not in span["attrs"]
+        assert (
+            "infdebug.prompt_token_ids" not in span["attrs"]
+            and "infdebug.output_token_ids" not in span["attrs"]
+        )
 
 
-def test_otlp_endpoint_from_the_standard_environment_variable(model_dir: str, tmp_path: Any, otlp: OtlpReceiver,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_otlp_endpoint_from_the_standard_environment_variable(
+    model_dir: str, tmp_path: Any, otlp: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.url)
     rep, c = _serve(model_dir, tmp_path, otlp, otlp_endpoint=None)
@@ -190,8 +270,14 @@ def test_otlp_endpoint_from_the_standard_environment_variable(model_dir: str, tm
 
 
 def _rec(i: int, n_ids: int = 64) -> Request:
-    return Request(request_id=f"q{i}", replica="r", t_arrival=1.7e9 + i, prompt_ids=list(range(n_ids)),
-                   output_ids=[i] * 8, ttft_s=0.01)
+    return Request(
+        request_id=f"q{i}",
+        replica="r",
+        t_arrival=1.7e9 + i,
+        prompt_ids=list(range(n_ids)),
+        output_ids=[i] * 8,
+        ttft_s=0.01,
+    )
 
 
 def _read_any(path: str) -> list[str]:
@@ -207,7 +293,9 @@ def test_jsonl_rotates_by_size_and_gzips(tmp_path: Any) -> None:
         if i % 7 == 0:
             time.sleep(0.01)  # several drained batches
     ex.shutdown()
-    assert ex.rotated and all(p.endswith(".requests.jsonl.gz") and os.path.exists(p) for p in ex.rotated)
+    assert ex.rotated and all(
+        p.endswith(".requests.jsonl.gz") and os.path.exists(p) for p in ex.rotated
+    )
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     plain = [str(tmp_path / p) for p in sorted(os.listdir(tmp_path)) if p.endswith(".jsonl")]
     assert plain == [ex.path]  # only the live segment is uncompressed
@@ -229,7 +317,9 @@ def test_jsonl_rotates_by_age(tmp_path: Any) -> None:
 
 def test_jsonl_drops_oldest_when_full_and_counts_it(tmp_path: Any) -> None:
     m = ReplicaMetrics("r", "m")
-    ex = JsonlExporter(str(tmp_path), replica="r", max_queue=3, on_drop=m.dropped("jsonl"), start=False)
+    ex = JsonlExporter(
+        str(tmp_path), replica="r", max_queue=3, on_drop=m.dropped("jsonl"), start=False
+    )
     for i in range(10):
         ex.export(_rec(i))
     assert ex.dropped == 7
@@ -267,7 +357,11 @@ def test_tracer_never_raises_into_the_engine_and_counts_errors() -> None:
     tr.close()
     assert tr.errors == 2  # one export, one shutdown
     (rec,) = keep.records
-    assert rec.request_id == "req-1" and rec.output_ids == [5, 6] and rec.ttft_s == pytest.approx(0.003)
+    assert (
+        rec.request_id == "req-1"
+        and rec.output_ids == [5, 6]
+        and rec.ttft_s == pytest.approx(0.003)
+    )
     assert rec.finish_reason == "length"
 
 
@@ -281,9 +375,27 @@ def test_sigterm_loses_no_finished_request(model_dir: str, tmp_path: Any) -> Non
     port = _free_port()
     trace = tmp_path / "trace"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infdebug.cli", "serve", "--model", model_dir, "--port", str(port),
-         "--replica", "r-sig", "--trace-dir", str(trace), "--max-model-len", "256", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "infdebug.cli",
+            "serve",
+            "--model",
+            model_dir,
+            "--port",
+            str(port),
+            "--replica",
+            "r-sig",
+            "--trace-dir",
+            str(trace),
+            "--max-model-len",
+            "256",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ids: list[str] = []
     try:
@@ -295,19 +407,23 @@ def test_sigterm_loses_no_finished_request(model_dir: str, tmp_path: Any) -> Non
                 break
             except httpx.HTTPError:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stderr.read() if proc.stderr else "server did not start") from None
+                    raise AssertionError(
+                        proc.stderr.read() if proc.stderr else "server did not start"
+                    ) from None
                 time.sleep(0.3)
         with httpx.Client(base_url=base, timeout=60) as client:
             for i in range(12):
-                r = client.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 3 + i % 5,
-                                                              "temperature": 0})
+                r = client.post(
+                    "/v1/chat/completions",
+                    json={"messages": CHAT, "max_tokens": 3 + i % 5, "temperature": 0},
+                )
                 assert r.status_code == 200, r.text
                 ids.append(r.json()["id"])
             assert "infdebug_time_to_first_token_seconds_count" in client.get("/metrics").text
     finally:
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-    assert rc == 0, proc.stderr.read() if proc.stderr else rc
+        _, err = proc.communicate(timeout=60)  # reads and closes the pipes
+    assert proc.returncode == 0, err
     files = sorted(trace.glob("*.requests.jsonl"))
     assert len(files) == 1
     got = [r.request_id for _, r in read_records(str(files[0])) if isinstance(r, Request)]

@@ -25,7 +25,9 @@ def test_lifecycle_events_round_trip_into_the_store(tmp_path: Any, store: Any) -
     recs = [r for _, r in read_records(lc.path, strict=True)]
     assert [r.name for r in recs] == list(PHASES)
     assert all(isinstance(r, Event) and r.replica == "r9" and r.pid == os.getpid() for r in recs)
-    assert recs[0].duration_s is None and all(r.duration_s is not None and r.duration_s >= 0 for r in recs[1:])
+    assert recs[0].duration_s is None and all(
+        r.duration_s is not None and r.duration_s >= 0 for r in recs[1:]
+    )
     since = [r.since_start_s for r in recs]
     assert since == sorted(since)
     # each phase's duration is the gap since the previous event

@@ -1,4 +1,4 @@
-"""The dependency lock's two jobs: write it from a resolved environment, and prove a venv matches it.
+"""The dependency lock's two jobs: write it from a resolved environment and prove a venv matches it.
 
 ``python tools/lockcheck.py --write constraints.txt`` writes every distribution installed in
 this interpreter (pip included, the project itself left out) as ``name==version``, sorted:
@@ -81,8 +81,10 @@ def check(path: str) -> int:
     for p in problems:
         print(f"lockcheck: {p}", file=sys.stderr)
     if problems:
-        print("lockcheck: run `make upgrade-deps` to re-resolve, or rebuild the venv (`make clean`)",
-              file=sys.stderr)
+        print(
+            "lockcheck: run `make upgrade-deps` to re-resolve, or rebuild the venv (`make clean`)",
+            file=sys.stderr,
+        )
         return 1
     print(f"lockcheck: the {len(installed())} installed packages match {path}")
     return 0

@@ -183,7 +183,13 @@ def analyze(
             failed[name] = f"{type(e).__name__}: {e}"
         seconds[name] = time.perf_counter() - t
     failed.update(broken)
-    out.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.kind, str((f.scope or {}).get("replica"))))
+    out.sort(
+        key=lambda f: (
+            SEVERITY_ORDER.get(f.severity, 3),
+            f.kind,
+            str((f.scope or {}).get("replica")),
+        )
+    )
     n_requests = count_requests(ctx.store, ctx.window()) if count else None
     return AnalysisResult(out, [name for name, _ in todo], seconds, failed, n_requests)
 

@@ -40,8 +40,16 @@ MIN_LOOK = 10  # fewer requests in the rest of the fleet: nothing to compare wit
 ALPHA = 0.01
 EOT_QUORUM = 0.25  # share of a model's stop sets an ID must be in to count as end-of-turn
 WELL_KNOWN_EOT = (
-    "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "</s>", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>", "[/INST]",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|end_of_text|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "[/INST]",
 )
 EVIDENCE_IDS = 10
 # A runaway rate the whole fleet shares (every replica like the rest: no comparison sees it).
@@ -141,7 +149,11 @@ class RateTest:
 
 
 def compare_rates(
-    counts: dict[str, tuple[int, int]], *, min_diff: float, min_ratio: float, min_n: int = MIN_REQUESTS
+    counts: dict[str, tuple[int, int]],
+    *,
+    min_diff: float,
+    min_ratio: float,
+    min_n: int = MIN_REQUESTS,
 ) -> list[RateTest]:
     """Each replica's rate (k, n) against the rest of the fleet pooled; flagged when Holm's
     p < ALPHA and the effect is at least ``min_diff`` (absolute) and ``min_ratio`` × the rest."""
@@ -153,7 +165,9 @@ def compare_rates(
         rk, rn = total_k - k, total_n - n
         if n < min_n or rn < min_n:
             continue
-        tested.append((rep, k, n, rk, rn, z_two_proportions(k, n, rk, rn), fisher_greater(k, n, rk, rn)))
+        tested.append(
+            (rep, k, n, rk, rn, z_two_proportions(k, n, rk, rn), fisher_greater(k, n, rk, rn))
+        )
     adj = holm([t[6] for t in tested])
     out = []
     for (rep, k, n, rk, rn, z, p), pa in zip(tested, adj, strict=True):
@@ -187,7 +201,10 @@ def whole_deployments(
         units = by_dep[t.replica]
         if not t.flagged or len(units) < 2:
             continue
-        if all(n and k / n - t.rest_rate >= min_diff and k / n >= min_ratio * t.rest_rate for k, n in units):
+        if all(
+            n and k / n - t.rest_rate >= min_diff and k / n >= min_ratio * t.rest_rate
+            for k, n in units
+        ):
             out[t.replica] = t
     return out
 
@@ -241,7 +258,9 @@ def stop_analyzer(ctx: AnalysisContext) -> list[Finding]:
     return out
 
 
-def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[int], source: str) -> list[Finding]:
+def _eot_ignored(
+    ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[int], source: str
+) -> list[Finding]:
     counts = q.eot_counts(ctx.store, w, model, sorted(eot))
     hits = q.eot_hits(ctx.store, w, model, sorted(eot), per_replica=EVIDENCE_IDS)
     out: list[Finding] = []
@@ -259,9 +278,14 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
         eot_piece = piece(ctx, top_id) if top_id is not None else None
         missing = top_id is not None and top_id not in stop_set
         tok_txt = f"{top_id}" + (f" {eot_piece!r}" if eot_piece else "")
-        why = "is not in the stop set in force" if missing else "is in the stop set yet generation went on"
+        why = (
+            "is not in the stop set in force"
+            if missing
+            else "is in the stop set yet generation went on"
+        )
         summary = (
-            f"{unit_label(c.replica)}: end-of-turn ID {tok_txt} inside {c.hits} of {c.requests} outputs "
+            f"{unit_label(c.replica)}: end-of-turn ID {tok_txt} inside {c.hits} of {c.requests} "
+            "outputs "
             f"({share:.1%}) that did not stop there; it {why}"
         )
         out.append(
@@ -291,8 +315,13 @@ def _eot_ignored(ctx: AnalysisContext, w: dict[str, Any], model: str, eot: set[i
                     "stop_ids_in_force": stop_set,
                     "eot_in_stop_set": not missing,
                     "examples": [
-                        {"request_id": h.request_id, "position": h.position, "eot_id": h.eot_id,
-                         "finish_reason": h.finish_reason, "output_len": h.output_len}
+                        {
+                            "request_id": h.request_id,
+                            "position": h.position,
+                            "eot_id": h.eot_id,
+                            "finish_reason": h.finish_reason,
+                            "output_len": h.output_len,
+                        }
                         for h in mine[:5]
                     ],
                 },
@@ -316,17 +345,30 @@ def _fleet_runaway(model: str, finishes: list[q.FinishCounts]) -> list[Finding]:
             "stop",
             "stop.runaway_rate",
             "warning",
-            f"{k} of {n} requests ({k / n:.1%}) sent with max_tokens ≥ {RUNAWAY_MIN_MAX_TOKENS} ran to the length cap "
-            f"across the fleet ({len(over)} of {len(rates)} replicas ≥ {RUNAWAY_WARNING:.0%}): a model that ends its "
+            f"{k} of {n} requests ({k / n:.1%}) sent with max_tokens ≥ {RUNAWAY_MIN_MAX_TOKENS} "
+            "ran to the length cap "
+            f"across the fleet ({len(over)} of {len(rates)} replicas ≥ {RUNAWAY_WARNING:.0%}): "
+            "a model that ends its "
             "turn does not; no replica stands out, so look at what they share",
             t_start=first,
-            values={"rate": round(k / n, 6), "count": k, "requests": n, "model": model,
-                    "min_max_tokens": RUNAWAY_MIN_MAX_TOKENS, "threshold": RUNAWAY_WARNING,
-                    "replicas": len(rates), "min_replica_rate": round(min(r for r, _ in rates), 6),
-                    "max_replica_rate": round(max(r for r, _ in rates), 6)},
-            evidence={"first_seen": first, "request_ids": request_ids[:EVIDENCE_IDS], "replicas_over_threshold": over,
-                      "hint": "an end-of-turn ID missing from the stop set every replica shares "
-                      "(stop.end_of_turn_ignored names it), or a model that does not end its turn"},
+            values={
+                "rate": round(k / n, 6),
+                "count": k,
+                "requests": n,
+                "model": model,
+                "min_max_tokens": RUNAWAY_MIN_MAX_TOKENS,
+                "threshold": RUNAWAY_WARNING,
+                "replicas": len(rates),
+                "min_replica_rate": round(min(r for r, _ in rates), 6),
+                "max_replica_rate": round(max(r for r, _ in rates), 6),
+            },
+            evidence={
+                "first_seen": first,
+                "request_ids": request_ids[:EVIDENCE_IDS],
+                "replicas_over_threshold": over,
+                "hint": "an end-of-turn ID missing from the stop set every replica shares "
+                "(stop.end_of_turn_ignored names it), or a model that does not end its turn",
+            },
         )
     ]
 
@@ -344,15 +386,19 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
                 "stop",
                 "stop.runaway_rate",
                 "error" if t.rate - t.rest_rate >= 0.30 else "warning",
-                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {t.rate:.1%} of requests ran to the "
-                f"length cap vs {t.rest_rate:.1%} on the other deployments (p={t.p_holm:.2g}, Holm)",
+                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {t.rate:.1%} of "
+                "requests ran to the "
+                f"length cap vs {t.rest_rate:.1%} on the other deployments "
+                f"(p={t.p_holm:.2g}, Holm)",
                 deployment=dep or None,
                 t_start=min(first[u] for u in mine),
                 values={**t.values(), "model": model, "replicas": [unit_label(u) for u in mine]},
-                evidence={"first_seen": min(first[u] for u in mine),
-                          "request_ids": sorted({i for u in mine for i in ids.get(u, [])})[:EVIDENCE_IDS],
-                          "hint": "look for a missing end-of-turn ID in this deployment's stop set "
-                          "(stop.end_of_turn_ignored) or a max_tokens change"},
+                evidence={
+                    "first_seen": min(first[u] for u in mine),
+                    "request_ids": sorted({i for u in mine for i in ids.get(u, [])})[:EVIDENCE_IDS],
+                    "hint": "look for a missing end-of-turn ID in this deployment's stop set "
+                    "(stop.end_of_turn_ignored) or a max_tokens change",
+                },
             )
         )
     for t in compare_rates(counts, min_diff=0.10, min_ratio=2.0):
@@ -369,10 +415,12 @@ def _runaway(ctx: AnalysisContext, model: str, finishes: list[q.FinishCounts]) -
                 unit=t.replica,
                 t_start=first.get(t.replica),
                 values={**t.values(), "model": model},
-                evidence={"first_seen": first.get(t.replica), "request_ids": ids.get(t.replica, []),
-                          "hint": "look for a missing end-of-turn ID "
-                          "in this replica's stop set (stop.end_of_turn_ignored) or a max_tokens change"},
+                evidence={
+                    "first_seen": first.get(t.replica),
+                    "request_ids": ids.get(t.replica, []),
+                    "hint": "look for a missing end-of-turn ID "
+                    "in this replica's stop set (stop.end_of_turn_ignored) or a max_tokens change",
+                },
             )
         )
     return out
-

@@ -66,7 +66,9 @@ class Loop:
     repeats: int
 
 
-def tail_loop(ids: list[int], max_period: int = MAX_PERIOD, min_repeats: int = MIN_REPEATS) -> Loop | None:
+def tail_loop(
+    ids: list[int], max_period: int = MAX_PERIOD, min_repeats: int = MIN_REPEATS
+) -> Loop | None:
     """The shortest loop (period ≤ max_period) the sequence ends in, repeated ≥ min_repeats
     times; a single trailing token (an EOS after the loop) is allowed."""
     for seq in (ids, ids[:-1]):
@@ -108,8 +110,14 @@ def severity_of(rate: float, k: int, t: RateTest | None, alike: bool) -> str:
 
 @analyzer("repetition")
 def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
-    cands = q.repetition_candidates(ctx.store, ctx.window(), look=CANDIDATE_LOOK,
-                                    max_distinct=CANDIDATE_MAX_DISTINCT, tail=TAIL_IDS, cap=CANDIDATE_CAP)
+    cands = q.repetition_candidates(
+        ctx.store,
+        ctx.window(),
+        look=CANDIDATE_LOOK,
+        max_distinct=CANDIDATE_MAX_DISTINCT,
+        tail=TAIL_IDS,
+        cap=CANDIDATE_CAP,
+    )
     cases: dict[str, list[tuple[str, float, Loop]]] = {}
     for rc in cands:
         hits: list[tuple[str, float, Loop]] = []
@@ -134,15 +142,20 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
                 "repetition",
                 "output.repetition",
                 "error" if dt.rate >= DRIFT_ERROR else "warning",
-                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {dt.k} of {dt.n} outputs ({dt.rate:.1%}) "
-                f"end in a loop vs {dt.rest_rate:.1%} on the other deployments (p={dt.p_holm:.2g}, Holm); "
+                f"deployment {dep or '(none)'} ({len(mine)} replicas alike): {dt.k} of {dt.n} "
+                f"outputs ({dt.rate:.1%}) "
+                f"end in a loop vs {dt.rest_rate:.1%} on the other deployments "
+                f"(p={dt.p_holm:.2g}, Holm); "
                 f"most common {list(top_ids)}",
                 deployment=dep or None,
                 t_start=found_dep[0][1] if found_dep else None,
                 values={**dt.values(), "replicas": [unit_label(u) for u in mine]},
-                evidence={"request_ids": [rid for rid, _, _ in found_dep[:EVIDENCE_IDS]],
-                          "first_seen": found_dep[0][1] if found_dep else None,
-                          "loop_ids": list(top_ids), "period": top_period},
+                evidence={
+                    "request_ids": [rid for rid, _, _ in found_dep[:EVIDENCE_IDS]],
+                    "first_seen": found_dep[0][1] if found_dep else None,
+                    "loop_ids": list(top_ids),
+                    "period": top_period,
+                },
             )
         )
     for rep in sorted(cases):
@@ -166,18 +179,38 @@ def repetition_analyzer(ctx: AnalysisContext) -> list[Finding]:
         if vs_fleet and t is not None:
             why.append(f"vs {t.rest_rate:.1%} on the rest of the fleet, p={t.p_holm:.2g} Holm")
         elif absolute and (t is not None or alike) and severity == "info":
-            why.append(f"the rest of the fleet loops alike, {rest_rate:.1%}: the model's own behaviour, "
-                       "not this replica's")
+            why.append(
+                f"the rest of the fleet loops alike, {rest_rate:.1%}: the model's own behaviour, "
+                "not this replica's"
+            )
         elif absolute and (t is not None or alike):
-            why.append(f"the rest of the fleet loops alike, {rest_rate:.1%}, but ≥ {LOOP_WARNING:.0%} of outputs "
-                       "looping is no healthy model's behaviour: the model or the serving stack is broken "
-                       "fleet-wide")
+            why.append(
+                f"the rest of the fleet loops alike, {rest_rate:.1%}, but ≥ {LOOP_WARNING:.0%} "
+                "of outputs "
+                "looping is no healthy model's behaviour: the model or the serving stack is broken "
+                "fleet-wide"
+            )
         elif absolute and not alone:
-            why.append(f"vs {rest_rate:.1%} on the rest; too few requests (< {MIN_REQUESTS}) for a test")
+            why.append(
+                f"vs {rest_rate:.1%} on the rest; too few requests (< {MIN_REQUESTS}) for a test"
+            )
         elif absolute:
             why.append("≥ 5 % of its outputs, no fleet to compare with")
-        out.append(_replica_finding(ctx, rep, found, k, n, rate, severity, why, t, capped.get(rep, False),
-                                    fleet_k / fleet_n if fleet_n else 0.0))
+        out.append(
+            _replica_finding(
+                ctx,
+                rep,
+                found,
+                k,
+                n,
+                rate,
+                severity,
+                why,
+                t,
+                capped.get(rep, False),
+                fleet_k / fleet_n if fleet_n else 0.0,
+            )
+        )
     return out
 
 
@@ -197,18 +230,27 @@ def _replica_finding(
     loops = Counter((tuple(lp.ids), lp.period) for _, _, lp in found)
     (top_ids, top_period), top_n = loops.most_common(1)[0]
     top_piece = [piece(ctx, i) for i in top_ids] if ctx.tokenizer is not None else None
-    values: dict[str, Any] = {"count": k, "requests": n, "rate": round(rate, 6),
-                              "fleet_loop_rate": round(fleet_rate, 6),
-                              "max_period": MAX_PERIOD, "min_repeats": MIN_REPEATS,
-                              "candidates_capped": capped}
+    values: dict[str, Any] = {
+        "count": k,
+        "requests": n,
+        "rate": round(rate, 6),
+        "fleet_loop_rate": round(fleet_rate, 6),
+        "max_period": MAX_PERIOD,
+        "min_repeats": MIN_REPEATS,
+        "candidates_capped": capped,
+    }
     if t is not None:
-        values.update({f"fleet_{key}": v for key, v in t.values().items() if key not in ("count", "requests")})
+        values.update(
+            {f"fleet_{key}": v for key, v in t.values().items() if key not in ("count", "requests")}
+        )
     return finding(
         "repetition",
         "output.repetition",
         severity,
-        f"{unit_label(rep)}: {k} of {n} outputs ({rate:.1%}) end in a loop of period ≤ {MAX_PERIOD} "
-        f"repeated ≥ {MIN_REPEATS}×; most common {list(top_ids)}" + (f" ({'; '.join(why)})" if why else ""),
+        f"{unit_label(rep)}: {k} of {n} outputs ({rate:.1%}) end in a loop of period "
+        f"≤ {MAX_PERIOD} "
+        f"repeated ≥ {MIN_REPEATS}×; most common {list(top_ids)}"
+        + (f" ({'; '.join(why)})" if why else ""),
         unit=rep,
         t_start=found[0][1],
         values=values,

@@ -107,7 +107,11 @@ def _resolve_bos(ctx: AnalysisContext, model: str) -> BosRef | None:
             "bos_inferred_from": total,
             "bos_text": marker.group(0) if marker else None,
             "bos_inference": f"{share:.1%} of {total} prompts start with ID {best.first_id}"
-            + (f" (text {marker.group(0)!r})" if marker else " (no prompt text to confirm it is a special token)"),
+            + (
+                f" (text {marker.group(0)!r})"
+                if marker
+                else " (no prompt text to confirm it is a special token)"
+            ),
         },
     )
 
@@ -121,7 +125,8 @@ def _pieces(ctx: AnalysisContext, ids: list[int]) -> list[str | None] | None:
 
 def _bos_findings(ctx: AnalysisContext) -> list[Finding]:
     """With a reference (tokenizer, bos_id option) or a model named: that model's requests.
-    Otherwise the BOS is inferred model by model (one fleet may serve several, with other BOS IDs)."""
+    Otherwise the BOS is inferred model by model (one fleet may serve several, with other
+    BOS IDs)."""
     given = _model(ctx)
     referenced = ctx.tokenizer is not None or ctx.options.get("bos_id") is not None
     models = [given] if given or referenced else q_template.models(ctx.store, ctx.window())
@@ -132,15 +137,30 @@ def _bos_findings_of(ctx: AnalysisContext, model: str, *, several: bool) -> list
     ref = _resolve_bos(ctx, model)
     if ref is None:
         return []
-    counts = q_template.bos_counts(ctx.store, ctx.window(), ref.bos_id, double_run=DOUBLED_BOS_RUN,
-                                   examples=EXAMPLES, head=HEAD_IDS, model=model)
+    counts = q_template.bos_counts(
+        ctx.store,
+        ctx.window(),
+        ref.bos_id,
+        double_run=DOUBLED_BOS_RUN,
+        examples=EXAMPLES,
+        head=HEAD_IDS,
+        model=model,
+    )
     tok = ctx.tokenizer
-    add_bos = bool(getattr(tok, "add_bos", False)) if tok is not None else bool(ctx.options.get("add_bos", False))
+    add_bos = (
+        bool(getattr(tok, "add_bos", False))
+        if tok is not None
+        else bool(ctx.options.get("add_bos", False))
+    )
     out: list[Finding] = []
     for kind, attr in (("template.double_bos", "double"), ("template.missing_bos", "missing")):
         if kind == "template.missing_bos" and not add_bos:
             continue
-        shares = {_unit_name((c.replica, c.deployment)): round(getattr(c, attr) / c.n, 4) for c in counts if c.n}
+        shares = {
+            _unit_name((c.replica, c.deployment)): round(getattr(c, attr) / c.n, 4)
+            for c in counts
+            if c.n
+        }
         for c in counts:
             k = getattr(c, attr)
             if not k:
@@ -155,7 +175,8 @@ def _bos_findings_of(ctx: AnalysisContext, model: str, *, several: bool) -> list
                     NAME,
                     kind,
                     "error" if share >= ERROR_SHARE else "warning",
-                    f"{k} of {c.n} prompts on {_unit_name((c.replica, c.deployment))} ({share:.1%}) {what} "
+                    f"{k} of {c.n} prompts on {_unit_name((c.replica, c.deployment))} "
+                    f"({share:.1%}) {what} "
                     f"(BOS ID {ref.bos_id}, {_BOS_SOURCE[ref.source]})",
                     replica=c.replica,
                     deployment=c.deployment,
@@ -198,7 +219,9 @@ def classify_mismatch(
             if content and content in reference and content not in logged:
                 return "system_dropped"
     diff = marker_diff(logged, reference)
-    if uses_tools(messages) or re.search(r"tool|function|ipython", f"{diff['logged']}{diff['reference']}", re.I):
+    if uses_tools(messages) or re.search(
+        r"tool|function|ipython", f"{diff['logged']}{diff['reference']}", re.I
+    ):
         return "tools"
     if skeleton_of_markers(logged) != skeleton_of_markers(reference):
         return "role_marker"
@@ -214,7 +237,11 @@ def _reference_render(ctx: AnalysisContext, row: PromptRow, logged: str, gen: bo
         bos = next((b for b in LEADING_BOS if logged.startswith(b)), "")
     with fixed_now(datetime.fromtimestamp(row.t_arrival)):
         return render_chat(
-            ctx.template, row.messages or [], add_generation_prompt=gen, bos_token=bos, eos_token=eos or ""
+            ctx.template,
+            row.messages or [],
+            add_generation_prompt=gen,
+            bos_token=bos,
+            eos_token=eos or "",
         )
 
 
@@ -222,7 +249,9 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
     if not ctx.template:
         return []
     cap = int(ctx.options.get("template_sample", 200))
-    rows = q_template.prompt_sample(ctx.store, ctx.window(), cap, need_messages=True, model=_model(ctx))
+    rows = q_template.prompt_sample(
+        ctx.store, ctx.window(), cap, need_messages=True, model=_model(ctx)
+    )
     population = q_template.replica_request_counts(ctx.store, ctx.window())
     checked: Counter[Unit] = Counter()
     failed: Counter[Unit] = Counter()
@@ -264,9 +293,14 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
                 NAME,
                 "template.render_mismatch",
                 "error" if share >= ERROR_SHARE else "warning",
-                f"{len(items)} of {checked[unit]} sampled prompts on {_unit_name(unit)} ({share:.1%}) differ from "
+                f"{len(items)} of {checked[unit]} sampled prompts on {_unit_name(unit)} "
+                f"({share:.1%}) differ from "
                 f"the reference template's rendering: {main}"
-                + (f" (also {', '.join(c for c in sorted(classes) if c != main)})" if len(classes) > 1 else ""),
+                + (
+                    f" (also {', '.join(c for c in sorted(classes) if c != main)})"
+                    if len(classes) > 1
+                    else ""
+                ),
                 replica=unit[0],
                 deployment=unit[1],
                 t_start=items[0][0].t_arrival,
@@ -311,7 +345,13 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
         fleet = {
             fp: {
                 "requests": n,
-                "replicas": sorted({_unit_name((u.replica, u.deployment or None)) for u in us if u.template_fp == fp}),
+                "replicas": sorted(
+                    {
+                        _unit_name((u.replica, u.deployment or None))
+                        for u in us
+                        if u.template_fp == fp
+                    }
+                ),
             }
             for fp, n in per_fp.items()
         }
@@ -324,15 +364,25 @@ def _fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
                     NAME,
                     "template.fingerprint_mismatch",
                     "warning",
-                    f"{_unit_name(unit)} serves model {model or '(unnamed)'} with chat template {u.template_fp} "
+                    f"{_unit_name(unit)} serves model {model or '(unnamed)'} with chat template "
+                    f"{u.template_fp} "
                     f"on {u.n} requests; the fleet's most used is {majority}",
                     replica=u.replica,
                     deployment=u.deployment or None,
                     t_start=u.first_seen,
                     t_end=u.last_seen,
-                    values={"model": model, "template_fp": u.template_fp, "fleet_template_fp": majority,
-                            "requests": u.n, "distinct_fingerprints": len(per_fp)},
-                    evidence={"request_ids": u.request_ids, "first_seen": u.first_seen, "fingerprints": fleet},
+                    values={
+                        "model": model,
+                        "template_fp": u.template_fp,
+                        "fleet_template_fp": majority,
+                        "requests": u.n,
+                        "distinct_fingerprints": len(per_fp),
+                    },
+                    evidence={
+                        "request_ids": u.request_ids,
+                        "first_seen": u.first_seen,
+                        "fingerprints": fleet,
+                    },
                 )
             )
     return out
@@ -357,7 +407,9 @@ class _Seen:
         return [r for _, r in sorted(self.earliest)[:EXAMPLES]]
 
 
-def _rare_skeletons(dist: dict[Any, dict[str, dict[str, _Seen]]], min_n: int) -> dict[Any, list[dict[str, Any]]]:
+def _rare_skeletons(
+    dist: dict[Any, dict[str, dict[str, _Seen]]], min_n: int
+) -> dict[Any, list[dict[str, Any]]]:
     """For each key of ``dist`` (key -> family -> skeleton -> seen): the skeletons that make
     up a real part of one of its families (≥ NEW_SHARE and ≥ NEW_MIN requests) while the
     other keys' prompts of that family almost never use them (< RARE_SHARE)."""
@@ -394,10 +446,18 @@ def _rare_skeletons(dist: dict[Any, dict[str, dict[str, _Seen]]], min_n: int) ->
                 if rest[sk] / n_rest >= RARE_SHARE:
                     continue
                 fleet_sk = min(rest, key=lambda x: (-rest[x], x))
-                flagged.append({
-                    "family": fam, "skeleton": sk, "seen": seen, "n_family": n_fam, "n_rest": n_rest,
-                    "share_rest": rest[sk] / n_rest, "fleet_skeleton": fleet_sk, "fleet_count": rest[fleet_sk],
-                })
+                flagged.append(
+                    {
+                        "family": fam,
+                        "skeleton": sk,
+                        "seen": seen,
+                        "n_family": n_fam,
+                        "n_rest": n_rest,
+                        "share_rest": rest[sk] / n_rest,
+                        "fleet_skeleton": fleet_sk,
+                        "fleet_count": rest[fleet_sk],
+                    }
+                )
                 break  # the most used new skeleton of the family speaks for it
         if flagged:
             out[key] = sorted(flagged, key=lambda f: (-f["seen"].n, f["family"]))
@@ -405,7 +465,13 @@ def _rare_skeletons(dist: dict[Any, dict[str, dict[str, _Seen]]], min_n: int) ->
 
 
 def _skeleton_finding(
-    flagged: list[dict[str, Any]], cap: int, *, who: str, elsewhere: str, unit: Unit | None, deployment: str | None
+    flagged: list[dict[str, Any]],
+    cap: int,
+    *,
+    who: str,
+    elsewhere: str,
+    unit: Unit | None,
+    deployment: str | None,
 ) -> Finding:
     top = flagged[0]
     seen: _Seen = top["seen"]
@@ -443,8 +509,11 @@ def _skeleton_finding(
     )
 
 
-def _whole_deployment(dist: dict[Unit, dict[str, dict[str, _Seen]]], dep: str | None, flag: dict[str, Any]) -> bool:
-    """Every replica of ``dep`` that served the flagged family uses its new skeleton (≥ NEW_SHARE)."""
+def _whole_deployment(
+    dist: dict[Unit, dict[str, dict[str, _Seen]]], dep: str | None, flag: dict[str, Any]
+) -> bool:
+    """Every replica of ``dep`` that served the flagged family uses its new skeleton
+    (≥ NEW_SHARE)."""
     fam, sk = flag["family"], flag["skeleton"]
     shares = []
     for unit, fams in dist.items():
@@ -470,7 +539,9 @@ def _skeleton_findings(ctx: AnalysisContext) -> list[Finding]:
         # a family is one model's conversations of one role sequence: two models are two templates
         fam = f"{row.model or ''}{FAMILY_SEP}{family_of(row.messages)}"
         sk = skeleton(text, row.messages)
-        dist[(row.replica, row.deployment)][fam].setdefault(sk, _Seen()).add(row.t_arrival, row.request_id)
+        dist[(row.replica, row.deployment)][fam].setdefault(sk, _Seen()).add(
+            row.t_arrival, row.request_id
+        )
         by_dep[row.deployment][fam].setdefault(sk, _Seen()).add(row.t_arrival, row.request_id)
     out: list[Finding] = []
     # A whole deployment on a new template (a canary rolled out with the hub's new revision):
@@ -486,13 +557,31 @@ def _skeleton_findings(ctx: AnalysisContext) -> list[Finding]:
         units = sorted(u for u in dist if u[1] == dep)
         only = units[0] if len(units) == 1 else None
         who = f"deployment {dep}" if dep is not None else "the replicas without a deployment label"
-        out.append(_skeleton_finding(flagged, cap, who=who + (f" ({only[0]})" if only else ""),
-                                     elsewhere="any other deployment", unit=only, deployment=dep))
-    for unit, flagged in sorted(_rare_skeletons(dist, min_n).items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        out.append(
+            _skeleton_finding(
+                flagged,
+                cap,
+                who=who + (f" ({only[0]})" if only else ""),
+                elsewhere="any other deployment",
+                unit=only,
+                deployment=dep,
+            )
+        )
+    for unit, flagged in sorted(
+        _rare_skeletons(dist, min_n).items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+    ):
         if unit[1] in dep_flags:
             continue  # its deployment's finding names it
-        out.append(_skeleton_finding(flagged, cap, who=_unit_name(unit), elsewhere="the rest of the fleet",
-                                     unit=unit, deployment=None))
+        out.append(
+            _skeleton_finding(
+                flagged,
+                cap,
+                who=_unit_name(unit),
+                elsewhere="the rest of the fleet",
+                unit=unit,
+                deployment=None,
+            )
+        )
     return out
 
 

@@ -19,9 +19,13 @@ MARKER_RE = re.compile(
     r"<\|[^|<>\n]{1,48}\|>|<｜[^｜\n]{1,48}｜>|\[/?INST\]|\[/?SYS\]|<</?SYS>>|</?s>|<bos>|<eos>"
     r"|<start_of_turn>|<end_of_turn>|<\|?(?:im_start|im_end)\|?>"
 )
-ROLE_RE = re.compile(r"^\s*(system|user|assistant|tool|ipython|developer|model|function)\s*$", re.IGNORECASE)
+ROLE_RE = re.compile(
+    r"^\s*(system|user|assistant|tool|ipython|developer|model|function)\s*$", re.IGNORECASE
+)
 # fixed template lines kept when contents are masked from markers alone
-FIXED_LINE_RE = re.compile(r"^(Cutting Knowledge Date|Today Date|Environment|Tools|Knowledge Cutoff|Current Date):")
+FIXED_LINE_RE = re.compile(
+    r"^(Cutting Knowledge Date|Today Date|Environment|Tools|Knowledge Cutoff|Current Date):"
+)
 # dates a template writes from the clock: normalised so the daily change is no skeleton change
 DATE_RES = (
     re.compile(r"(Today Date: )[^\n<]*"),
@@ -84,7 +88,6 @@ def skeleton_of_markers(text: str) -> list[str]:
             if head and re.fullmatch(r"[A-Za-z_][\w-]{0,31}", head):
                 out.append(head)
     return out
-
 
 
 def content_text(content: Any) -> str:

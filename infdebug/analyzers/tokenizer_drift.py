@@ -215,9 +215,11 @@ def _reencode_findings(ctx: AnalysisContext) -> list[Finding]:
         main = next(iter(causes))
         out.append(
             finding(
-                NAME, "tokenizer.reencode_mismatch",
+                NAME,
+                "tokenizer.reencode_mismatch",
                 "error" if share >= ERROR_SHARE else "warning",
-                f"{unit_label(rep)}: {t.affected} of {t.requests_checked} checked requests re-encode to other IDs "
+                f"{unit_label(rep)}: {t.affected} of {t.requests_checked} checked requests "
+                "re-encode to other IDs "
                 f"with the reference tokenizer (cause: {main})",
                 unit=rep,
                 t_start=t.first_seen,
@@ -271,12 +273,24 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
         # engines that decode the first SentencePiece token alone drop its leading space
         if d == " " + s.text or s.text == " " + d:
             continue
-        i = next((k for k, (x, y) in enumerate(zip(d, s.text, strict=False)) if x != y), min(len(d), len(s.text)))
+        i = next(
+            (k for k, (x, y) in enumerate(zip(d, s.text, strict=False)) if x != y),
+            min(len(d), len(s.text)),
+        )
         bad[s.replica].append((s, d, i))
     # an engine asked to keep special tokens in the text (skip_special_tokens=False) is no bug
     suspects = [s for items in bad.values() for s, _, _ in items]
-    kept = {s.request_id for s, d in zip(suspects, _decode_many(tok, [s.ids for s in suspects], False), strict=True)
-            if d == s.text} if suspects else set()
+    kept = (
+        {
+            s.request_id
+            for s, d in zip(
+                suspects, _decode_many(tok, [s.ids for s in suspects], False), strict=True
+            )
+            if d == s.text
+        }
+        if suspects
+        else set()
+    )
     for rep in list(bad):
         bad[rep] = [x for x in bad[rep] if x[0].request_id not in kept]
         if not bad[rep]:
@@ -302,8 +316,11 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
         main = causes.most_common(1)[0][0]
         out.append(
             finding(
-                NAME, "tokenizer.decode_mismatch", "error" if share >= ERROR_SHARE else "warning",
-                f"{unit_label(rep)}: {len(items)} of {n_checked} checked outputs decode to other text than logged "
+                NAME,
+                "tokenizer.decode_mismatch",
+                "error" if share >= ERROR_SHARE else "warning",
+                f"{unit_label(rep)}: {len(items)} of {n_checked} checked outputs decode to "
+                "other text than logged "
                 f"(cause: {main})",
                 unit=rep,
                 t_start=s.t_arrival,
@@ -338,7 +355,11 @@ def _decode_findings(ctx: AnalysisContext) -> list[Finding]:
 def tokenizer_drift(ctx: AnalysisContext) -> list[Finding]:
     """Every tokenizer-drift check; the reference checks run only with ``ctx.tokenizer``."""
     conflicts = load_conflicts(ctx)
-    out = fingerprint_findings(ctx) + cross_replica_findings(ctx, conflicts) + oov_findings(ctx, conflicts)
+    out = (
+        fingerprint_findings(ctx)
+        + cross_replica_findings(ctx, conflicts)
+        + oov_findings(ctx, conflicts)
+    )
     if ctx.tokenizer is not None:
         out += _reencode_findings(ctx) + _decode_findings(ctx)
     return out

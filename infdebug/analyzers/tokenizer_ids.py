@@ -54,7 +54,11 @@ def first_diff(a: list[int], b: list[int]) -> int | None:
 
 def token_side(ids: list[int], i: int, tok: Any) -> dict[str, Any]:
     window = ids[max(0, i - 2) : i + 3]
-    out: dict[str, Any] = {"id": ids[i] if i < len(ids) else None, "ids_around": window, "length": len(ids)}
+    out: dict[str, Any] = {
+        "id": ids[i] if i < len(ids) else None,
+        "ids_around": window,
+        "length": len(ids),
+    }
     if tok is not None:
         out["piece"] = tok.piece(ids[i]) if i < len(ids) else None
         out["pieces_around"] = [tok.piece(x) for x in window]
@@ -62,7 +66,9 @@ def token_side(ids: list[int], i: int, tok: Any) -> dict[str, Any]:
 
 
 def sample_options(ctx: AnalysisContext) -> tuple[int, str]:
-    return int(ctx.options.get("tokenizer_sample", DEFAULT_SAMPLE)), str(ctx.options.get("model") or "")
+    return int(ctx.options.get("tokenizer_sample", DEFAULT_SAMPLE)), str(
+        ctx.options.get("model") or ""
+    )
 
 
 # --- fingerprints ---------------------------------------------------------------------------
@@ -83,7 +89,11 @@ def fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
         # (two replicas, one each) nothing tells which is off, and no replica is blamed
         ranked = sorted(
             fps.items(),
-            key=lambda kv: (-len({v.replica for v in kv[1]}), min(v.first_seen for v in kv[1]), kv[0]),
+            key=lambda kv: (
+                -len({v.replica for v in kv[1]}),
+                min(v.first_seen for v in kv[1]),
+                kv[0],
+            ),
         )
         decided = len({v.replica for v in ranked[0][1]}) > len({v.replica for v in ranked[1][1]})
         minority_units = sorted({v.replica for fp, vs in ranked[1:] for v in vs})
@@ -105,12 +115,21 @@ def fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
         total = sum(v.requests for v in variants)
         out.append(
             finding(
-                NAME, "tokenizer.fingerprint_mismatch", "error",
+                NAME,
+                "tokenizer.fingerprint_mismatch",
+                "error",
                 f"model {model or '(unnamed)'} is served with {len(fps)} tokenizer fingerprints; "
-                + (f"{', '.join(minority_replicas)} {'differs' if len(minority_replicas) == 1 else 'differ'} "
-                   f"from the majority ({ranked[0][0]})" if decided else
-                   "no majority to tell which is off: "
-                   + "; ".join(f"{fp} on {', '.join(unit_label(v.replica) for v in vs)}" for fp, vs in ranked)),
+                + (
+                    f"{', '.join(minority_replicas)} "
+                    f"{'differs' if len(minority_replicas) == 1 else 'differ'} "
+                    f"from the majority ({ranked[0][0]})"
+                    if decided
+                    else "no majority to tell which is off: "
+                    + "; ".join(
+                        f"{fp} on {', '.join(unit_label(v.replica) for v in vs)}"
+                        for fp, vs in ranked
+                    )
+                ),
                 unit=scope_unit,
                 t_start=first,
                 values={
@@ -136,7 +155,7 @@ def fingerprint_findings(ctx: AnalysisContext) -> list[Finding]:
 
 
 def _leading_repeat(ids: list[int], ref_ids: list[int]) -> str | None:
-    """"doubled_first_token" when one side is the other with its first ID repeated (a
+    """ "doubled_first_token" when one side is the other with its first ID repeated (a
     doubled BOS: template.double_bos names it), "dropped_first_token" the other way."""
     if len(ids) == len(ref_ids) + 1 and ids[1:] == ref_ids and ids[:1] == ids[1:2]:
         return "doubled_first_token"
@@ -159,7 +178,9 @@ class _Blame:
     requests: int = 0
     first_seen: float = float("inf")
     ids: list[tuple[float, str]] = field(default_factory=list)  # (first seen, request ID)
-    example: tuple[float, str, q.TextVariant, q.TextVariant] | None = None  # (first, rid, this, reference)
+    example: tuple[float, str, q.TextVariant, q.TextVariant] | None = (
+        None  # (first, rid, this, reference)
+    )
     reference_units: set[str] = field(default_factory=set)
 
     def add(self, mine: q.TextVariant, ref: q.TextVariant, ref_units: set[str]) -> None:
@@ -223,8 +244,13 @@ def attribute_conflicts(
         top = max(len(units) for units in sides.values())
         # not suspect: no unit blamed on other texts, and not starting with one ID twice (a
         # doubled BOS is never the right encoding)
-        clean = [h for h, units in sides.items() if len(units) == top and not set(units) & blamed
-                 and not any(_starts_doubled(v) for v in units.values())]
+        clean = [
+            h
+            for h, units in sides.items()
+            if len(units) == top
+            and not set(units) & blamed
+            and not any(_starts_doubled(v) for v in units.values())
+        ]
         if len(clean) == 1:
             _blame_all(blames, model_g[0], sides, clean[0])
         else:
@@ -233,7 +259,10 @@ def attribute_conflicts(
 
 
 def _blame_all(
-    blames: dict[tuple[str, str], _Blame], model: str, sides: dict[int, dict[str, q.TextVariant]], ref_hash: int
+    blames: dict[tuple[str, str], _Blame],
+    model: str,
+    sides: dict[int, dict[str, q.TextVariant]],
+    ref_hash: int,
 ) -> None:
     ref_side = sides[ref_hash]
     ref = _earliest(ref_side)
@@ -260,13 +289,22 @@ def _example(
     return {
         "prompt_text": text[:200],
         "first_diverging_index": i,
-        "this": {"replica": unit_label(this.unit), "request_id": this.request_id, **token_side(ids, i, ctx.tokenizer)},
-        "reference": {"replica": unit_label(ref.unit), "request_id": ref.request_id,
-                      **token_side(ref_ids, i, ctx.tokenizer)},
+        "this": {
+            "replica": unit_label(this.unit),
+            "request_id": this.request_id,
+            **token_side(ids, i, ctx.tokenizer),
+        },
+        "reference": {
+            "replica": unit_label(ref.unit),
+            "request_id": ref.request_id,
+            **token_side(ref_ids, i, ctx.tokenizer),
+        },
     }, _leading_repeat(ids, ref_ids)
 
 
-def cross_replica_findings(ctx: AnalysisContext, conflicts: Conflicts | None = None) -> list[Finding]:
+def cross_replica_findings(
+    ctx: AnalysisContext, conflicts: Conflicts | None = None
+) -> list[Finding]:
     """``tokenizer.cross_replica_ids`` within each vocabulary, ``tokenizer.vocabulary_mismatch``
     across them (``conflicts``: as ``load_conflicts`` gives, when the caller has them)."""
     w = ctx.window()
@@ -293,7 +331,9 @@ def cross_replica_findings(ctx: AnalysisContext, conflicts: Conflicts | None = N
             evidence["example"] = example
         out.append(
             finding(
-                NAME, "tokenizer.cross_replica_ids", _severity(bl.requests, total),
+                NAME,
+                "tokenizer.cross_replica_ids",
+                _severity(bl.requests, total),
                 f"{unit_label(unit)}: {bl.prompts} prompt text(s) encoded to other IDs than on "
                 f"{', '.join(unit_label(u) for u in refs[:5])}{' …' if len(refs) > 5 else ''} "
                 f"({bl.requests} of {total} requests)",
@@ -323,28 +363,57 @@ def _undecided_finding(
     """Texts encoded differently with no majority to tell which side is off (a fleet of two,
     or an even split): one fleet-level finding naming every side."""
     units = sorted({u for sides in texts for units in sides.values() for u in units})
-    requests = sum(v.requests for sides in texts for units in sides.values() for v in units.values())
-    first_text = min(texts, key=lambda sides: min((v.first_seen, v.request_id) for u in sides.values()
-                                                  for v in u.values()))
-    a, b = sorted((_earliest(units) for units in first_text.values()), key=lambda v: (v.first_seen, v.request_id))[:2]
+    requests = sum(
+        v.requests for sides in texts for units in sides.values() for v in units.values()
+    )
+    first_text = min(
+        texts,
+        key=lambda sides: min(
+            (v.first_seen, v.request_id) for u in sides.values() for v in u.values()
+        ),
+    )
+    a, b = sorted(
+        (_earliest(units) for units in first_text.values()),
+        key=lambda v: (v.first_seen, v.request_id),
+    )[:2]
     example, cause = _example(ctx, w, a, b)
     first = min(v.first_seen for sides in texts for units in sides.values() for v in units.values())
-    ids = sorted({(v.first_seen, r) for sides in texts for units in sides.values() for v in units.values()
-                  for r in v.request_ids})[:MAX_IDS]
+    ids = sorted(
+        {
+            (v.first_seen, r)
+            for sides in texts
+            for units in sides.values()
+            for v in units.values()
+            for r in v.request_ids
+        }
+    )[:MAX_IDS]
     total = sum(n for u, n in totals.items() if u in units)
-    evidence: dict[str, Any] = {"model": model, "replicas": [unit_label(u) for u in units],
-                                "request_ids": [r for _, r in ids], "first_seen": first}
+    evidence: dict[str, Any] = {
+        "model": model,
+        "replicas": [unit_label(u) for u in units],
+        "request_ids": [r for _, r in ids],
+        "first_seen": first,
+    }
     if cause:
         evidence["cause"] = cause
     if example:
         evidence["example"] = example
     return finding(
-        NAME, "tokenizer.cross_replica_ids", _severity(requests, total),
-        f"{', '.join(unit_label(u) for u in units[:5])}: {len(texts)} prompt text(s) encoded to different IDs "
-        "with no majority to tell which side is off (give --tokenizer to check each against the reference)",
+        NAME,
+        "tokenizer.cross_replica_ids",
+        _severity(requests, total),
+        f"{', '.join(unit_label(u) for u in units[:5])}: {len(texts)} prompt text(s) "
+        "encoded to different IDs "
+        "with no majority to tell which side is off "
+        "(give --tokenizer to check each against the reference)",
         t_start=first,
-        values={"prompts_differing": len(texts), "requests_affected": requests, "requests": total,
-                "share": requests / total if total else 0.0, "decided": False},
+        values={
+            "prompts_differing": len(texts),
+            "requests_affected": requests,
+            "requests": total,
+            "share": requests / total if total else 0.0,
+            "decided": False,
+        },
         evidence=evidence,
     )
 
@@ -354,14 +423,26 @@ def _undecided_finding(
 
 def _oov_finding(r: q.IdRange, limit: int, severity: str, basis: str) -> Finding:
     return finding(
-        NAME, "tokenizer.out_of_vocab", severity,
-        f"{unit_label(r.replica)}: {r.bad} of {r.requests} requests hold token IDs ≥ {limit} ({basis}); largest {r.max_id}",
+        NAME,
+        "tokenizer.out_of_vocab",
+        severity,
+        f"{unit_label(r.replica)}: {r.bad} of {r.requests} requests hold token IDs ≥ {limit} "
+        f"({basis}); largest {r.max_id}",
         unit=r.replica,
         t_start=r.first_bad,
-        values={"requests_affected": r.bad, "requests": r.requests, "share": r.bad / r.requests if r.requests else 0.0,
-                "limit": limit, "max_id": r.max_id},
-        evidence={"model": r.model, "basis": basis, "request_ids": sorted(r.bad_request_ids)[:MAX_IDS],
-                  "first_seen": r.first_bad},
+        values={
+            "requests_affected": r.bad,
+            "requests": r.requests,
+            "share": r.bad / r.requests if r.requests else 0.0,
+            "limit": limit,
+            "max_id": r.max_id,
+        },
+        evidence={
+            "model": r.model,
+            "basis": basis,
+            "request_ids": sorted(r.bad_request_ids)[:MAX_IDS],
+            "first_seen": r.first_bad,
+        },
     )
 
 
@@ -385,14 +466,24 @@ def oov_findings(ctx: AnalysisContext, conflicts: Conflicts | None = None) -> li
     out = []
     for m, rs in sorted(by_model.items()):
         for r in rs:
-            peers = [p for p in rs if p.replica != r.replica and not vocabs.apart(m, r.replica, p.replica)]
+            peers = [
+                p
+                for p in rs
+                if p.replica != r.replica and not vocabs.apart(m, r.replica, p.replica)
+            ]
             if sum(p.requests for p in peers) < OOV_MIN_PEER_REQUESTS:
                 continue
             peer_max = max(p.max_id for p in peers)
             if r.max_id <= peer_max * OOV_FACTOR + OOV_MARGIN:
                 continue
             limit = peer_max + 1
-            for hit in q.id_ranges(ctx.store, {**w, "replicas": [split_unit(r.replica)[0]]}, limit, m):
+            for hit in q.id_ranges(
+                ctx.store, {**w, "replicas": [split_unit(r.replica)[0]]}, limit, m
+            ):
                 if hit.bad and hit.replica == r.replica:
-                    out.append(_oov_finding(hit, limit, "warning", "largest ID on the model's other replicas"))
+                    out.append(
+                        _oov_finding(
+                            hit, limit, "warning", "largest ID on the model's other replicas"
+                        )
+                    )
     return out

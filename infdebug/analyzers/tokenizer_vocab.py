@@ -79,7 +79,9 @@ class Vocabularies:
     ordered by their earliest request; one group where nothing tells them apart."""
 
     groups: dict[str, list[frozenset[str]]] = field(default_factory=dict)
-    pools: dict[tuple[str, str, str], Pool] = field(default_factory=dict)  # (model, unit, unit), units sorted
+    pools: dict[tuple[str, str, str], Pool] = field(
+        default_factory=dict
+    )  # (model, unit, unit), units sorted
     index: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, unit) → its group
 
     def of(self, model: str, unit: str) -> int | None:
@@ -131,7 +133,10 @@ def group_units(variants: list[q.TextVariant], overlaps: list[q.SideOverlap]) ->
         texts[(v.model, v.text_hash)].add(v.unit)
     out = Vocabularies()
     for o in overlaps:
-        us, vs = sides.get((o.model, o.text_hash, o.ids_a), set()), sides.get((o.model, o.text_hash, o.ids_b), set())
+        us, vs = (
+            sides.get((o.model, o.text_hash, o.ids_a), set()),
+            sides.get((o.model, o.text_hash, o.ids_b), set()),
+        )
         for u in us:
             for x in vs:
                 # a unit never with itself; a sequence with itself: each pair of its units once
@@ -206,7 +211,9 @@ def vocabulary_findings(ctx: AnalysisContext, conflicts: Conflicts) -> list[Find
         cross = [vs for _th, vs in sorted(by_text.items()) if len({gid[v.unit] for v in vs}) > 1]
         if not cross:
             continue
-        per_group = [[v for vs in cross for v in vs if gid[v.unit] == i] for i in range(len(groups))]
+        per_group = [
+            [v for vs in cross for v in vs if gid[v.unit] == i] for i in range(len(groups))
+        ]
         present = [i for i, vs in enumerate(per_group) if vs]
         pairs: list[dict[str, Any]] = []
         for a_i, i in enumerate(present):
@@ -215,24 +222,47 @@ def vocabulary_findings(ctx: AnalysisContext, conflicts: Conflicts) -> list[Find
                 both = [vs for vs in cross if {gid[v.unit] for v in vs} >= {i, j}]
                 len_i = sum(min((v for v in vs if gid[v.unit] == i), key=_key).n_ids for vs in both)
                 len_j = sum(min((v for v in vs if gid[v.unit] == j), key=_key).n_ids for vs in both)
-                pairs.append({"groups": [i, j], "texts": len(both), "overlap": _round(pool.overlap),
-                              "ids_compared": pool.smaller, "length_ratio": round(len_j / len_i, 4) if len_i else None})
+                pairs.append(
+                    {
+                        "groups": [i, j],
+                        "texts": len(both),
+                        "overlap": _round(pool.overlap),
+                        "ids_compared": pool.smaller,
+                        "length_ratio": round(len_j / len_i, 4) if len_i else None,
+                    }
+                )
         cross_pool = Pool()
         for p in pairs:
             i, j = p["groups"]
             pp = conflicts.vocab.pool(model, groups[i], groups[j])
             cross_pool.add(pp.shared, pp.smaller)
         first_text = min(cross, key=lambda vs: min(_key(v) for v in vs))
-        sides = sorted((min((v for v in first_text if gid[v.unit] == i), key=_key) for i in {gid[v.unit] for v in first_text}),
-                       key=lambda v: gid[v.unit])
+        sides = sorted(
+            (
+                min((v for v in first_text if gid[v.unit] == i), key=_key)
+                for i in {gid[v.unit] for v in first_text}
+            ),
+            key=lambda v: gid[v.unit],
+        )
         evidence: dict[str, Any] = {
             "model": model,
-            "statistic": f"overlap coefficient of the token-ID sets (IDs >= {ID_FLOOR}), pooled over the texts "
-                         f"both sides logged; below {VOCAB_OVERLAP} on >= {MIN_EVIDENCE} IDs: another vocabulary",
-            "groups": [_group_evidence(groups[i], per_group[i]) if per_group[i] else
-                       {"replicas": [unit_label(u) for u in sorted(groups[i])]} for i in range(len(groups))],
+            "statistic": (
+                f"overlap coefficient of the token-ID sets (IDs >= {ID_FLOOR}), "
+                "pooled over the texts "
+                f"both sides logged; below {VOCAB_OVERLAP} on >= {MIN_EVIDENCE} IDs: "
+                "another vocabulary"
+            ),
+            "groups": [
+                _group_evidence(groups[i], per_group[i])
+                if per_group[i]
+                else {"replicas": [unit_label(u) for u in sorted(groups[i])]}
+                for i in range(len(groups))
+            ],
             "pairs": pairs,
-            "request_ids": [v.request_id for v in sorted((v for vs in cross for v in vs), key=_key)[:EVIDENCE_IDS]],
+            "request_ids": [
+                v.request_id
+                for v in sorted((v for vs in cross for v in vs), key=_key)[:EVIDENCE_IDS]
+            ],
             "first_seen": min(_key(v) for vs in cross for v in vs)[0],
         }
         example = _example(ctx, sides, gid)
@@ -243,18 +273,28 @@ def vocabulary_findings(ctx: AnalysisContext, conflicts: Conflicts) -> list[Find
         named = f"model {model}" if model else "the model the logs do not name"
         out.append(
             finding(
-                ANALYZER, "tokenizer.vocabulary_mismatch", "warning",
+                ANALYZER,
+                "tokenizer.vocabulary_mismatch",
+                "warning",
                 f"replicas serve different vocabularies ({named}): "
-                + "; ".join(f"{', '.join(g['replicas'][:4])}{' …' if len(g['replicas']) > 4 else ''}"
-                            + (f" ({_first(g)}, largest ID {g['max_id']})" if "first_id" in g else "")
-                            for g in gs)
+                + "; ".join(
+                    f"{', '.join(g['replicas'][:4])}{' …' if len(g['replicas']) > 4 else ''}"
+                    + (f" ({_first(g)}, largest ID {g['max_id']})" if "first_id" in g else "")
+                    for g in gs
+                )
                 + f" encode {len(cross)} shared prompt text(s) to unrelated IDs (overlap "
-                f"{_round(cross_pool.overlap)}): two models, or a replica that loaded another model's tokenizer; "
+                f"{_round(cross_pool.overlap)}): two models, or a replica that loaded "
+                "another model's tokenizer; "
                 "not drift",
                 t_start=evidence["first_seen"],
-                values={"vocabularies": len(present), "texts": len(cross), "requests_affected": requests,
-                        "overlap": _round(cross_pool.overlap), "ids_compared": cross_pool.smaller,
-                        "threshold": VOCAB_OVERLAP},
+                values={
+                    "vocabularies": len(present),
+                    "texts": len(cross),
+                    "requests_affected": requests,
+                    "overlap": _round(cross_pool.overlap),
+                    "ids_compared": cross_pool.smaller,
+                    "threshold": VOCAB_OVERLAP,
+                },
                 evidence=evidence,
             )
         )
@@ -271,7 +311,9 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def _example(ctx: AnalysisContext, sides: list[q.TextVariant], gid: dict[str, int]) -> dict[str, Any] | None:
+def _example(
+    ctx: AnalysisContext, sides: list[q.TextVariant], gid: dict[str, int]
+) -> dict[str, Any] | None:
     """The earliest text encoded in two vocabularies: each group's earliest request of it."""
     got = q.requests_by_id(ctx.store, ctx.window(), [v.request_id for v in sides])
     rows = []
@@ -281,6 +323,13 @@ def _example(ctx: AnalysisContext, sides: list[q.TextVariant], gid: dict[str, in
         if hit is None:
             return None
         ids, text = hit
-        rows.append({"group": gid[v.unit], "replica": unit_label(v.unit), "request_id": v.request_id,
-                     "ids_head": ids[:HEAD_IDS], "length": len(ids)})
+        rows.append(
+            {
+                "group": gid[v.unit],
+                "replica": unit_label(v.unit),
+                "request_id": v.request_id,
+                "ids_head": ids[:HEAD_IDS],
+                "length": len(ids),
+            }
+        )
     return {"prompt_text": text[:200], "sides": rows}

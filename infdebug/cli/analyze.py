@@ -52,7 +52,9 @@ def parse_time(value: str | None) -> float | None:
     try:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"expected unix seconds or ISO-8601 (2025-01-31T12:00:00Z), got {value!r}") from None
+        raise click.BadParameter(
+            f"expected unix seconds or ISO-8601 (2025-01-31T12:00:00Z), got {value!r}"
+        ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return t.timestamp()
@@ -80,14 +82,20 @@ def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> AnalysisResu
         served = [m for m in models(st, ctx.window()) if m]
         if len(served) > 1:
             err_console.print(
-                f"[yellow]note:[/] the reference tokenizer/template is compared with every request, yet "
-                f"{len(served)} models are served ({', '.join(served[:5])}); name the one it belongs to "
+                "[yellow]note:[/] the reference tokenizer/template is compared with every "
+                "request, yet "
+                f"{len(served)} models are served ({', '.join(served[:5])}); "
+                "name the one it belongs to "
                 "with --model-name",
                 highlight=False,
             )
     if err_console.is_terminal:  # progress on long work (a million requests take ~30 s)
         with err_console.status("analyzing …") as status:
-            return analyze(ctx, only or None, lambda name, i, n: status.update(f"analyzing: {name} ({i + 1}/{n}) …"))
+            return analyze(
+                ctx,
+                only or None,
+                lambda name, i, n: status.update(f"analyzing: {name} ({i + 1}/{n}) …"),
+            )
     return analyze(ctx, only or None)
 
 
@@ -113,15 +121,28 @@ class AnalyzeArgs:
 
 @click.command("analyze", cls=JsonCommand)
 @click.argument("logs", nargs=-1, metavar="[LOGS]...")
-@click.option("--since", metavar="T", help="Only requests that arrived at or after T (unix seconds or ISO-8601).")
-@click.option("--until", metavar="T", help="Only requests that arrived before T (unix seconds or ISO-8601).")
-@click.option("--replica", "replicas", multiple=True, metavar="R", help="Only this replica (repeatable).")
+@click.option(
+    "--since",
+    metavar="T",
+    help="Only requests that arrived at or after T (unix seconds or ISO-8601).",
+)
+@click.option(
+    "--until", metavar="T", help="Only requests that arrived before T (unix seconds or ISO-8601)."
+)
+@click.option(
+    "--replica", "replicas", multiple=True, metavar="R", help="Only this replica (repeatable)."
+)
 @reference_options()
 @click.option("--only", multiple=True, metavar="NAME", help="Run only this analyzer (repeatable).")
-@json_option('Print {"findings": [...]} (and "failed", "ingest") as JSON; on failure {"error": ...}.')
+@json_option(
+    'Print {"findings": [...]} (and "failed", "ingest") as JSON; on failure {"error": ...}.'
+)
 @click.option("--no-store", is_flag=True, help="Do not store the findings.")
-@click.option("--store-findings", is_flag=True,
-              help="With LOGS: also store the findings in the store (--home / --clickhouse).")
+@click.option(
+    "--store-findings",
+    is_flag=True,
+    help="With LOGS: also store the findings in the store (--home / --clickhouse).",
+)
 @log_loading_options("analyze", prefix="With LOGS: ")
 @pass_cli
 def analyze_cmd(obj: CliContext, /, **params: Any) -> None:
@@ -167,8 +188,12 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
             ctx_kw[opt] = parse_time(value)
         except click.BadParameter as e:
             _fail(f"--{opt}: {e.message}")
-    ctx_kw["tokenizer"], ctx_kw["template"] = load_reference(args.tokenizer, args.template, args.model_dir)
-    served = args.model_name or (os.path.basename(os.path.normpath(args.model_dir)) if args.model_dir else None)
+    ctx_kw["tokenizer"], ctx_kw["template"] = load_reference(
+        args.tokenizer, args.template, args.model_dir
+    )
+    served = args.model_name or (
+        os.path.basename(os.path.normpath(args.model_dir)) if args.model_dir else None
+    )
     if served:
         ctx_kw["options"] = {"model": served}
     home, clickhouse = obj.home, obj.clickhouse
@@ -181,7 +206,9 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
         rejects = args.rejects_path or default_rejects_path(home, clickhouse, "analyze")
         with _temporary_store() as (st, _tmp):
             try:
-                report = ingest_paths(st, list(args.logs), rejects_path=rejects, max_latency=ceiling)
+                report = ingest_paths(
+                    st, list(args.logs), rejects_path=rejects, max_latency=ceiling
+                )
             except StoreError as e:
                 _fail(f"loading the logs failed: {e}")
             doc["ingest"] = report.to_json()
@@ -189,12 +216,17 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
             print_notes(report)
             print_rejects(report)
             if report.exit_code() == 2:
-                _fail("nothing could be loaded: " + ("; ".join(failure_reasons(report)) or "no input files"),
-                      {"findings": [], **doc})
+                _fail(
+                    "nothing could be loaded: "
+                    + ("; ".join(failure_reasons(report)) or "no input files"),
+                    {"findings": [], **doc},
+                )
             result = _analyze_or_fail(st, ctx_kw, list(args.only), doc)
         findings = result.findings
         if report.rejected:
-            err_console.print("[yellow]note:[/] rejected lines are not part of the analysis", highlight=False)
+            err_console.print(
+                "[yellow]note:[/] rejected lines are not part of the analysis", highlight=False
+            )
         if args.store_findings and not args.no_store and findings:
             _store(obj, findings)
     else:
@@ -234,7 +266,9 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
     sys.exit(1 if any(f.severity in ("warning", "error") for f in findings) else 0)
 
 
-def _analyze_or_fail(st: Store, ctx_kw: dict[str, Any], only: list[str], doc: dict[str, Any]) -> AnalysisResult:
+def _analyze_or_fail(
+    st: Store, ctx_kw: dict[str, Any], only: list[str], doc: dict[str, Any]
+) -> AnalysisResult:
     try:
         return _analyze(st, ctx_kw, only)
     except StoreError as e:

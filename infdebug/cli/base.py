@@ -73,5 +73,3 @@ def failure_reasons(report: Any) -> list[str]:
     """Why files were not loaded: bad arguments, then the files that failed."""
     errors: list[str] = list(report.errors)
     return errors + [f.message for f in report.files if f.status == "error"]
-
-

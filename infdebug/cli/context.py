@@ -26,7 +26,8 @@ class CliContext:
 
     @contextmanager
     def store(self) -> Iterator[Store]:
-        """The store for the length of a ``with``; a store that cannot be opened exits 2 with why."""
+        """The store for the length of a ``with``; a store that cannot be opened exits 2
+        with why."""
         try:
             st = self.open_store()
         except StoreError as e:

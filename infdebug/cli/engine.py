@@ -22,20 +22,51 @@ from infdebug.tracer.engine.faults import FAULTS, fault_specs
 
 @click.command("make-model")
 @click.argument("out_dir", metavar="DIR")
-@click.option("--preset", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True,
-              help="tiny: 2 layers, d=64 (tests); small: 4 layers, d=256, vocab ≈ 8k (benchmarks).")
-@click.option("--arch", type=click.Choice(["llama", "mistral", "qwen2"]), default="llama", show_default=True)
-@click.option("--chat-format", type=click.Choice(["chatml", "llama3"]), default="chatml", show_default=True,
-              help="Special tokens and chat template of the trained tokenizer.")
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "small"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: 2 layers, d=64 (tests); small: 4 layers, d=256, vocab ≈ 8k (benchmarks).",
+)
+@click.option(
+    "--arch", type=click.Choice(["llama", "mistral", "qwen2"]), default="llama", show_default=True
+)
+@click.option(
+    "--chat-format",
+    type=click.Choice(["chatml", "llama3"]),
+    default="chatml",
+    show_default=True,
+    help="Special tokens and chat template of the trained tokenizer.",
+)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--train", "do_train", is_flag=True,
-              help="Train the weights to chat on the shipped corpus (seconds to a minute on a CPU): the model "
-              "answers in words and ends its turns. Without it the weights are random (greedy decoding loops).")
-@click.option("--train-steps", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Training steps (implies --train; default: the preset's recipe, see train.py).")
+@click.option(
+    "--train",
+    "do_train",
+    is_flag=True,
+    help="Train the weights to chat on the shipped corpus (seconds to a minute on a CPU): "
+    "the model "
+    "answers in words and ends its turns. Without it the weights are random "
+    "(greedy decoding loops).",
+)
+@click.option(
+    "--train-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Training steps (implies --train; default: the preset's recipe, see train.py).",
+)
 @json_option()
-def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed: int, do_train: bool,
-                   train_steps: int | None, as_json: bool) -> None:
+def make_model_cmd(
+    out_dir: str,
+    preset: str,
+    arch: str,
+    chat_format: str,
+    seed: int,
+    do_train: bool,
+    train_steps: int | None,
+    as_json: bool,
+) -> None:
     """Write a checkpoint with a real tokenizer and chat template to DIR: random weights, or
     with --train weights trained to chat.
 
@@ -49,58 +80,157 @@ def make_model_cmd(out_dir: str, preset: str, arch: str, chat_format: str, seed:
 
     steps = train_steps or (0 if do_train else None)
     with training_progress(enabled=not as_json) as on_step:
-        path = make_model(out_dir, preset=preset, arch=arch, chat_format=chat_format, seed=seed,
-                          train_steps=steps, on_step=on_step)
+        path = make_model(
+            out_dir,
+            preset=preset,
+            arch=arch,
+            chat_format=chat_format,
+            seed=seed,
+            train_steps=steps,
+            on_step=on_step,
+        )
     training: dict[str, Any] | None = None
     if steps is not None:
         with open(os.path.join(path, TRAINING), encoding="utf-8") as f:
             training = json.load(f)
     if as_json:
-        print_json({"model_dir": os.path.abspath(path), "preset": preset, "arch": arch, "chat_format": chat_format,
-                    "trained": training is not None, "training": training})
+        print_json(
+            {
+                "model_dir": os.path.abspath(path),
+                "preset": preset,
+                "arch": arch,
+                "chat_format": chat_format,
+                "trained": training is not None,
+                "training": training,
+            }
+        )
         return
     weights = "random-weight"
     if training is not None:
         weights = "trained"
-        click.echo(f"trained {training['steps']} steps in {fmt_seconds(training['seconds'])}: "
-                   f"loss {training['first_loss']:.2f} → {training['loss']:.2f}")
+        click.echo(
+            f"trained {training['steps']} steps in {fmt_seconds(training['seconds'])}: "
+            f"loss {training['first_loss']:.2f} → {training['loss']:.2f}"
+        )
     click.echo(f"wrote a {weights} {preset} {arch} checkpoint ({chat_format}) to {path}")
     click.echo(f"serve it: infdebug serve --model {path} --port 8000")
 
 
 @click.command("serve")
-@click.option("--model", "model_dir", required=True, metavar="DIR", help="A local Hugging Face checkpoint directory.")
-@click.option("--replica", default="replica-0", show_default=True, help="This replica's name in traces and metrics.")
-@click.option("--deployment", default=None, help="Revision or canary label recorded with every request.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    metavar="DIR",
+    help="A local Hugging Face checkpoint directory.",
+)
+@click.option(
+    "--replica",
+    default="replica-0",
+    show_default=True,
+    help="This replica's name in traces and metrics.",
+)
+@click.option(
+    "--deployment", default=None, help="Revision or canary label recorded with every request."
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (loopback unless told otherwise).",
+)
 @click.option("--port", default=8000, show_default=True)
-@click.option("--served-model-name", default=None, help="The model name clients use (default: the directory name).")
-@click.option("--trace-dir", default=None, metavar="DIR", envvar="INFDEBUG_TRACE_DIR",
-              help="Write one contract `request` record per finished request as JSONL here.")
-@click.option("--otlp-endpoint", default=None, metavar="URL", envvar="INFDEBUG_OTLP_ENDPOINT",
-              help="Send one OpenTelemetry span per request over OTLP/HTTP here (a base URL gets /v1/traces). "
-              "Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT when set, else off.")
-@click.option("--redact", type=click.Choice(["none", "prompts", "all"]), default="none", show_default=True,
-              envvar="INFDEBUG_REDACT",
-              help="prompts: no prompt/message/output text in any trace (token IDs stay); all: no token IDs either.")
-@click.option("--trace-max-mb", default=256.0, show_default=True, envvar="INFDEBUG_TRACE_MAX_MB",
-              help="Rotate the JSONL trace (and gzip the old file) past this size.")
-@click.option("--trace-max-age", default=0.0, show_default=True, metavar="SECONDS", envvar="INFDEBUG_TRACE_MAX_AGE",
-              help="Rotate the JSONL trace after this many seconds (0: never by age).")
-@click.option("--inject", "injects", multiple=True, metavar="FAULT",
-              help=f"Inject a fault: {fault_specs()}. Repeatable; listed in /health.")
+@click.option(
+    "--served-model-name",
+    default=None,
+    help="The model name clients use (default: the directory name).",
+)
+@click.option(
+    "--trace-dir",
+    default=None,
+    metavar="DIR",
+    envvar="INFDEBUG_TRACE_DIR",
+    help="Write one contract `request` record per finished request as JSONL here.",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    envvar="INFDEBUG_OTLP_ENDPOINT",
+    help="Send one OpenTelemetry span per request over OTLP/HTTP here "
+    "(a base URL gets /v1/traces). "
+    "Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT when set, else off.",
+)
+@click.option(
+    "--redact",
+    type=click.Choice(["none", "prompts", "all"]),
+    default="none",
+    show_default=True,
+    envvar="INFDEBUG_REDACT",
+    help="prompts: no prompt/message/output text in any trace (token IDs stay); "
+    "all: no token IDs either.",
+)
+@click.option(
+    "--trace-max-mb",
+    default=256.0,
+    show_default=True,
+    envvar="INFDEBUG_TRACE_MAX_MB",
+    help="Rotate the JSONL trace (and gzip the old file) past this size.",
+)
+@click.option(
+    "--trace-max-age",
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    envvar="INFDEBUG_TRACE_MAX_AGE",
+    help="Rotate the JSONL trace after this many seconds (0: never by age).",
+)
+@click.option(
+    "--inject",
+    "injects",
+    multiple=True,
+    metavar="FAULT",
+    help=f"Inject a fault: {fault_specs()}. Repeatable; listed in /health.",
+)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--max-batch", default=32, show_default=True, help="Running requests per decode step.")
-@click.option("--max-model-len", default=2048, show_default=True, help="Context length (prompt + output).")
-@click.option("--simulate-gpu", is_flag=True, envvar="INFDEBUG_SIMULATE_GPU",
-              help="Without a GPU: emit a synthetic GPU signal (labelled simulated) that follows the engine's load; "
-              "--inject throttle makes it overheat and throttle.")
-@click.option("--gpu-hz", default=4.0, show_default=True, help="GPU samples per second (NVML or simulated).")
+@click.option(
+    "--max-batch", default=32, show_default=True, help="Running requests per decode step."
+)
+@click.option(
+    "--max-model-len", default=2048, show_default=True, help="Context length (prompt + output)."
+)
+@click.option(
+    "--simulate-gpu",
+    is_flag=True,
+    envvar="INFDEBUG_SIMULATE_GPU",
+    help="Without a GPU: emit a synthetic GPU signal (labelled simulated) "
+    "that follows the engine's load; "
+    "--inject throttle makes it overheat and throttle.",
+)
+@click.option(
+    "--gpu-hz", default=4.0, show_default=True, help="GPU samples per second (NVML or simulated)."
+)
 @click.option("--log-level", default="warning", show_default=True)
-def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, port: int,
-              served_model_name: str | None, trace_dir: str | None, otlp_endpoint: str | None, redact: str,
-              trace_max_mb: float, trace_max_age: float, injects: tuple[str, ...], device: str | None,
-              max_batch: int, max_model_len: int, simulate_gpu: bool, gpu_hz: float, log_level: str) -> None:
+def serve_cmd(
+    model_dir: str,
+    replica: str,
+    deployment: str | None,
+    host: str,
+    port: int,
+    served_model_name: str | None,
+    trace_dir: str | None,
+    otlp_endpoint: str | None,
+    redact: str,
+    trace_max_mb: float,
+    trace_max_age: float,
+    injects: tuple[str, ...],
+    device: str | None,
+    max_batch: int,
+    max_model_len: int,
+    simulate_gpu: bool,
+    gpu_hz: float,
+    log_level: str,
+) -> None:
     """Serve a checkpoint with an OpenAI-compatible API (completions, chat, streaming).
 
     \b
@@ -120,11 +250,23 @@ def serve_cmd(model_dir: str, replica: str, deployment: str | None, host: str, p
         fail(f"--model {model_dir}: not a directory (make one with: infdebug make-model DIR)")
     try:
         inj = Injections.parse(list(injects))
-        rep = Replica(model_dir, name=replica, deployment=deployment, served_model_name=served_model_name,
-                      injections=inj, device=device, max_batch=max_batch, max_model_len=max_model_len,
-                      trace_dir=trace_dir, otlp_endpoint=otlp_endpoint, redact=redact,  # type: ignore[arg-type]
-                      trace_max_bytes=int(trace_max_mb * 1024 * 1024) if trace_max_mb > 0 else None,
-                      trace_max_age_s=trace_max_age or None, simulate_gpu=simulate_gpu, gpu_hz=gpu_hz)
+        rep = Replica(
+            model_dir,
+            name=replica,
+            deployment=deployment,
+            served_model_name=served_model_name,
+            injections=inj,
+            device=device,
+            max_batch=max_batch,
+            max_model_len=max_model_len,
+            trace_dir=trace_dir,
+            otlp_endpoint=otlp_endpoint,
+            redact=redact,  # type: ignore[arg-type]
+            trace_max_bytes=int(trace_max_mb * 1024 * 1024) if trace_max_mb > 0 else None,
+            trace_max_age_s=trace_max_age or None,
+            simulate_gpu=simulate_gpu,
+            gpu_hz=gpu_hz,
+        )
     except (InjectionError, ValueError, OSError) as e:
         fail(str(e))
     err_console.print(

@@ -33,13 +33,31 @@ from infdebug.store import StoreError
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--strict", is_flag=True, help="Reject lines with fields the contract does not know.")
 @log_loading_options("ingest")
-@click.option("--format", "fmt", type=click.Choice(["auto", *format_names()]),
-              default="auto", show_default=True, help="Input format (the log-format registry's); auto-detected per file.")
-@click.option("--replica", default=None, help="Replica name for engine logs that do not carry one (default: file name).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *format_names()]),
+    default="auto",
+    show_default=True,
+    help="Input format (the log-format registry's); auto-detected per file.",
+)
+@click.option(
+    "--replica",
+    default=None,
+    help="Replica name for engine logs that do not carry one (default: file name).",
+)
 @json_option('Print a JSON summary instead of tables (on failure too: {"error": …}).')
 @pass_cli
-def ingest(obj: CliContext, paths: tuple[str, ...], strict: bool, rejects_path: str | None, fmt: str, replica: str | None,
-           max_latency: str | None, as_json: bool) -> None:
+def ingest(
+    obj: CliContext,
+    paths: tuple[str, ...],
+    strict: bool,
+    rejects_path: str | None,
+    fmt: str,
+    replica: str | None,
+    max_latency: str | None,
+    as_json: bool,
+) -> None:
     """Load logs (files, directories, globs; .jsonl, .jsonl.gz, .log, .prom) into the store.
 
     Contract JSONL (request, gpu, metrics, event, profile, finding records) goes to its
@@ -70,9 +88,17 @@ def ingest(obj: CliContext, paths: tuple[str, ...], strict: bool, rejects_path: 
             raise CommandFailed(str(e)) from None
         try:
             with _Progress(enabled=not as_json) as prog:
-                report = ingest_paths(st, list(paths), strict=strict, rejects_path=rejects_path,
-                                      progress=prog.advance, on_file=prog.file, fmt=fmt, replica=replica,
-                                      max_latency=ceiling)
+                report = ingest_paths(
+                    st,
+                    list(paths),
+                    strict=strict,
+                    rejects_path=rejects_path,
+                    progress=prog.advance,
+                    on_file=prog.file,
+                    fmt=fmt,
+                    replica=replica,
+                    max_latency=ceiling,
+                )
         except StoreError as e:
             raise CommandFailed(f"ingest failed: {e}") from None
         finally:
@@ -80,7 +106,9 @@ def ingest(obj: CliContext, paths: tuple[str, ...], strict: bool, rejects_path: 
     except CommandFailed as e:
         exit_failed(e, as_json)
     code = report.exit_code()
-    failed = "nothing could be ingested: " + ("; ".join(failure_reasons(report)) or "no input files")
+    failed = "nothing could be ingested: " + (
+        "; ".join(failure_reasons(report)) or "no input files"
+    )
     if as_json:
         print_json({"error": failed, **report.to_json()} if code == 2 else report.to_json())
     else:
@@ -147,7 +175,9 @@ class _Progress:
 
     def _refresh(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, total=self.total or None, description=self._name)
+            self._bar.update(
+                self._task, completed=self.done, total=self.total or None, description=self._name
+            )
 
     def file(self, path: str, size: int) -> None:
         with self._lock:
@@ -175,7 +205,12 @@ def print_ingest(report: Any) -> None:
         elif f.status == "empty":
             status = f"[yellow]empty[/]: {escape(f.message)}"
         rows = ", ".join(f"{v} {k}" for k, v in f.rows.items() if v) or "0"
-        t.add_row(escape(_short_path(f.path)), status, rows, f"[red]{f.rejected}[/]" if f.rejected else "0")
+        t.add_row(
+            escape(_short_path(f.path)),
+            status,
+            rows,
+            f"[red]{f.rejected}[/]" if f.rejected else "0",
+        )
     out_console.print(t)
     for e in report.errors:
         err_console.print(f"[yellow]skipped[/] {escape(e)}", highlight=False)
@@ -184,7 +219,8 @@ def print_ingest(report: Any) -> None:
     out_console.print(
         f"{sum(rows.values())} rows ("
         + ", ".join(f"{v} {k}" for k, v in rows.items())
-        + f") from {len(report.files)} file(s), {report.bytes / 1e6:.1f} MB in {report.seconds:.2f}s "
+        + f") from {len(report.files)} file(s), {report.bytes / 1e6:.1f} MB "
+        f"in {report.seconds:.2f}s "
         f"({mbps:.0f} MB/s)",
         highlight=False,
     )
@@ -196,10 +232,15 @@ def print_file_messages(report: Any) -> None:
     """One line per file that was not loaded (empty, a JSON array, binary, unreadable…)."""
     for f in report.files:
         if f.status == "error":
-            err_console.print(f"[red]not loaded:[/] {escape(f.message)}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]not loaded:[/] {escape(f.message)}", highlight=False, soft_wrap=True
+            )
         elif f.status == "empty":
-            err_console.print(f"[yellow]empty:[/] {escape(f.path)}: {escape(f.message)}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"[yellow]empty:[/] {escape(f.path)}: {escape(f.message)}",
+                highlight=False,
+                soft_wrap=True,
+            )
     for e in report.errors:
         err_console.print(f"[yellow]skipped[/] {escape(e)}", highlight=False, soft_wrap=True)
 
@@ -215,12 +256,19 @@ def print_rejects(report: Any, limit: int = 10) -> None:
     if not report.rejected:
         return
     first = _first_rejects(report.rejects_file, limit)
-    err_console.print(f"[red]{report.rejected} line(s) rejected[/], written to {escape(str(report.rejects_file))}:",
-                      highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[red]{report.rejected} line(s) rejected[/], written to "
+        f"{escape(str(report.rejects_file))}:",
+        highlight=False,
+        soft_wrap=True,
+    )
     for r in first:
         fld = f" field {r['field']}:" if r.get("field") else ""
-        err_console.print(f"  {escape(str(r['file']))}:{r['line']}:{escape(fld)} {escape(str(r['reason']))}",
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"  {escape(str(r['file']))}:{r['line']}:{escape(fld)} {escape(str(r['reason']))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.rejected > len(first):
         err_console.print(f"  … and {report.rejected - len(first)} more", highlight=False)
 

@@ -40,7 +40,8 @@ def json_option(help: str = "Print JSON instead of tables.") -> Callable[[F], F]
 
 
 def store_options() -> Callable[[F], F]:
-    """``--home`` and ``--clickhouse`` (the root group's; env INFDEBUG_HOME / INFDEBUG_CLICKHOUSE_URL)."""
+    """``--home`` and ``--clickhouse`` (the root group's; env INFDEBUG_HOME /
+    INFDEBUG_CLICKHOUSE_URL)."""
     return _stack(
         click.option(
             "--home",
@@ -72,7 +73,8 @@ def reference_options() -> Callable[[F], F]:
         click.option(
             "--template",
             metavar="PATH",
-            help="Reference chat template: a .jinja file, tokenizer_config.json or chat_template.json.",
+            help="Reference chat template: a .jinja file, tokenizer_config.json or "
+            "chat_template.json.",
         ),
         click.option(
             "--model",
@@ -101,11 +103,15 @@ def log_loading_options(command: str, prefix: str = "") -> Callable[[F], F]:
                 f"Default: HOME/rejects/{command}-<time>.jsonl"
             ),
         ),
-        click.option("--max-latency", metavar="SECONDS", default=None, help=prefix + MAX_LATENCY_HELP),
+        click.option(
+            "--max-latency", metavar="SECONDS", default=None, help=prefix + MAX_LATENCY_HELP
+        ),
     )
 
 
-def load_reference(tokenizer: str | None, template: str | None, model: str | None) -> tuple[Any, str | None]:
+def load_reference(
+    tokenizer: str | None, template: str | None, model: str | None
+) -> tuple[Any, str | None]:
     """The reference (tokenizer bundle, chat template source) that :func:`reference_options`
     name: ``--tokenizer`` / ``--template``, each falling back to ``--model``'s directory; a
     template named explicitly that cannot load fails the command, one from ``--model`` is a
@@ -131,7 +137,9 @@ def load_reference(tokenizer: str | None, template: str | None, model: str | Non
         except TextFormatError as e:
             if template:  # asked for explicitly: a failure is fatal; from --model it is optional
                 raise CommandFailed(str(e)) from None
-            err_console.print(f"[yellow]note:[/] no chat template from {model}: {e}", highlight=False)
+            err_console.print(
+                f"[yellow]note:[/] no chat template from {model}: {e}", highlight=False
+            )
     if tpl is None and tok is not None and getattr(tok, "chat_template", None):
         tpl = tok.chat_template
     return tok, tpl

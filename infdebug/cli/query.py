@@ -20,8 +20,9 @@ from infdebug.store.ddl import table_names
 
 def _query_help() -> str:
     # The table list comes from the DDL, so a new table is listed without editing this text.
-    tables = textwrap.fill(", ".join(table_names()) + ".", width=88, initial_indent="Tables: ",
-                           subsequent_indent="  ")
+    tables = textwrap.fill(
+        ", ".join(table_names()) + ".", width=88, initial_indent="Tables: ", subsequent_indent="  "
+    )
     return f"""Run ad-hoc SQL against the store.
 
     \b
@@ -73,23 +74,40 @@ def query(obj: CliContext, sql: str, params: tuple[str, ...], as_json: bool, lim
     err_console.print(f"{len(rows)} row(s){more}", style="dim")
 
 
-_ID_NAMES = {"replica", "deployment", "model", "engine", "kind", "name", "pid", "path", "content_id"}
+_ID_NAMES = {
+    "replica",
+    "deployment",
+    "model",
+    "engine",
+    "kind",
+    "name",
+    "pid",
+    "path",
+    "content_id",
+}
 
 
 def _is_id_column(name: str) -> bool:
     """A column whose values are names or IDs, shown whole (never folded across lines)."""
     low = name.lower()
-    return low in _ID_NAMES or low in ("id", "uuid") or low.endswith(("_id", "_fp", "_uuid")) or name.endswith("Id")
+    return (
+        low in _ID_NAMES
+        or low in ("id", "uuid")
+        or low.endswith(("_id", "_fp", "_uuid"))
+        or name.endswith("Id")
+    )
 
 
 def _cell(v: Any) -> str:
     if v is None:
         return "[dim]NULL[/]"
-    s = json.dumps(to_jsonable(v), ensure_ascii=False) if isinstance(v, list | dict | tuple) else str(to_jsonable(v))
+    s = (
+        json.dumps(to_jsonable(v), ensure_ascii=False)
+        if isinstance(v, list | dict | tuple)
+        else str(to_jsonable(v))
+    )
     s = s.replace("[", "\\[")
     return s if len(s) <= 200 else s[:200] + "…"
-
-
 
 
 @click.command("stats")

@@ -61,7 +61,7 @@ _OWN_OPTIONS = {
     "messages": "--messages",
     "tools": "--tools",
     "add_generation_prompt": "--no-generation-prompt",
-    "documents": "a messages file's \"documents\"",
+    "documents": 'a messages file\'s "documents"',
 }
 
 
@@ -87,20 +87,45 @@ def template_group() -> None:
 
 @template_group.command("render")
 @click.argument("template_path", metavar="TEMPLATE")
-@click.option("--messages", "messages_path", required=True, metavar="FILE",
-              help='JSON: a list of {"role", "content"} messages, or an object with "messages" (and "tools", '
-              '"documents"); see examples/chat.json. "-" reads stdin.')
+@click.option(
+    "--messages",
+    "messages_path",
+    required=True,
+    metavar="FILE",
+    help='JSON: a list of {"role", "content"} messages, or an object with "messages" (and "tools", '
+    '"documents"); see examples/chat.json. "-" reads stdin.',
+)
 @click.option("--bos-token", default=None, metavar="S", help="bos_token for the template.")
 @click.option("--eos-token", default=None, metavar="S", help="eos_token for the template.")
-@click.option("--tokenizer-config", "tokenizer_config", default=None, metavar="FILE",
-              help="Take bos/eos/unk/pad tokens from this tokenizer_config.json "
-              "(default: TEMPLATE itself when it is one). --bos-token/--eos-token win.")
-@click.option("--no-generation-prompt", is_flag=True, help="Render with add_generation_prompt=false.")
-@click.option("--tools", "tools_path", default=None, metavar="FILE", help="JSON list of tool schemas.")
-@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
-              help="Another template variable, e.g. enable_thinking=false (VALUE is JSON, else a string). Repeatable.")
-@click.option("--now", "now_iso", default=None, metavar="ISO-TIME",
-              help="The time strftime_now() reports, e.g. a logged request's arrival time (default: now).")
+@click.option(
+    "--tokenizer-config",
+    "tokenizer_config",
+    default=None,
+    metavar="FILE",
+    help="Take bos/eos/unk/pad tokens from this tokenizer_config.json "
+    "(default: TEMPLATE itself when it is one). --bos-token/--eos-token win.",
+)
+@click.option(
+    "--no-generation-prompt", is_flag=True, help="Render with add_generation_prompt=false."
+)
+@click.option(
+    "--tools", "tools_path", default=None, metavar="FILE", help="JSON list of tool schemas."
+)
+@click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Another template variable, e.g. enable_thinking=false "
+    "(VALUE is JSON, else a string). Repeatable.",
+)
+@click.option(
+    "--now",
+    "now_iso",
+    default=None,
+    metavar="ISO-TIME",
+    help="The time strftime_now() reports, e.g. a logged request's arrival time (default: now).",
+)
 @json_option('Print {"rendered", "template_fp"} as JSON.')
 def template_render(
     template_path: str,
@@ -139,14 +164,18 @@ def template_render(
     elif isinstance(data, list):
         messages = data
     else:
-        _fail(f'{messages_path}: expected a JSON list of messages or an object with "messages", '
-             f"found {type(data).__name__}")
+        _fail(
+            f'{messages_path}: expected a JSON list of messages or an object with "messages", '
+            f"found {type(data).__name__}"
+        )
     if not all(isinstance(m, dict) for m in messages):
         _fail(f"{messages_path}: expected every message to be a JSON object")
     if tools_path is not None:
         tools = _read_json_arg(tools_path, "tools")
     specials: dict[str, str] = {}
-    config_path = tokenizer_config or (template_path if os.path.basename(template_path) == "tokenizer_config.json" else None)
+    config_path = tokenizer_config or (
+        template_path if os.path.basename(template_path) == "tokenizer_config.json" else None
+    )
     if config_path:
         try:
             specials = read_special_tokens(config_path)
@@ -167,7 +196,12 @@ def template_render(
     try:
         with fixed_now(now):
             rendered = render_chat(
-                template, messages, add_generation_prompt=not no_generation_prompt, tools=tools, documents=documents, **extra
+                template,
+                messages,
+                add_generation_prompt=not no_generation_prompt,
+                tools=tools,
+                documents=documents,
+                **extra,
             )
     except ChatTemplateError as e:
         _fail(f"{template_path}: {e}")
@@ -202,7 +236,11 @@ def _token_table(bundle: TokenizerBundle, ids: list[int], title: str) -> Table:
 @click.command("tokenize")
 @click.argument("tokenizer_path", metavar="TOKENIZER")
 @click.argument("text")
-@click.option("--add-special-tokens", is_flag=True, help="Let the tokenizer add BOS/EOS as it is configured to.")
+@click.option(
+    "--add-special-tokens",
+    is_flag=True,
+    help="Let the tokenizer add BOS/EOS as it is configured to.",
+)
 @json_option("Print ids, pieces and count as JSON.")
 def tokenize_cmd(tokenizer_path: str, text: str, add_special_tokens: bool, as_json: bool) -> None:
     """Token IDs and pieces of TEXT. TOKENIZER: tokenizer.json, vocab.json+merges.txt
@@ -210,13 +248,15 @@ def tokenize_cmd(tokenizer_path: str, text: str, add_special_tokens: bool, as_js
     bundle = _load_tokenizer(tokenizer_path)
     ids = bundle.encode(text, add_special_tokens=add_special_tokens)
     if as_json:
-        print_json({
-            "ids": ids,
-            "pieces": [bundle.piece(i) for i in ids],
-            "count": len(ids),
-            "add_special_tokens": add_special_tokens,
-            "tokenizer_fp": bundle.fingerprint,
-        })
+        print_json(
+            {
+                "ids": ids,
+                "pieces": [bundle.piece(i) for i in ids],
+                "count": len(ids),
+                "add_special_tokens": add_special_tokens,
+                "tokenizer_fp": bundle.fingerprint,
+            }
+        )
         return
     out_console.print(_token_table(bundle, ids, f"{len(ids)} tokens  ({bundle.fingerprint})"))
 
@@ -226,16 +266,27 @@ def tokenize_cmd(tokenizer_path: str, text: str, add_special_tokens: bool, as_js
 @click.argument("ids", nargs=-1, required=True, type=int, metavar="ID...")
 @click.option("--skip-special-tokens", is_flag=True, help="Leave special tokens out of the text.")
 @json_option("Print text, ids and pieces as JSON.")
-def detokenize_cmd(tokenizer_path: str, ids: tuple[int, ...], skip_special_tokens: bool, as_json: bool) -> None:
+def detokenize_cmd(
+    tokenizer_path: str, ids: tuple[int, ...], skip_special_tokens: bool, as_json: bool
+) -> None:
     """Decode token IDs to text and print exactly the text (no newline is added)."""
     bundle = _load_tokenizer(tokenizer_path)
     bad = [i for i in ids if not 0 <= i < bundle.vocab_size]
     if bad:
-        _fail(f"id {bad[0]} is outside the vocabulary of {tokenizer_path} (ids 0..{bundle.vocab_size - 1})")
+        _fail(
+            f"id {bad[0]} is outside the vocabulary of {tokenizer_path} "
+            f"(ids 0..{bundle.vocab_size - 1})"
+        )
     text = bundle.decode(list(ids), skip_special_tokens=skip_special_tokens)
     if as_json:
-        print_json({"text": text, "ids": list(ids), "pieces": [bundle.piece(i) for i in ids],
-                    "tokenizer_fp": bundle.fingerprint})
+        print_json(
+            {
+                "text": text,
+                "ids": list(ids),
+                "pieces": [bundle.piece(i) for i in ids],
+                "tokenizer_fp": bundle.fingerprint,
+            }
+        )
     else:
         click.echo(text, nl=False)
 
@@ -283,7 +334,9 @@ def fingerprint_cmd(path: str, as_json: bool) -> None:
             with contextlib.suppress(TextFormatError):
                 out["template_fp"] = template_fingerprint(load_template(path))
         if out["tokenizer_fp"] is None and out["template_fp"] is None:
-            _fail(f"{path}: neither a tokenizer nor a chat template: {out.get('tokenizer_error', '')}")
+            _fail(
+                f"{path}: neither a tokenizer nor a chat template: {out.get('tokenizer_error', '')}"
+            )
     if as_json:
         print_json(out)
         return

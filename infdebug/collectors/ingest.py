@@ -177,24 +177,37 @@ def ingest_paths(
     ing = Ingestor(store, strict=strict, rejects=sink, progress=progress, max_latency=ceiling)
     results = []
     try:
-        with tempfile.TemporaryDirectory(prefix="infdebug-convert-") as tmp, latency_ceiling(ceiling):
+        with (
+            tempfile.TemporaryDirectory(prefix="infdebug-convert-") as tmp,
+            latency_ceiling(ceiling),
+        ):
             for i, f in enumerate(files):
                 if on_file:
                     with contextlib.suppress(OSError):
                         on_file(f, os.path.getsize(f))
                 found = f not in paths and f.endswith(LOG_SUFFIXES)  # a .log found in a directory
                 try:
-                    res = _ingest_one(ing, f, fmt, replica, sink, os.path.join(tmp, f"{i}.jsonl"), found)
+                    res = _ingest_one(
+                        ing, f, fmt, replica, sink, os.path.join(tmp, f"{i}.jsonl"), found
+                    )
                 except StoreError as e:  # this file is not loaded (rolled back); the others may be
                     res = FileResult(f, status="error", message=f"{f}: the store refused it: {e}")
                 results.append(res)
     finally:
         sink.close()
-    return IngestReport(results, errors, sink.path if sink.count else None, time.perf_counter() - t0, ceiling)
+    return IngestReport(
+        results, errors, sink.path if sink.count else None, time.perf_counter() - t0, ceiling
+    )
 
 
 def _ingest_one(
-    ing: Ingestor, path: str, fmt: str, replica: str | None, sink: RejectSink, tmp: str, found_in_dir: bool
+    ing: Ingestor,
+    path: str,
+    fmt: str,
+    replica: str | None,
+    sink: RejectSink,
+    tmp: str,
+    found_in_dir: bool,
 ) -> FileResult:
     try:
         what = sniff(path)
@@ -231,13 +244,21 @@ def _ingest_one(
 
 
 def _load_converted(
-    ing: Ingestor, path: str, tmp: str, what: str, rejects: list[Reject], notes: dict[str, int], sink: RejectSink
+    ing: Ingestor,
+    path: str,
+    tmp: str,
+    what: str,
+    rejects: list[Reject],
+    notes: dict[str, int],
+    sink: RejectSink,
 ) -> FileResult:
     """Load the contract JSONL converted from ``path``, reported as ``path``; its rejects
     and notes count unless the file was loaded before (then it adds nothing)."""
     with contextlib.suppress(OSError):
         st = os.stat(path)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same source converts the same: "unchanged"
+        os.utime(
+            tmp, ns=(st.st_atime_ns, st.st_mtime_ns)
+        )  # the same source converts the same: "unchanged"
     res = ing.ingest_file(tmp, label=path)
     if res.status == "empty":
         res.status, res.message = "loaded", f"no records in it ({what})"

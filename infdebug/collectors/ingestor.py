@@ -77,7 +77,12 @@ class Reject:
     raw: bytes
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"file": self.file, "line": self.line, "field": self.field, "reason": self.reason}
+        d: dict[str, Any] = {
+            "file": self.file,
+            "line": self.line,
+            "field": self.field,
+            "reason": self.reason,
+        }
         raw = self.raw.rstrip(b"\r\n")
         try:
             d["raw"] = raw.decode("utf-8")
@@ -208,7 +213,9 @@ class Ingestor:
         if not head.strip():
             empty = not st_os.st_size or _measure(path, 1)[0] == 0
             res.status = "empty"
-            res.message = "empty file: nothing to load" if empty else "only blank lines: nothing to load"
+            res.message = (
+                "empty file: nothing to load" if empty else "only blank lines: nothing to load"
+            )
             return res
         cid = hashlib.sha256(head).hexdigest()[:32]
         state = load_state(self.store, cid)
@@ -222,8 +229,10 @@ class Ingestor:
         if not gz and st_os.st_size < state.offset:
             res.status = "error"
             res.message = (
-                f"{path} is {st_os.st_size} bytes but {state.offset} bytes of it were ingested before "
-                "under the same first line; it was rewritten in place, not appended to — not re-read"
+                f"{path} is {st_os.st_size} bytes but {state.offset} bytes of it were ingested "
+                "before "
+                "under the same first line; it was rewritten in place, not appended to "
+                "— not re-read"
             )
             return res
         batch = next_batch()
@@ -331,7 +340,9 @@ class Ingestor:
                                 break
                             reason = e.reason
                             if last_partial:
-                                reason = f"truncated last line (no newline at end of file): {reason}"
+                                reason = (
+                                    f"truncated last line (no newline at end of file): {reason}"
+                                )
                             self.rejects.add(Reject(self._label, line_no, reason, e.field, line))
                             res.rejected += 1
                             continue
@@ -365,7 +376,9 @@ class Ingestor:
         state.offset += consumed
         state.lines = line_no
 
-    def _load_spill(self, path: str, kind: str, spill: str, line_nos: list[int], batch: int, res: FileResult) -> None:
+    def _load_spill(
+        self, path: str, kind: str, spill: str, line_nos: list[int], batch: int, res: FileResult
+    ) -> None:
         table = TABLES[kind]
         try:
             self.store.insert_jsonl(table, spill, self._label, batch, self._settings, guarded=False)
@@ -380,20 +393,40 @@ class Ingestor:
         pairs = list(zip(line_nos, lines, strict=True))
         self._bisect(path, table.name, kind, pairs, batch, res)
 
-    def _bisect(self, path: str, _table: str, kind: str, pairs: list[tuple[int, bytes]], batch: int, res: FileResult) -> None:
+    def _bisect(
+        self,
+        path: str,
+        _table: str,
+        kind: str,
+        pairs: list[tuple[int, bytes]],
+        batch: int,
+        res: FileResult,
+    ) -> None:
         if not pairs:
             return
-        with tempfile.NamedTemporaryFile(mode="wb", suffix=".jsonl", dir=self.tmp_dir, delete=False) as f:
+        with tempfile.NamedTemporaryFile(
+            mode="wb", suffix=".jsonl", dir=self.tmp_dir, delete=False
+        ) as f:
             for _, line in pairs:
                 f.write(line + b"\n")
         try:
             try:
-                self.store.insert_jsonl(TABLES[kind], f.name, self._label, batch, self._settings, guarded=False)
+                self.store.insert_jsonl(
+                    TABLES[kind], f.name, self._label, batch, self._settings, guarded=False
+                )
                 return
             except StoreError as e:
                 if len(pairs) == 1:
                     n, line = pairs[0]
-                    self.rejects.add(Reject(self._label, n, f"ClickHouse refused the line: {_first_sentence(str(e))}", None, line))
+                    self.rejects.add(
+                        Reject(
+                            self._label,
+                            n,
+                            f"ClickHouse refused the line: {_first_sentence(str(e))}",
+                            None,
+                            line,
+                        )
+                    )
                     res.rejected += 1
                     res.rows[kind] -= 1
                     return

@@ -31,7 +31,12 @@ from infdebug.collectors.readers_base import replica_from_path
 from infdebug.schema import MetricSample, MetricType, encode_record, open_bytes
 
 INSTALL_HINT = "pip install 'infdebug[engine]'  (or: pip install prometheus-client)"
-_TYPES: dict[str, MetricType] = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
+_TYPES: dict[str, MetricType] = {
+    "counter": "counter",
+    "gauge": "gauge",
+    "histogram": "histogram",
+    "summary": "summary",
+}
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 Numbered = list[tuple[int, str, Any]]  # (line number, name as exposed, prometheus_client Sample)
@@ -46,7 +51,8 @@ def _parser() -> Any:
         from prometheus_client.parser import text_string_to_metric_families
     except ImportError as e:
         raise PrometheusUnavailable(
-            f"reading Prometheus expositions needs prometheus-client, which is not installed ({e}); "
+            "reading Prometheus expositions needs prometheus-client, which is not installed "
+            f"({e}); "
             f"install it with: {INSTALL_HINT}"
         ) from None
     return text_string_to_metric_families
@@ -64,10 +70,14 @@ class PromReport:
 def prom_replica(path: str) -> str:
     """``scrapes/r1.prom`` (or ``r1.prom.gz``) -> ``r1``."""
     p = path.removesuffix(".gz")
-    return replica_from_path(p.removesuffix(".prom") if p.endswith(".prom") and len(os.path.basename(p)) > 5 else path)
+    return replica_from_path(
+        p.removesuffix(".prom") if p.endswith(".prom") and len(os.path.basename(p)) > 5 else path
+    )
 
 
-def read_exposition(path: str, replica: str | None = None) -> tuple[list[MetricSample], list[Reject]]:
+def read_exposition(
+    path: str, replica: str | None = None
+) -> tuple[list[MetricSample], list[Reject]]:
     """Records and rejected lines of one exposition file (OSError if it cannot be read)."""
     parse = _parser()
     mtime = os.stat(path).st_mtime
@@ -75,7 +85,9 @@ def read_exposition(path: str, replica: str | None = None) -> tuple[list[MetricS
         raw_lines = fh.read().split(b"\n")
     rejects: list[Reject] = []
     good: list[str] = []
-    sample_lines: list[tuple[int, str]] = []  # (line number, exposed name) of each sample kept, in order
+    sample_lines: list[
+        tuple[int, str]
+    ] = []  # (line number, exposed name) of each sample kept, in order
     for n, raw in enumerate(raw_lines, 1):
         text = raw.decode("utf-8", errors="replace").strip()
         if not text or (text.startswith("#") and not text.startswith(("# HELP ", "# TYPE "))):
@@ -91,10 +103,14 @@ def read_exposition(path: str, replica: str | None = None) -> tuple[list[MetricS
     try:
         families = list(parse("\n".join(good) + "\n"))
     except Exception as e:  # noqa: BLE001 - every line parsed alone; the whole still failed
-        raise ValueError(f"{path}: not a Prometheus exposition the parser accepts: {type(e).__name__}: {e}") from None
+        raise ValueError(
+            f"{path}: not a Prometheus exposition the parser accepts: {type(e).__name__}: {e}"
+        ) from None
     rep = replica or prom_replica(path)
     # The parser keeps line order, one Sample per sample line: number them back.
-    lines = iter(sample_lines) if sum(len(f.samples) for f in families) == len(sample_lines) else None
+    lines = (
+        iter(sample_lines) if sum(len(f.samples) for f in families) == len(sample_lines) else None
+    )
     records = list(_records(families, rep, mtime, path, lines, rejects))
     for r in rejects:
         if 0 < r.line <= len(raw_lines):
@@ -124,7 +140,11 @@ def _finite(v: Any) -> float | None:
 
 
 def _records(
-    families: Iterable[Any], replica: str, mtime: float, path: str, lines: Iterator[tuple[int, str]] | None,
+    families: Iterable[Any],
+    replica: str,
+    mtime: float,
+    path: str,
+    lines: Iterator[tuple[int, str]] | None,
     rejects: list[Reject],
 ) -> Iterator[MetricSample]:
     for fam in families:
@@ -139,13 +159,23 @@ def _records(
             continue
         for _, name, s in numbered:
             yield MetricSample(
-                t=s.timestamp if s.timestamp is not None else mtime, replica=replica, name=name,
-                type=kind, labels=dict(s.labels) or None, value=_finite(s.value),
+                t=s.timestamp if s.timestamp is not None else mtime,
+                replica=replica,
+                name=name,
+                type=kind,
+                labels=dict(s.labels) or None,
+                value=_finite(s.value),
             )
 
 
 def _grouped(
-    name: str, kind: MetricType, samples: Numbered, replica: str, mtime: float, path: str, rejects: list[Reject]
+    name: str,
+    kind: MetricType,
+    samples: Numbered,
+    replica: str,
+    mtime: float,
+    path: str,
+    rejects: list[Reject],
 ) -> Iterator[MetricSample]:
     """A histogram's (or summary's) samples, one record per label set."""
     split = "le" if kind == "histogram" else "quantile"
@@ -154,7 +184,9 @@ def _grouped(
     for n, _, s in samples:
         labels = {k: v for k, v in s.labels.items() if k != split}
         key = tuple(sorted(labels.items()))
-        g = groups.setdefault(key, {"labels": labels, "t": None, "buckets": {}, "sum": None, "count": None})
+        g = groups.setdefault(
+            key, {"labels": labels, "t": None, "buckets": {}, "sum": None, "count": None}
+        )
         if g["t"] is None and s.timestamp is not None:
             g["t"] = s.timestamp
         if s.name == name + "_sum":
@@ -169,18 +201,32 @@ def _grouped(
                 continue
             g["buckets"][le] = float(s.value)
         elif split in s.labels:
-            quantiles.append(MetricSample(
-                t=s.timestamp if s.timestamp is not None else mtime, replica=replica, name=name, type="summary",
-                labels=dict(s.labels), value=_finite(s.value),
-            ))
+            quantiles.append(
+                MetricSample(
+                    t=s.timestamp if s.timestamp is not None else mtime,
+                    replica=replica,
+                    name=name,
+                    type="summary",
+                    labels=dict(s.labels),
+                    value=_finite(s.value),
+                )
+            )
         else:
-            rejects.append(_sample_reject(path, n, f"summary {name}: a sample without a `quantile` label", s))
+            rejects.append(
+                _sample_reject(path, n, f"summary {name}: a sample without a `quantile` label", s)
+            )
     for g in groups.values():
         if not (g["buckets"] or g["sum"] is not None or g["count"] is not None):
             continue  # every sample of it was rejected
         yield MetricSample(
-            t=g["t"] if g["t"] is not None else mtime, replica=replica, name=name, type=kind,
-            labels=g["labels"] or None, buckets=g["buckets"] or None, sum=g["sum"], count=g["count"],
+            t=g["t"] if g["t"] is not None else mtime,
+            replica=replica,
+            name=name,
+            type=kind,
+            labels=g["labels"] or None,
+            buckets=g["buckets"] or None,
+            sum=g["sum"],
+            count=g["count"],
         )
     yield from quantiles
 
@@ -194,12 +240,15 @@ def convert_exposition(
     path: str, out_path: str, replica: str | None = None, *, rejects: RejectSink | None = None
 ) -> PromReport:
     """Write the records of an exposition file to ``out_path`` as contract JSONL; malformed
-    lines go to ``report.rejects`` (and ``rejects``); ``report.error`` when nothing could be read."""
+    lines go to ``report.rejects`` (and ``rejects``); ``report.error`` when nothing could be
+    read."""
     report = PromReport(path)
     try:
         records, bad = read_exposition(path, replica)
     except (OSError, EOFError, ValueError, PrometheusUnavailable) as e:
-        report.error = str(e) if not isinstance(e, OSError | EOFError) else f"cannot read {path}: {e}"
+        report.error = (
+            str(e) if not isinstance(e, OSError | EOFError) else f"cannot read {path}: {e}"
+        )
         return report
     with open(out_path, "wb") as out:
         for rec in records:

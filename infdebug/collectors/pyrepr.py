@@ -85,7 +85,7 @@ class ReprParser:
             q = s[pm.end()]
             m = _STR_RE[q].match(s, pm.end())
             if m is None:
-                raise ReprError(f"unterminated string starting {s[pos:pos + 30]!r}", pos)
+                raise ReprError(f"unterminated string starting {s[pos : pos + 30]!r}", pos)
             try:
                 return ast.literal_eval(s[pos : m.end()]), m.end()
             except (ValueError, SyntaxError) as e:
@@ -136,7 +136,7 @@ class ReprParser:
             i += 1
         word = s[pos:i].strip()
         if not word:
-            raise ReprError(f"expected a value, found {s[pos:pos + 20]!r}", pos)
+            raise ReprError(f"expected a value, found {s[pos : pos + 20]!r}", pos)
         if word in _BARE:
             return _BARE[word], i
         if _NUMBER_RE.fullmatch(word):

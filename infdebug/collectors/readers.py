@@ -41,10 +41,26 @@ from infdebug.collectors.readers_base import (
 from infdebug.collectors.readers_shipper import frames
 from infdebug.schema import LineError, Request, encode_record
 
-__all__ = [  # Context, ReadStats, build_request, parse_timestamp, replica_from_path: from readers_base
-    "DETECT_LINES", "READERS", "ConvertReport", "Context", "EngineLogReader", "ReadStats", "ReaderSpec",
-    "build_request", "convert_to_contract", "detect_format", "detect_line", "format_names", "not_recognised",
-    "parse_timestamp", "read_engine_log", "reader", "register", "replica_from_path",
+# Context, ReadStats, build_request, parse_timestamp, replica_from_path: from readers_base
+__all__ = [
+    "DETECT_LINES",
+    "READERS",
+    "ConvertReport",
+    "Context",
+    "EngineLogReader",
+    "ReadStats",
+    "ReaderSpec",
+    "build_request",
+    "convert_to_contract",
+    "detect_format",
+    "detect_line",
+    "format_names",
+    "not_recognised",
+    "parse_timestamp",
+    "read_engine_log",
+    "reader",
+    "register",
+    "replica_from_path",
 ]
 
 DETECT_LINES = 2000  # lines looked at to detect a file's format
@@ -97,7 +113,10 @@ def not_recognised(path: str) -> str:
     """The one "format not recognised" message: what each registered format looks like."""
     described = [s.describe for s in specs()]
     expected = ", ".join(described[:-1]) + (" or " if len(described) > 1 else "") + described[-1]
-    return f"{path}: format not recognised in its first {DETECT_LINES} lines (expected {expected}); pass --format"
+    return (
+        f"{path}: format not recognised in its first {DETECT_LINES} lines "
+        f"(expected {expected}); pass --format"
+    )
 
 
 # --- detection -----------------------------------------------------------------------------------
@@ -114,8 +133,12 @@ def detect_line(text: str) -> str | None:
             return None
         if not isinstance(obj, dict):
             return None
-        return next((sp.name for sp in specs() if sp.json_line is not None and sp.json_line(obj)), None)
-    return next((sp.name for sp in specs() if sp.text_line is not None and sp.text_line(text)), None)
+        return next(
+            (sp.name for sp in specs() if sp.json_line is not None and sp.json_line(obj)), None
+        )
+    return next(
+        (sp.name for sp in specs() if sp.text_line is not None and sp.text_line(text)), None
+    )
 
 
 def detect_format(path: str) -> str:
@@ -131,7 +154,10 @@ def detect_format(path: str) -> str:
         if first and text.strip():
             first = False
             head = text.lstrip("\ufeff").strip()
-            hit = next((sp.name for sp in ordered if sp.first_line is not None and sp.first_line(head)), None)
+            hit = next(
+                (sp.name for sp in ordered if sp.first_line is not None and sp.first_line(head)),
+                None,
+            )
             if hit is not None:
                 return hit
         fmt = detect_line(text)
@@ -159,7 +185,9 @@ class EngineLogReader:
                 fmt = found  # --format openai on a Batch API file: its own reader
         spec = reader(fmt)
         if spec.read is None:
-            raise ValueError(f"{path}: {spec.describe}, not a request log; `infdebug ingest` loads it")
+            raise ValueError(
+                f"{path}: {spec.describe}, not a request log; `infdebug ingest` loads it"
+            )
         self.path, self.fmt, self.spec = path, fmt, spec
         self.stats = ReadStats()
         try:
@@ -185,7 +213,9 @@ class EngineLogReader:
             yield n, item
 
 
-def read_engine_log(path: str, fmt: str = "auto", replica: str | None = None) -> Iterator[tuple[int, Request | LineError]]:
+def read_engine_log(
+    path: str, fmt: str = "auto", replica: str | None = None
+) -> Iterator[tuple[int, Request | LineError]]:
     """``(line_number, Request | LineError)`` for every request in an engine log, in line order.
 
     A request seen on several lines (vLLM's Received + RequestOutput, SGLang's Receive +

@@ -42,7 +42,8 @@ from infdebug.schema import LineError, Request, decode_record, encode_record
 # --- timestamps ------------------------------------------------------------------------------
 
 _TS_RE = re.compile(
-    r"(?:(?P<y>\d{4})-)?(?P<mo>\d\d)-(?P<d>\d\d)[ T](?P<h>\d\d):(?P<mi>\d\d):(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?"
+    r"(?:(?P<y>\d{4})-)?(?P<mo>\d\d)-(?P<d>\d\d)[ T]"
+    r"(?P<h>\d\d):(?P<mi>\d\d):(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?"
 )
 
 
@@ -51,20 +52,29 @@ def parse_timestamp(
 ) -> float | None:
     """Unix seconds (read as UTC) of the first log timestamp in ``prefix``, or None. A timestamp
     without a year takes the year that puts it nearest ``near`` (a dated line's time) when
-    given, else ``default_year`` (the year before, if that is more than a day after ``not_after``)."""
+    given, else ``default_year`` (the year before, if that is more than a day after
+    ``not_after``)."""
     m = _TS_RE.search(prefix)
     if m is None:
         return None
     year_given = m.group("y") is not None
     year = int(m.group("y")) if year_given else default_year
-    parts = (int(m.group("mo")), int(m.group("d")), int(m.group("h")), int(m.group("mi")), int(m.group("s")))
+    parts = (
+        int(m.group("mo")),
+        int(m.group("d")),
+        int(m.group("h")),
+        int(m.group("mi")),
+        int(m.group("s")),
+    )
     try:
         if not year_given and near is not None:
             t = _nearest_year(parts, near)
         else:
             t = float(calendar.timegm((year, *parts, 0, 0, 0)))
             if not year_given and not_after is not None and t > not_after + 86400:
-                t = float(calendar.timegm((year - 1, *parts, 0, 0, 0)))  # a December line in a January file
+                t = float(
+                    calendar.timegm((year - 1, *parts, 0, 0, 0))
+                )  # a December line in a January file
     except (ValueError, OverflowError):
         return None
     f = m.group("f")
@@ -111,10 +121,13 @@ class Context:
     meta: dict[str, Any] = field(default_factory=dict)  # model / engine_version from startup lines
     line: int = 0  # the line being read (set by ``lines()``)
     t_ship: float | None = None  # its log shipper's timestamp (CRI / Docker / kubectl prefix)
-    anchors: list[tuple[int, float]] | None = None  # dated lines of the file, read when first needed
+    anchors: list[tuple[int, float]] | None = (
+        None  # dated lines of the file, read when first needed
+    )
 
     def lines(self) -> Iterator[tuple[int, str]]:
-        """The file's lines through ``readers_shipper.frames``, keeping ``line`` / ``t_ship`` current."""
+        """The file's lines through ``readers_shipper.frames``, keeping ``line`` / ``t_ship``
+        current."""
         for fr in frames(self.path, self.stats.notes):
             self.line, self.t_ship = fr.line, fr.t_ship
             yield fr.line, fr.text
@@ -158,8 +171,13 @@ def as_ids(v: Any, what: str, ctx: Context | None = None) -> list[int] | None:
         if ctx is not None:
             ctx.stats.notes[f"{what} truncated by the engine's logger: left out"] += 1
             return None
-        raise LineError(f"{what} were truncated by the engine's logger (… in the list); raise its max log length")
-    if isinstance(v, list | tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise LineError(
+            f"{what} were truncated by the engine's logger (… in the list); "
+            "raise its max log length"
+        )
+    if isinstance(v, list | tuple) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v
+    ):
         return list(v)
     raise LineError(f"{what}: expected a list of token IDs, found {str(v)[:60]!r}", what)
 
@@ -232,7 +250,9 @@ def build_request(ctx: Context, line: int, fields: dict[str, Any]) -> Request | 
     except (TypeError, ValueError) as e:
         return LineError(f"not a valid request record: {e}")
     assert isinstance(decoded, Request)
-    sane, dropped = sanitize_timing(decoded)  # the one latency rule (ingest's too): another clock, negative, absurd
+    sane, dropped = sanitize_timing(
+        decoded
+    )  # the one latency rule (ingest's too): another clock, negative, absurd
     ctx.stats.notes.update(dropped)
     if no_time:
         ctx.stats.notes["no timestamp on the line: t_arrival set to 0"] += 1
@@ -289,7 +309,9 @@ class ReaderSpec:
     suffixes: tuple[str, ...] = ()
     order: int = 100
     engine: str | None = None  # the engine field of its requests (default: name)
-    variant_of: str | None = None  # --format <that> on a file detected as this one reads it with this one
+    variant_of: str | None = (
+        None  # --format <that> on a file detected as this one reads it with this one
+    )
     native: bool = False  # contract records: loaded as they are, not converted
     label: str | None = None  # how the ingest report names what it read (default: "<name> log")
 

@@ -1,4 +1,5 @@
-"""OpenAI Batch API files into contract requests: output (and error) files joined with their input file.
+"""OpenAI Batch API files into contract requests: output (and error) files joined with their
+input file.
 
 The shapes (OpenAI's Batch API; vLLM's ``run_batch``, ``vllm/entrypoints/openai/run_batch.py``
 with ``BatchRequestInput`` / ``BatchRequestOutput`` / ``BatchResponseData``):
@@ -50,8 +51,15 @@ from infdebug.schema import LineError, Request, open_bytes
 
 SAMPLE = 256  # custom_ids of an output file compared with each candidate input file
 _KIND_LINES = 50  # non-blank lines looked at to tell an input file from an output file
-_NAME_PAIRS = (("outputs", "inputs"), ("output", "input"), ("results", "requests"), ("result", "request"),
-               ("responses", "requests"), ("response", "request"), ("out", "in"))
+_NAME_PAIRS = (
+    ("outputs", "inputs"),
+    ("output", "input"),
+    ("results", "requests"),
+    ("result", "request"),
+    ("responses", "requests"),
+    ("response", "request"),
+    ("out", "in"),
+)
 _cache: dict[tuple[Any, ...], Any] = {}
 
 
@@ -91,7 +99,9 @@ def file_kind(path: str) -> str | None:
     try:
         k = ("kind", *_key(path))
         if k not in _cache:
-            _cache[k] = next((kind for o in _objects(path, _KIND_LINES) if (kind := line_kind(o))), None)
+            _cache[k] = next(
+                (kind for o in _objects(path, _KIND_LINES) if (kind := line_kind(o))), None
+            )
         return str(_cache[k]) if _cache[k] else None
     except (OSError, EOFError):
         return None
@@ -108,17 +118,26 @@ def _siblings(path: str) -> list[str]:
         names = sorted(os.listdir(d))
     except OSError:
         return []
-    return [p for n in names if n.endswith(JSONL_SUFFIXES) and not n.startswith(".")
-            and os.path.isfile(p := os.path.join(d, n)) and os.path.realpath(p) != me]
+    return [
+        p
+        for n in names
+        if n.endswith(JSONL_SUFFIXES)
+        and not n.startswith(".")
+        and os.path.isfile(p := os.path.join(d, n))
+        and os.path.realpath(p) != me
+    ]
 
 
 def _renamed(name: str) -> list[str]:
-    """``name`` with its output word swapped for the input word (``batch_output`` → ``batch_input``)."""
+    """``name`` with its output word swapped for the input word (``batch_output`` →
+    ``batch_input``)."""
     out = []
     for a, b in _NAME_PAIRS:
+
         def swap(m: re.Match[str], b: str = b) -> str:
             w = m.group(0)
             return b.upper() if w.isupper() else b.capitalize() if w[0].isupper() else b
+
         new = re.sub(rf"(?<![A-Za-z]){a}(?![A-Za-z])", swap, name, flags=re.IGNORECASE)
         if new != name:
             out.append(new)
@@ -152,8 +171,13 @@ def pair_input(output_path: str) -> str | None:
 def outputs_of(input_path: str) -> list[str]:
     """The Batch output files in ``input_path``'s directory that are paired with it."""
     me = os.path.realpath(input_path)
-    return [p for p in _siblings(input_path)
-            if file_kind(p) == "output" and (q := pair_input(p)) is not None and os.path.realpath(q) == me]
+    return [
+        p
+        for p in _siblings(input_path)
+        if file_kind(p) == "output"
+        and (q := pair_input(p)) is not None
+        and os.path.realpath(q) == me
+    ]
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -161,14 +185,19 @@ def outputs_of(input_path: str) -> list[str]:
 
 def _error_text(err: Any, body: Any, status: Any) -> str:
     parts: list[str] = []
-    for e in (err, body.get("error") if isinstance(body, dict) else None,
-              body if isinstance(body, dict) and body.get("object") == "error" else None):
+    for e in (
+        err,
+        body.get("error") if isinstance(body, dict) else None,
+        body if isinstance(body, dict) and body.get("object") == "error" else None,
+    ):
         if isinstance(e, str) and e:
             parts.append(e)
         elif isinstance(e, dict) and e:
             inner: dict[str, Any] = e["error"] if isinstance(e.get("error"), dict) else e
             msg = inner.get("message")
-            code = inner.get("code") if isinstance(inner.get("code"), str) else inner.get("type")  # not the HTTP status
+            code = (
+                inner.get("code") if isinstance(inner.get("code"), str) else inner.get("type")
+            )  # not the HTTP status
             text = str(msg) if msg else json.dumps(inner)[:500]
             parts.append(f"{code}: {text}" if code and str(code) not in text else text)
     text = parts[0] if parts else "the request failed (no error text)"
@@ -184,12 +213,18 @@ def _output(obj: dict[str, Any], body_in: dict[str, Any] | None, ctx: Context) -
     resp = resp or {}
     body = resp.get("body")
     status = resp.get("status_code")
-    f = record_fields({"request": body_in or {}, "response": body if isinstance(body, dict) else None})
+    f = record_fields(
+        {"request": body_in or {}, "response": body if isinstance(body, dict) else None}
+    )
     f["request_id"] = obj["custom_id"]
     if str(obj.get("id", "")).startswith("vllm-"):
         f["engine"] = "vllm"  # vLLM's run_batch names its lines vllm-<uuid>
-    failed = (err not in (None, "", {}) or (isinstance(status, int) and status != 200)
-              or isinstance(body, dict) and (isinstance(body.get("error"), dict | str) or body.get("object") == "error"))
+    failed = (
+        err not in (None, "", {})
+        or (isinstance(status, int) and status != 200)
+        or isinstance(body, dict)
+        and (isinstance(body.get("error"), dict | str) or body.get("object") == "error")
+    )
     if failed:
         f["finish_reason"] = "error"
         f["error"] = _error_text(err, body, status)
@@ -213,7 +248,9 @@ def _load_inputs(path: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read_batch(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
+def read_batch(
+    lines: Iterable[tuple[int, str]], ctx: Context
+) -> Iterator[tuple[int, Request | LineError]]:
     kind = file_kind(ctx.path)
     inputs: dict[str, dict[str, Any]] = {}
     answered: dict[str, str] = {}  # custom_id -> the output file that yields it
@@ -246,7 +283,10 @@ def read_batch(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple
                 f = _output(obj, body_in, ctx)
             elif obj["custom_id"] in answered:
                 ctx.stats.ignored += 1
-                ctx.stats.notes[f"batch input lines answered in {answered[obj['custom_id']]}: read from that file"] += 1
+                ctx.stats.notes[
+                    f"batch input lines answered in {answered[obj['custom_id']]}: "
+                    "read from that file"
+                ] += 1
                 continue
             else:
                 f = _input(obj)
@@ -258,7 +298,9 @@ def read_batch(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple
     if kind == "output":
         src = ctx.meta.get("_batch_input")
         if src is None:
-            ctx.stats.notes["no batch input file in the directory: messages and sampling unknown"] += 1
+            ctx.stats.notes[
+                "no batch input file in the directory: messages and sampling unknown"
+            ] += 1
         else:
             if joined:
                 ctx.stats.notes[f"joined with batch input {os.path.basename(src)}"] += joined

@@ -13,7 +13,9 @@ from infdebug.collectors.readers_base import Context, ReaderSpec
 from infdebug.schema import LineError, Request, read_records
 
 
-def read_contract(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
+def read_contract(
+    lines: Iterable[tuple[int, str]], ctx: Context
+) -> Iterator[tuple[int, Request | LineError]]:
     """The file's records through the contract decoder (``lines`` are not needed: the
     decoder reads ``ctx.path`` itself)."""
     for n, rec in read_records(ctx.path):

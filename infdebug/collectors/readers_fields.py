@@ -108,23 +108,44 @@ def _clip(s: str) -> str:
 
 # --- sampling parameters -------------------------------------------------------------------
 
-FLOAT_PARAMS = frozenset({
-    "temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "length_penalty", "typical_p", "top_a", "tfs", "epsilon_cutoff", "eta_cutoff", "dynatemp_min",
-    "dynatemp_max",
-})
-INT_PARAMS = frozenset({"top_k", "max_tokens", "min_tokens", "seed", "n", "best_of", "min_new_tokens"})
+FLOAT_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "min_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "length_penalty",
+        "typical_p",
+        "top_a",
+        "tfs",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "dynatemp_min",
+        "dynatemp_max",
+    }
+)
+INT_PARAMS = frozenset(
+    {"top_k", "max_tokens", "min_tokens", "seed", "n", "best_of", "min_new_tokens"}
+)
 _NUMERIC_STR_RE = re.compile(r"\s*[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)\s*")
-SHIPPER_STAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)(?: (?:stdout|stderr) [PF])? ")
+SHIPPER_STAMP_RE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)(?: (?:stdout|stderr) [PF])? "
+)
 
 
 def _bad(key: str, expected: str, v: Any) -> LineError:
     shown = repr(v) if not isinstance(v, Truncated) else "a value the logger shortened"
     why = ""
     if isinstance(v, str) and SHIPPER_STAMP_RE.search(v + " "):
-        why = (" — a log shipper's timestamp inside the value: the line was split by the container "
-               "runtime (16 KiB) and rejoined with the next line's prefix")
-    return LineError(f"sampling.{key}: expected {expected}, found {shown[:80]}{why}", f"sampling.{key}")
+        why = (
+            " — a log shipper's timestamp inside the value: the line was split by the container "
+            "runtime (16 KiB) and rejoined with the next line's prefix"
+        )
+    return LineError(
+        f"sampling.{key}: expected {expected}, found {shown[:80]}{why}", f"sampling.{key}"
+    )
 
 
 def _number(key: str, v: Any) -> float | int:
@@ -160,7 +181,9 @@ def _stop(key: str, v: Any) -> list[str]:
 def _ids(key: str, v: Any) -> list[int]:
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return [v]
-    if isinstance(v, list | tuple | set) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+    if isinstance(v, list | tuple | set) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+    ):
         return sorted(v) if isinstance(v, set) else list(v)
     raise _bad(key, "a list of token IDs", v)
 

@@ -27,9 +27,23 @@ from infdebug.schema import LineError, Request
 
 _TOKEN_ID_RE = re.compile(r"token_id:(\d+)")
 _SAMPLING_KEYS = (
-    "temperature", "top_p", "top_k", "min_p", "seed", "n", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "stop", "ignore_eos", "min_tokens", "skip_special_tokens", "logprobs",
-    "top_logprobs", "include_stop_str_in_output", "spaces_between_special_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "stop",
+    "ignore_eos",
+    "min_tokens",
+    "skip_special_tokens",
+    "logprobs",
+    "top_logprobs",
+    "include_stop_str_in_output",
+    "spaces_between_special_tokens",
 )
 
 
@@ -71,7 +85,11 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[float] | None, list[int] | N
         tokens, values = lp["tokens"], lp.get("token_logprobs") or []
     else:
         return None, None
-    logprobs = [float(v) for v in values] if all(isinstance(v, int | float) for v in values) and values else None
+    logprobs = (
+        [float(v) for v in values]
+        if all(isinstance(v, int | float) for v in values) and values
+        else None
+    )
     ids: list[int] | None = None
     matches = [_TOKEN_ID_RE.fullmatch(t) if isinstance(t, str) else None for t in tokens]
     if tokens and all(matches):
@@ -84,7 +102,8 @@ def _count(v: Any) -> int | None:
 
 
 def record_fields(obj: Any) -> dict[str, Any]:
-    """Request fields from ``{"request": {…}, "response": {…} | None, …}`` (LineError if not one)."""
+    """Request fields from ``{"request": {…}, "response": {…} | None, …}`` (LineError if not
+    one)."""
     if not isinstance(obj, dict):
         raise LineError("expected a JSON object with 'request' and 'response'")
     req, resp = obj.get("request"), obj.get("response")
@@ -116,7 +135,9 @@ def record_fields(obj: Any) -> dict[str, Any]:
     elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         f["prompt_text"] = prompt[0]
     choices = resp.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    choice = (
+        choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    )
     msg = choice.get("message")
     if isinstance(msg, dict):
         f["output_text"] = msg.get("content")
@@ -127,7 +148,11 @@ def record_fields(obj: Any) -> dict[str, Any]:
     if pids is not None:
         f["prompt_ids"] = as_ids(pids, "prompt_token_ids")
     f["output_logprobs"], lp_ids = _logprobs(choice)
-    f["output_ids"] = as_ids(choice.get("token_ids"), "token_ids") if choice.get("token_ids") is not None else lp_ids
+    f["output_ids"] = (
+        as_ids(choice.get("token_ids"), "token_ids")
+        if choice.get("token_ids") is not None
+        else lp_ids
+    )
     usage = resp.get("usage")
     if isinstance(usage, dict):
         f["prompt_tokens"] = _count(usage.get("prompt_tokens"))
@@ -142,7 +167,9 @@ def record_fields(obj: Any) -> dict[str, Any]:
     return f
 
 
-def read_openai(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
+def read_openai(
+    lines: Iterable[tuple[int, str]], ctx: Context
+) -> Iterator[tuple[int, Request | LineError]]:
     for n, obj in json_lines(lines, ctx):
         if isinstance(obj, LineError):
             yield n, obj
@@ -162,6 +189,8 @@ READER = ReaderSpec(
     "openai",
     'OpenAI-style {"request", "response"} JSONL',
     read=read_openai,
-    json_line=lambda obj: isinstance(obj.get("request"), dict) or isinstance(obj.get("response"), dict),
+    json_line=lambda obj: (
+        isinstance(obj.get("request"), dict) or isinstance(obj.get("response"), dict)
+    ),
     order=30,
 )

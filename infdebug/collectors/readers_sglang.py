@@ -40,13 +40,20 @@ _OUT_RE = re.compile(r"\s*,\s*out=")
 _MODEL_RE = re.compile(r"\bmodel_path='([^']+)'")
 _SERVED_RE = re.compile(r"\bserved_model_name='([^']+)'")
 _SAMPLING_RENAMES = {"max_new_tokens": "max_tokens", "stop_token_ids": "stop_ids"}
-_MARKS = ("Receive: obj=GenerateReqInput(", "Finish: obj=GenerateReqInput(", "in=GenerateReqInput(",
-          "Receive: obj=", "Finish: obj=")  # a line of this format
+_MARKS = (
+    "Receive: obj=GenerateReqInput(",
+    "Finish: obj=GenerateReqInput(",
+    "in=GenerateReqInput(",
+    "Receive: obj=",
+    "Finish: obj=",
+)  # a line of this format
 
 
 def _one(v: Any, what: str) -> Any:
     if isinstance(v, list) and what in ("rid", "text") and v and isinstance(v[0], str):
-        raise LineError(f"batched GenerateReqInput ({what} is a list of {len(v)}): not supported", what)
+        raise LineError(
+            f"batched GenerateReqInput ({what} is a list of {len(v)}): not supported", what
+        )
     return v
 
 
@@ -55,7 +62,9 @@ def _from_obj(obj: Call, ctx: Context) -> dict[str, Any]:
     text = _one(obj.get("text"), "text")
     ids = obj.get("input_ids")
     if isinstance(ids, list) and ids and isinstance(ids[0], list):
-        raise LineError("batched GenerateReqInput (input_ids is a list of lists): not supported", "input_ids")
+        raise LineError(
+            "batched GenerateReqInput (input_ids is a list of lists): not supported", "input_ids"
+        )
     sp = obj.get("sampling_params")
     sampling = sampling_from(sp, _SAMPLING_RENAMES) if isinstance(sp, dict) else None
     return {
@@ -90,8 +99,11 @@ def _from_out(out: Any, ctx: Context) -> dict[str, Any]:
     f["finish_reason"], f["finish_reason_raw"] = finish(fr)
     if isinstance(fr, dict) and isinstance(fr.get("message"), str) and fr["message"]:
         f["abort_message"] = fr["message"]
-    for key, src in (("cached_prompt_tokens", "cached_tokens"), ("prompt_tokens", "prompt_tokens"),
-                     ("output_tokens", "completion_tokens")):
+    for key, src in (
+        ("cached_prompt_tokens", "cached_tokens"),
+        ("prompt_tokens", "prompt_tokens"),
+        ("output_tokens", "completion_tokens"),
+    ):
         v = meta.get(src)
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32:
             f[key] = v
@@ -99,7 +111,10 @@ def _from_out(out: Any, ctx: Context) -> dict[str, Any]:
         v = meta.get(src)
         if isinstance(v, int | float) and v >= 0:
             f[key] = float(v)
-    for key, src in (("spec_accepted_tokens", "spec_accept_token_num"), ("spec_draft_tokens", "spec_draft_token_num")):
+    for key, src in (
+        ("spec_accepted_tokens", "spec_accept_token_num"),
+        ("spec_draft_tokens", "spec_draft_token_num"),
+    ):
         v = meta.get(src)
         if isinstance(v, int) and v >= 0:
             f[key] = v
@@ -149,7 +164,9 @@ def _stamp(f: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return f
 
 
-def read_sglang(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
+def read_sglang(
+    lines: Iterable[tuple[int, str]], ctx: Context
+) -> Iterator[tuple[int, Request | LineError]]:
     entries: list[tuple[int, dict[str, Any]]] = []
     waiting: dict[str, dict[str, Any]] = {}  # received, not finished yet
     out: list[tuple[int, Request | LineError]] = []
@@ -182,14 +199,18 @@ def read_sglang(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tupl
             continue
         t_in, t_end = cur.get("t_arrival"), f.pop("_t_end", None)
         for k, v in f.items():
-            if v is not None and not (k in ("prompt_ids", "prompt_text", "sampling") and cur.get(k)):
+            if v is not None and not (
+                k in ("prompt_ids", "prompt_text", "sampling") and cur.get(k)
+            ):
                 cur[k] = v
         if t_in is not None:
             cur["t_arrival"] = t_in  # the Receive line's time is the arrival
             if t_end is not None and cur.get("e2e_s") is None and t_end >= t_in:
                 cur["e2e_s"] = t_end - t_in
     for n, f in entries:
-        out.append((n, build_request(ctx, n, {k: v for k, v in f.items() if not k.startswith("_")})))
+        out.append(
+            (n, build_request(ctx, n, {k: v for k, v in f.items() if not k.startswith("_")}))
+        )
     out.sort(key=lambda x: x[0])
     yield from out
 

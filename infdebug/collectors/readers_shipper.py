@@ -37,15 +37,20 @@ _NANO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{1,9}(?:Z|[+-]\d\d:\d\d)"
 _MID_STR_RE = re.compile(rf"{_NANO} ")
 _MID_RE = re.compile(rf"{_NANO}(?: (?:stdout|stderr) [PF])? ".encode())
 _ISO_RE = re.compile(
-    r"(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d)[T ](?P<h>\d\d):(?P<mi>\d\d):(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?"
+    r"(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d)[T ]"
+    r"(?P<h>\d\d):(?P<mi>\d\d):(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?"
     r"(?P<z>Z|[+-]\d\d:?\d\d)?"
 )
 _ANCHOR_RE = re.compile(rb"(?<!\d)(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)")
-SPLIT_UNIT = 8192  # runtime split sizes are multiples of this (containerd/Docker 16 KiB, conmon 8 KiB)
+SPLIT_UNIT = (
+    8192  # runtime split sizes are multiples of this (containerd/Docker 16 KiB, conmon 8 KiB)
+)
 ANCHOR_EVERY = 1000  # lines between kept year anchors (one is always kept where the year changes)
 
-NOTE_MIDLINE = ("a log shipper's timestamp inside a long line, not at a runtime split: left as is "
-                "(a value it lands in is rejected)")
+NOTE_MIDLINE = (
+    "a log shipper's timestamp inside a long line, not at a runtime split: left as is "
+    "(a value it lands in is rejected)"
+)
 
 
 class Frame(NamedTuple):
@@ -60,7 +65,21 @@ def iso_seconds(s: str) -> float | None:
     if m is None:
         return None
     try:
-        t = float(calendar.timegm((int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), 0, 0, 0)))
+        t = float(
+            calendar.timegm(
+                (
+                    int(m["y"]),
+                    int(m["mo"]),
+                    int(m["d"]),
+                    int(m["h"]),
+                    int(m["mi"]),
+                    int(m["s"]),
+                    0,
+                    0,
+                    0,
+                )
+            )
+        )
     except (ValueError, OverflowError):
         return None
     if m["f"]:
@@ -80,7 +99,9 @@ def cut_split_stamps(msg: str) -> tuple[str, int, int]:
         return msg, 0, 0  # a split needs SPLIT_UNIT bytes before it (a character is at most 4)
     b = msg.encode("utf-8", errors="replace")
     parts: list[bytes] = []
-    start = removed = other = 0  # start: where the kept text resumes; removed: stamp bytes cut so far
+    start = removed = other = (
+        0  # start: where the kept text resumes; removed: stamp bytes cut so far
+    )
     for m in _MID_RE.finditer(b, SPLIT_UNIT):
         at = m.start() - removed  # message bytes before this stamp
         if at % SPLIT_UNIT == 0 and m.start() >= start:
@@ -96,14 +117,15 @@ def cut_split_stamps(msg: str) -> tuple[str, int, int]:
 
 
 def frames(path: str, notes: Counter[str]) -> Iterator[Frame]:
-    """The engine's lines of ``path`` (possibly gzipped), unwrapped and rejoined; bad UTF-8 replaced."""
+    """The engine's lines of ``path`` (possibly gzipped), unwrapped and rejoined; bad UTF-8
+    replaced."""
     pending: dict[str, tuple[int, list[str], float | None]] = {}  # stream -> (first line, parts, t)
     with open_bytes(path) as fh:
         for n, raw in enumerate(fh, 1):
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             m = _CRI_RE.match(text) if text[:1].isdigit() else None
             if m is not None:
-                stream, msg = m["stream"], text[m.end():]
+                stream, msg = m["stream"], text[m.end() :]
                 first, parts, t = pending.pop(stream, (n, [], iso_seconds(m["ts"])))
                 parts.append(msg)
                 if "P" in m["tag"].split(":"):
@@ -128,11 +150,13 @@ def frames(path: str, notes: Counter[str]) -> Iterator[Frame]:
                     continue
             k = _TS_ONLY_RE.match(text) if text[:1].isdigit() else None
             if k is not None:
-                yield _frame(n, text[k.end():], iso_seconds(k["ts"]), notes)
+                yield _frame(n, text[k.end() :], iso_seconds(k["ts"]), notes)
                 continue
             yield _frame(n, text, None, notes)
     for first, parts, t in sorted(pending.values(), key=lambda p: p[0]):
-        notes["a split line's last part is missing (the file ends in a partial line): read as it is"] += 1
+        notes[
+            "a split line's last part is missing (the file ends in a partial line): read as it is"
+        ] += 1
         yield _frame(first, "".join(parts).rstrip("\r\n"), t, notes)
 
 
@@ -150,7 +174,11 @@ def _docker(text: str) -> tuple[str, str, float | None] | None:
         obj = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("log"), str) or not isinstance(obj.get("stream"), str):
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("log"), str)
+        or not isinstance(obj.get("stream"), str)
+    ):
         return None
     t = obj.get("time")
     return obj["log"], obj["stream"], iso_seconds(t) if isinstance(t, str) else None

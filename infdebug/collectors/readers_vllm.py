@@ -56,17 +56,31 @@ from infdebug.schema import LineError, Request
 
 _RECEIVED_RE = re.compile(r"Received request (\S+?): (?=prompt\b|params\b|sampling[ _]params\b)")
 _DETAILS_RE = re.compile(r"\bRequest (\S+?) details: (?=prompt\b)")
-_GENERATED_RE = re.compile(r"Generated response (\S+?)( \(streaming (?:delta|complete)\))?: (?=output\b)")
+_GENERATED_RE = re.compile(
+    r"Generated response (\S+?)( \(streaming (?:delta|complete)\))?: (?=output\b)"
+)
 _PLACEHOLDER_RE = re.compile(r"<streaming_complete: (\d+) tokens>")
 _KEY_RE = re.compile(r"\s*([A-Za-z_][A-Za-z_ ]*?): ")
-_VERSION_RE = re.compile(r"(?:engine \(v|vLLM API server version |vLLM server version |vLLM version )v?([0-9][\w.+-]*)")
+_VERSION_RE = re.compile(
+    r"(?:engine \(v|vLLM API server version |vLLM server version |vLLM version )v?([0-9][\w.+-]*)"
+)
 _LOGO_RE = re.compile(r"█\s+(version|model)\s+(\S+)\s*$")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 _MODEL_RE = re.compile(r"\bmodel='([^']+)'")
 _SERVED_RE = re.compile(r"\bserved_model_name=(?:'([^']*)'|\['([^']*)'|([^\s,')\[]+))")
 _SERVING_RE = re.compile(r"vLLM server version v?(\S+?),? serving model (\S+)")
 _SUFFIX_RE = re.compile(r"^(.+)-[0-9a-f]{8}$")
-_ID_PREFIXES = ("chatcmpl-", "cmpl-", "embd-", "resp-", "classify-", "score-", "rerank-", "pool-", "tokn-")
+_ID_PREFIXES = (
+    "chatcmpl-",
+    "cmpl-",
+    "embd-",
+    "resp-",
+    "classify-",
+    "score-",
+    "rerank-",
+    "pool-",
+    "tokn-",
+)
 _KEY_ALIASES = {
     "sampling_params": "params",
     "sampling params": "params",
@@ -74,7 +88,11 @@ _KEY_ALIASES = {
     "output token ids": "output_token_ids",
 }
 _SAMPLING_RENAMES = {"stop_token_ids": "stop_ids"}
-_MARKS = ("Received request ", "RequestOutput(request_id=", "Generated response ")  # a line of this format
+_MARKS = (
+    "Received request ",
+    "RequestOutput(request_id=",
+    "Generated response ",
+)  # a line of this format
 
 
 def parse_kv_message(text: str, pos: int) -> dict[str, Any]:
@@ -87,14 +105,14 @@ def parse_kv_message(text: str, pos: int) -> dict[str, Any]:
     while pos < len(s):
         m = _KEY_RE.match(s, pos)
         if m is None:
-            raise ReprError(f"expected 'key: value', found {s[pos:pos + 30]!r}", pos)
+            raise ReprError(f"expected 'key: value', found {s[pos : pos + 30]!r}", pos)
         key = m.group(1).strip()
         key = _KEY_ALIASES.get(key, key.replace(" ", "_"))
         out[key], pos = p.value(m.end(), ",")
         pos = p.skip(pos)
         if pos < len(s):
             if s[pos] != ",":
-                raise ReprError(f"expected ',' after {key}, found {s[pos:pos + 30]!r}", pos)
+                raise ReprError(f"expected ',' after {key}, found {s[pos : pos + 30]!r}", pos)
             pos += 1
     return out
 
@@ -173,8 +191,11 @@ def _request_output(text: str, start: int, ctx: Context) -> dict[str, Any]:
     if outputs:
         co = outputs[0]
         ids = as_ids(co.get("token_ids"), "token_ids")
-        f.update(output_text=as_text(co.get("text"), "text", ctx), output_ids=ids,
-                 output_logprobs=_logprobs(co.get("logprobs"), ids))
+        f.update(
+            output_text=as_text(co.get("text"), "text", ctx),
+            output_ids=ids,
+            output_logprobs=_logprobs(co.get("logprobs"), ids),
+        )
         f["finish_reason"], f["finish_reason_raw"] = finish(co.get("finish_reason"))
     metrics = ro.get("metrics")
     if isinstance(metrics, Call):
@@ -251,7 +272,9 @@ def _sniff_startup(text: str, ctx: Context, requests_so_far: int) -> None:
         ctx.meta["engine_version"] = version
     if not (model or served):
         return
-    if ctx.meta.get("_boot_requests", -1) != requests_so_far:  # requests since the last startup line: a restart
+    if (
+        ctx.meta.get("_boot_requests", -1) != requests_so_far
+    ):  # requests since the last startup line: a restart
         ctx.meta["_served"] = False
         ctx.meta["_boot_requests"] = requests_so_far
     if served:
@@ -272,7 +295,7 @@ def _forms(rid: str) -> list[str]:
     for x in list(out):
         for p in _ID_PREFIXES:
             if x.startswith(p) and len(x) > len(p):
-                out.append(x[len(p):])
+                out.append(x[len(p) :])
     return out
 
 
@@ -308,14 +331,25 @@ class _Joiner:
     def add_input(self, n: int, f: dict[str, Any]) -> None:
         """A Received line (``_has_params``) or a details line (``_has_prompt`` only)."""
         cur = self.find(f["request_id"])
-        if (cur is None or cur.get("_finished") or f.get("_has_params") and cur.get("_has_params")
-                or f.get("_has_prompt") and cur.get("_has_prompt")):
+        if (
+            cur is None
+            or cur.get("_finished")
+            or f.get("_has_params")
+            and cur.get("_has_params")
+            or f.get("_has_prompt")
+            and cur.get("_has_prompt")
+        ):
             self._new(n, f)
             return
         for k, v in f.items():
             if v is None or k in ("prompt_ids", "prompt_text") and cur.get(k):
                 continue
-            if k == "t_arrival" and cur.get("_t_metrics") or k == "_t_line" and cur.get(k) is not None:
+            if (
+                k == "t_arrival"
+                and cur.get("_t_metrics")
+                or k == "_t_line"
+                and cur.get(k) is not None
+            ):
                 continue  # RequestMetrics.arrival_time is the engine's own, finer time
             cur[k] = v
         if f.get("_has_params"):
@@ -326,7 +360,9 @@ class _Joiner:
         cur = self.find(f["request_id"])
         if cur is not None and cur.get("_finished"):
             if src == "gen" and kind != "delta" and cur.get("_by_log"):
-                self.ctx.stats.notes["more than one completion logged for a request (n>1): the first kept"] += 1
+                self.ctx.stats.notes[
+                    "more than one completion logged for a request (n>1): the first kept"
+                ] += 1
                 return
             cur = None  # the ID used again by a later request
         if cur is None:
@@ -350,8 +386,16 @@ class _Joiner:
                 cur[k] = v
         if f.get("t_arrival") is not None:
             cur["_t_metrics"] = True
-        if fr is not None or raw is not None and cur.get("finish_reason") is None and cur.get("finish_reason_raw") is None:
-            cur["finish_reason"], cur["finish_reason_raw"] = fr, raw  # streaming_complete never hides a stop
+        if (
+            fr is not None
+            or raw is not None
+            and cur.get("finish_reason") is None
+            and cur.get("finish_reason_raw") is None
+        ):
+            cur["finish_reason"], cur["finish_reason_raw"] = (
+                fr,
+                raw,
+            )  # streaming_complete never hides a stop
         if kind != "delta":
             cur["_finished"], cur["_by_log"] = True, src == "gen"
 
@@ -363,7 +407,9 @@ class _Joiner:
         ids, text = f.get("output_ids") or [], f.get("output_text") or ""
         last = cur.get("_partial_last") or []
         if ids:  # cumulative outputs grow: each one starts with the one before
-            cur["_partial_cumulative"] = cur.get("_partial_cumulative", True) and ids[: len(last)] == last
+            cur["_partial_cumulative"] = (
+                cur.get("_partial_cumulative", True) and ids[: len(last)] == last
+            )
             cur["_partial_last"] = ids
         cur["_partial_ids"] = (cur.get("_partial_ids") or []) + ids
         cur["_partial_text"] = (cur.get("_partial_text") or "") + text
@@ -374,25 +420,35 @@ class _Joiner:
         acc_ids, acc_text = cur.pop("_partial_ids"), cur.pop("_partial_text")
         ids = f.get("output_ids") or []
         if cumulative and ids[: len(last)] == last:  # the finished one has it all
-            self.ctx.stats.notes["partial RequestOutput(finished=False) lines: superseded by the finished one"] += 1
+            self.ctx.stats.notes[
+                "partial RequestOutput(finished=False) lines: superseded by the finished one"
+            ] += 1
             return
         f["output_ids"] = acc_ids + ids
         f["output_text"] = acc_text + (f.get("output_text") or "")
         f["output_logprobs"] = None
-        self.ctx.stats.notes["partial RequestOutput(finished=False) deltas: joined with the finished one"] += 1
+        self.ctx.stats.notes[
+            "partial RequestOutput(finished=False) deltas: joined with the finished one"
+        ] += 1
 
     def finished(self) -> Iterator[tuple[int, dict[str, Any]]]:
         for n, f in self.entries:
             if f.get("_partial_ids") is not None:
                 if not (f.get("_has_params") or f.get("_has_prompt")):
-                    self.ctx.stats.notes["RequestOutput(finished=False) with no finished one: not a "
-                                         "finished request, left out"] += 1
+                    self.ctx.stats.notes[
+                        "RequestOutput(finished=False) with no finished one: not a "
+                        "finished request, left out"
+                    ] += 1
                     continue
-                self.ctx.stats.notes["a request whose output never finished in the log: its partial output left out"] += 1
+                self.ctx.stats.notes[
+                    "a request whose output never finished in the log: its partial output left out"
+                ] += 1
             yield n, f
 
 
-def read_vllm(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[int, Request | LineError]]:
+def read_vllm(
+    lines: Iterable[tuple[int, str]], ctx: Context
+) -> Iterator[tuple[int, Request | LineError]]:
     joiner = _Joiner(ctx)
     errors: list[tuple[int, LineError]] = []
     for n, text in lines:
@@ -423,7 +479,9 @@ def read_vllm(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[
             errors.append((n, e))
             continue
         if "Received request " in text:
-            errors.append((n, LineError("a 'Received request' line without 'ID: params:' or 'ID: prompt:'")))
+            errors.append(
+                (n, LineError("a 'Received request' line without 'ID: params:' or 'ID: prompt:'"))
+            )
             continue
         _sniff_startup(text, ctx, len(joiner.entries))
         ctx.stats.ignored += 1
@@ -433,7 +491,9 @@ def read_vllm(lines: Iterable[tuple[int, str]], ctx: Context) -> Iterator[tuple[
             f["t_arrival"] = f.get("_t_line")
         for k, v in f["_meta"].items():
             f.setdefault(k, v)
-        out.append((n, build_request(ctx, n, {k: v for k, v in f.items() if not k.startswith("_")})))
+        out.append(
+            (n, build_request(ctx, n, {k: v for k, v in f.items() if not k.startswith("_")}))
+        )
     out.sort(key=lambda x: x[0])
     yield from out
 

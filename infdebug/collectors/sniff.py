@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from infdebug.schema import open_bytes
 
 HEAD_BYTES = 64 << 10
-_CONTROL = bytes([*range(0, 9), 11, 12, *range(14, 27), *range(28, 32), 127])  # not in text (ESC is)
+_CONTROL = bytes(
+    [*range(0, 9), 11, 12, *range(14, 27), *range(28, 32), 127]
+)  # not in text (ESC is)
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "gzip-compressed, but its name does not end in .gz (rename it to {name}.gz)"),
@@ -55,9 +57,13 @@ def sniff(path: str) -> Sniffed:
     if _json_array(text):
         stem = name.removesuffix(".gz").rsplit(".", 1)[0] or name
         out = f"{stem}.jsonl" if f"{stem}.jsonl" != name else f"{stem}.lines.jsonl"
-        return Sniffed("json_array", (
-            f"{path}: a JSON array, not JSON Lines (one record per line): not loaded; "
-            f"convert it with: jq -c '.[]' {name} > {out}"))
+        return Sniffed(
+            "json_array",
+            (
+                f"{path}: a JSON array, not JSON Lines (one record per line): not loaded; "
+                f"convert it with: jq -c '.[]' {name} > {out}"
+            ),
+        )
     return Sniffed("text")
 
 
@@ -71,7 +77,10 @@ def _binary(head: bytes, name: str) -> str | None:
     # has about 11% (29 of 256 values).
     ctrl = len(head) - len(head.translate(None, _CONTROL))
     if ctrl > max(4, len(head) // 50):
-        return f"a binary file ({ctrl} of its first {len(head)} bytes are control characters), not a text log"
+        return (
+            f"a binary file ({ctrl} of its first {len(head)} bytes are control characters), "
+            "not a text log"
+        )
     return None
 
 

@@ -53,7 +53,9 @@ def parse_max_latency(value: str | float, where: str) -> float:
     try:
         s = float(value)
     except (TypeError, ValueError):
-        raise LatencyConfigError(f"{where}: expected a number of seconds > 0, got {value!r}") from None
+        raise LatencyConfigError(
+            f"{where}: expected a number of seconds > 0, got {value!r}"
+        ) from None
     if math.isnan(s) or s <= 0:
         raise LatencyConfigError(f"{where}: expected a number of seconds > 0, got {value!r}")
     return s
@@ -120,7 +122,10 @@ def _why_times(times: list[float], ceiling: float, span: float | None) -> str | 
     if lo < 0:
         return "token_times_s has a negative time: dropped"
     if hi > ceiling:
-        return f"token_times_s has a time {fmt_seconds(hi)} s past the {fmt_seconds(ceiling)} s ceiling: dropped"
+        return (
+            f"token_times_s has a time {fmt_seconds(hi)} s past the {fmt_seconds(ceiling)} s "
+            "ceiling: dropped"
+        )
     if span is not None and hi > span:
         return "token_times_s has a time past e2e_s, the arrival-to-finish span: dropped"
     return None

@@ -41,8 +41,10 @@ def check_urls(urls: list[str], allow_remote: bool = False) -> list[str]:
         if p.scheme not in ("http", "https") or not p.hostname:
             raise LoadError(f"--url {u}: expected http://HOST:PORT, found no scheme or host")
         if not allow_remote and p.hostname not in LOCAL_HOSTS:
-            raise LoadError(f"--url {u}: {p.hostname} is not this machine; load goes to 127.0.0.1/localhost "
-                            "unless --allow-remote is given")
+            raise LoadError(
+                f"--url {u}: {p.hostname} is not this machine; load goes to 127.0.0.1/localhost "
+                "unless --allow-remote is given"
+            )
         base = u.rstrip("/")
         base = base[:-3] if base.endswith("/v1") else base
         out.append(base)
@@ -74,7 +76,9 @@ class RequestResult:
     target_prompt_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int | None = None
-    late_s: float = 0.0  # how long after its planned arrival it was sent (concurrency cap, slow client)
+    late_s: float = (
+        0.0  # how long after its planned arrival it was sent (concurrency cap, slow client)
+    )
     sent_s: float | None = None  # when it was sent, seconds after the run started
 
 
@@ -85,7 +89,9 @@ async def describe_target(client: httpx.AsyncClient, url: str) -> Target:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             health = (await client.get(f"{url}/health", timeout=10)).json()
     except (httpx.HTTPError, ValueError) as e:
-        raise LoadError(f"{url}: expected an OpenAI-compatible server (GET /v1/models), found: {e}") from None
+        raise LoadError(
+            f"{url}: expected an OpenAI-compatible server (GET /v1/models), found: {e}"
+        ) from None
     data = models.get("data") or [{}]
     m = data[0]
     name = str(health.get("replica") or urlparse(url).netloc)
@@ -122,8 +128,9 @@ class Router:
             await asyncio.sleep(every_s)
 
 
-async def send_one(client: httpx.AsyncClient, target: Target, req: PlannedRequest, seed: int,
-                   timeout_s: float) -> RequestResult:
+async def send_one(
+    client: httpx.AsyncClient, target: Target, req: PlannedRequest, seed: int, timeout_s: float
+) -> RequestResult:
     body = {
         "model": target.model or None,
         "messages": chat_messages(req, seed),
@@ -141,7 +148,9 @@ async def send_one(client: httpx.AsyncClient, target: Target, req: PlannedReques
     usage: dict[str, Any] | None = None
     finish: str | None = None
     try:
-        async with client.stream("POST", f"{target.url}/v1/chat/completions", json=body, timeout=timeout_s) as r:
+        async with client.stream(
+            "POST", f"{target.url}/v1/chat/completions", json=body, timeout=timeout_s
+        ) as r:
             if r.status_code != 200:
                 text = (await r.aread()).decode("utf-8", "replace")[:300]
                 res.error = f"HTTP {r.status_code}: {text}"
@@ -211,7 +220,9 @@ async def run_load(
     flight, then cancel what is left (reported as failed). ``schedule`` may be a function of
     the targets (to clamp lengths to their max_model_len). ``duration_s``, the run's nominal
     length, is what the summary's sent rate is measured over."""
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    limits = httpx.Limits(
+        max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8
+    )
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         targets = [await describe_target(client, u) for u in urls]
         plan = schedule(targets) if callable(schedule) else schedule
@@ -229,8 +240,15 @@ async def run_load(
                 try:
                     res = await send_one(client, target, req, seed, request_timeout_s)
                 except asyncio.CancelledError:
-                    res = RequestResult(req.index, target.name, ok=False, error="cancelled at the end of the run",
-                                        target_prompt_tokens=req.prompt_tokens, late_s=late, sent_s=sent)
+                    res = RequestResult(
+                        req.index,
+                        target.name,
+                        ok=False,
+                        error="cancelled at the end of the run",
+                        target_prompt_tokens=req.prompt_tokens,
+                        late_s=late,
+                        sent_s=sent,
+                    )
                     results.append(res)
                     raise
                 finally:
@@ -255,8 +273,14 @@ async def run_load(
         if poller:
             poller.cancel()
         wall = time.perf_counter() - start
-    return LoadRun(targets, sorted(results, key=lambda r: r.index), wall, len(plan), len(plan) - len(tasks),
-                   duration_s)
+    return LoadRun(
+        targets,
+        sorted(results, key=lambda r: r.index),
+        wall,
+        len(plan),
+        len(plan) - len(tasks),
+        duration_s,
+    )
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -286,10 +310,16 @@ def _group(results: list[RequestResult], wall_s: float) -> dict[str, Any]:
         "output_tokens": out_tok,
         "output_tokens_per_s": out_tok / wall_s if wall_s > 0 else None,
         "prompt_tokens": sum(r.prompt_tokens or 0 for r in ok),
-        "prompt_tokens_per_target": (sum(r.prompt_tokens or 0 for r in measured)
-                                     / max(1, sum(r.target_prompt_tokens for r in measured))) if measured else None,
+        "prompt_tokens_per_target": (
+            sum(r.prompt_tokens or 0 for r in measured)
+            / max(1, sum(r.target_prompt_tokens for r in measured))
+        )
+        if measured
+        else None,
         "cached_tokens": sum(r.cached_tokens or 0 for r in with_cache),
-        "prefix_hit_rate": (sum(r.cached_tokens or 0 for r in with_cache) / prompt) if prompt else None,
+        "prefix_hit_rate": (sum(r.cached_tokens or 0 for r in with_cache) / prompt)
+        if prompt
+        else None,
     }
 
 
@@ -305,10 +335,20 @@ def summarize(run: LoadRun) -> dict[str, Any]:
     """Per replica and in total: requests sent/ok/failed, TTFT and inter-token p50/p99,
     output tokens/s, prefix hit rate (cached / prompt tokens), and the first errors; the
     rate sent (requests/s over the nominal duration) and the largest send delay."""
-    per = {t.name: _group([r for r in run.results if r.replica == t.name], run.wall_s) for t in run.targets}
+    per = {
+        t.name: _group([r for r in run.results if r.replica == t.name], run.wall_s)
+        for t in run.targets
+    }
     for t in run.targets:
         per[t.name]["url"] = t.url
     errors = [f"#{r.index} {r.replica}: {r.error}" for r in run.results if not r.ok][:10]
-    return {"wall_s": run.wall_s, "planned": run.planned, "not_sent": run.not_sent,
-            "sent_per_s": sent_rate(run), "max_late_s": max((r.late_s for r in run.results), default=None),
-            "total": _group(run.results, run.wall_s), "replicas": per, "errors": errors}
+    return {
+        "wall_s": run.wall_s,
+        "planned": run.planned,
+        "not_sent": run.not_sent,
+        "sent_per_s": sent_rate(run),
+        "max_late_s": max((r.late_s for r in run.results), default=None),
+        "total": _group(run.results, run.wall_s),
+        "replicas": per,
+        "errors": errors,
+    }

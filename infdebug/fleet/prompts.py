@@ -17,13 +17,17 @@ from importlib import resources
 
 from infdebug.fleet.traces import PlannedRequest
 
-TOKENS_PER_WORD = 1.2  # word + its space, measured on the tiny preset's tokenizer (tests/test_loadgen.py)
+TOKENS_PER_WORD = (
+    1.2  # word + its space, measured on the tiny preset's tokenizer (tests/test_loadgen.py)
+)
 N_WORDS = 200
 
 
 @lru_cache(maxsize=1)
 def word_list() -> tuple[str, ...]:
-    text = resources.files("infdebug.tracer.engine").joinpath("corpus.txt").read_text(encoding="utf-8")
+    text = (
+        resources.files("infdebug.tracer.engine").joinpath("corpus.txt").read_text(encoding="utf-8")
+    )
     counts = Counter(w.lower() for w in re.findall(r"[A-Za-z]{2,12}", text))
     return tuple(w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:N_WORDS])
 

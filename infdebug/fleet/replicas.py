@@ -42,14 +42,20 @@ def parse_injections(specs: list[str] | tuple[str, ...], names: list[str]) -> di
     for spec in specs:
         who, sep, fault = spec.partition(":")
         if not sep or not fault:
-            raise FleetError(f"--inject {spec!r}: expected REPLICA:FAULT, e.g. r2:slow=1.3 (replicas: {', '.join(names)})")
+            raise FleetError(
+                f"--inject {spec!r}: expected REPLICA:FAULT, e.g. r2:slow=1.3 "
+                f"(replicas: {', '.join(names)})"
+            )
         if who == "all":
             for n in names:
                 out[n].append(fault)
         elif who in out:
             out[who].append(fault)
         else:
-            raise FleetError(f"--inject {spec!r}: expected a replica of {', '.join(names)} or 'all', found {who!r}")
+            raise FleetError(
+                f"--inject {spec!r}: expected a replica of {', '.join(names)} or 'all', "
+                f"found {who!r}"
+            )
     return out
 
 
@@ -59,7 +65,10 @@ def parse_deployments(specs: list[str] | tuple[str, ...], names: list[str]) -> d
     for spec in specs:
         who, sep, label = spec.partition("=")
         if not sep or not label or who not in names:
-            raise FleetError(f"--deployment-of {spec!r}: expected REPLICA=LABEL with a replica of {', '.join(names)}")
+            raise FleetError(
+                f"--deployment-of {spec!r}: expected REPLICA=LABEL with a replica of "
+                f"{', '.join(names)}"
+            )
         out[who] = label
     return out
 
@@ -110,10 +119,17 @@ class ReplicaProcess:
             return "(no output)"
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "port": self.port, "pid": self.pid,
-                "injections": self.injections, "deployment": self.deployment, "log": self.log_path,
-                "ready_s": self.ready_s,
-                "returncode": self.proc.returncode if self.proc else None}
+        return {
+            "name": self.name,
+            "url": self.url,
+            "port": self.port,
+            "pid": self.pid,
+            "injections": self.injections,
+            "deployment": self.deployment,
+            "log": self.log_path,
+            "ready_s": self.ready_s,
+            "returncode": self.proc.returncode if self.proc else None,
+        }
 
 
 class Fleet:
@@ -140,14 +156,20 @@ class Fleet:
         if replicas < 1:
             raise FleetError(f"--replicas: expected at least 1, found {replicas}")
         if not os.path.isdir(model_dir):
-            raise FleetError(f"--model {model_dir}: not a directory (make one with: infdebug make-model DIR)")
+            raise FleetError(
+                f"--model {model_dir}: not a directory (make one with: infdebug make-model DIR)"
+            )
         names = replica_names(replicas)
         inj = parse_injections(injections, names)
         dep = parse_deployments(deployments, names)
         self.model_dir = os.path.abspath(model_dir)
         self.trace_dir = os.path.abspath(trace_dir) if trace_dir else None
         if log_dir is None:
-            log_dir = os.path.join(self.trace_dir, "logs") if self.trace_dir else tempfile.mkdtemp(prefix="infdebug-fleet-")
+            log_dir = (
+                os.path.join(self.trace_dir, "logs")
+                if self.trace_dir
+                else tempfile.mkdtemp(prefix="infdebug-fleet-")
+            )
         self.log_dir = os.path.abspath(log_dir)
         self.host = host
         self.startup_timeout_s = startup_timeout_s
@@ -161,7 +183,9 @@ class Fleet:
             self._common += ["--device", device]
         self._common += list(extra_args)
         self.replicas = [
-            ReplicaProcess(n, base_port + i, host, inj[n], dep.get(n), os.path.join(self.log_dir, f"{n}.log"))
+            ReplicaProcess(
+                n, base_port + i, host, inj[n], dep.get(n), os.path.join(self.log_dir, f"{n}.log")
+            )
             for i, n in enumerate(names, 1)
         ]
 
@@ -170,8 +194,20 @@ class Fleet:
         return [r.url for r in self.replicas]
 
     def command(self, r: ReplicaProcess) -> list[str]:
-        cmd = [sys.executable, "-c", _SERVE, "serve", "--model", self.model_dir, "--replica", r.name,
-               "--host", self.host, "--port", str(r.port)]
+        cmd = [
+            sys.executable,
+            "-c",
+            _SERVE,
+            "serve",
+            "--model",
+            self.model_dir,
+            "--replica",
+            r.name,
+            "--host",
+            self.host,
+            "--port",
+            str(r.port),
+        ]
         if self.trace_dir:
             cmd += ["--trace-dir", self.trace_dir]
         if r.deployment:
@@ -183,7 +219,9 @@ class Fleet:
     def start(self) -> Fleet:
         busy = [f"{r.name} ({r.port})" for r in self.replicas if not port_free(self.host, r.port)]
         if busy:
-            raise FleetError(f"ports in use on {self.host}: {', '.join(busy)}; choose another --base-port")
+            raise FleetError(
+                f"ports in use on {self.host}: {', '.join(busy)}; choose another --base-port"
+            )
         os.makedirs(self.log_dir, exist_ok=True)
         if self.trace_dir:
             os.makedirs(self.trace_dir, exist_ok=True)
@@ -193,9 +231,15 @@ class Fleet:
         try:
             for r in self.replicas:
                 r._log = open(r.log_path, "wb")  # noqa: SIM115 - closed in stop()
-                r.proc = subprocess.Popen(self.command(r), stdin=subprocess.DEVNULL, stdout=r._log,
-                                          stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                r.proc = subprocess.Popen(
+                    self.command(r),
+                    stdin=subprocess.DEVNULL,
+                    stdout=r._log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
             self._wait_ready(t0)
         except BaseException:
             self.stop()
@@ -210,8 +254,10 @@ class Fleet:
                     assert r.proc is not None
                     code = r.proc.poll()
                     if code is not None:
-                        raise FleetError(f"replica {r.name} exited with code {code} while starting "
-                                         f"(log {r.log_path}):\n{r.stderr_tail()}")
+                        raise FleetError(
+                            f"replica {r.name} exited with code {code} while starting "
+                            f"(log {r.log_path}):\n{r.stderr_tail()}"
+                        )
                     try:
                         if client.get(f"{r.url}/health").status_code == 200:
                             r.ready_s = time.monotonic() - t0
@@ -220,8 +266,10 @@ class Fleet:
                         pass
                 if pending and time.monotonic() - t0 > self.startup_timeout_s:
                     r = pending[0]
-                    raise FleetError(f"replica {r.name} did not answer {r.url}/health within "
-                                     f"{self.startup_timeout_s:.0f} s (log {r.log_path}):\n{r.stderr_tail()}")
+                    raise FleetError(
+                        f"replica {r.name} did not answer {r.url}/health within "
+                        f"{self.startup_timeout_s:.0f} s (log {r.log_path}):\n{r.stderr_tail()}"
+                    )
                 if pending:
                     time.sleep(0.2)
 
@@ -257,5 +305,7 @@ class Fleet:
     def __enter__(self) -> Fleet:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

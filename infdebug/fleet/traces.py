@@ -71,8 +71,10 @@ def detect_format(path: str) -> str:
         return "mooncake"
     if head.upper().startswith("TIMESTAMP"):
         return "azure"
-    raise TraceFormatError(f"{path}:1: expected an Azure LLM CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
-                           f"or Mooncake JSONL, found {head[:30]!r}")
+    raise TraceFormatError(
+        f"{path}:1: expected an Azure LLM CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
+        f"or Mooncake JSONL, found {head[:30]!r}"
+    )
 
 
 def _int_field(value: object, name: str, where: str) -> int:
@@ -94,8 +96,9 @@ def _azure_time(value: str, where: str) -> float:
         t = dt.datetime.fromisoformat(head).replace(tzinfo=dt.UTC).timestamp()
         return t + (float("0." + frac) if dot and frac else 0.0)
     except ValueError:
-        raise TraceFormatError(f"{where}: expected TIMESTAMP like 2023-11-16 18:17:03.9799600, "
-                               f"found {value!r}") from None
+        raise TraceFormatError(
+            f"{where}: expected TIMESTAMP like 2023-11-16 18:17:03.9799600, found {value!r}"
+        ) from None
 
 
 def read_azure(path: str, limit: int | None = None) -> list[TraceRequest]:
@@ -110,7 +113,9 @@ def read_azure(path: str, limit: int | None = None) -> list[TraceRequest]:
         header = next(reader, None)
         want = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
         if header is None or [h.strip() for h in header] != want:
-            raise TraceFormatError(f"{path}:1: expected the header {','.join(want)}, found {header!r}")
+            raise TraceFormatError(
+                f"{path}:1: expected the header {','.join(want)}, found {header!r}"
+            )
         t0: float | None = None
         for row in reader:
             where = f"{path}:{reader.line_num}"
@@ -120,8 +125,15 @@ def read_azure(path: str, limit: int | None = None) -> list[TraceRequest]:
                 raise TraceFormatError(f"{where}: expected 3 fields, found {len(row)}: {row!r}")
             t = _azure_time(row[0], where)
             t0 = t if t0 is None else t0
-            out.append(TraceRequest(t - t0, _int_field(row[1].strip(), "ContextTokens", where),
-                                    _int_field(row[2].strip(), "GeneratedTokens", where), (), reader.line_num))
+            out.append(
+                TraceRequest(
+                    t - t0,
+                    _int_field(row[1].strip(), "ContextTokens", where),
+                    _int_field(row[2].strip(), "GeneratedTokens", where),
+                    (),
+                    reader.line_num,
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
     return out
@@ -143,22 +155,39 @@ def read_mooncake(path: str, limit: int | None = None) -> list[TraceRequest]:
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
-                raise TraceFormatError(f"{where}: expected a JSON object, found a syntax error: {e.msg}") from None
+                raise TraceFormatError(
+                    f"{where}: expected a JSON object, found a syntax error: {e.msg}"
+                ) from None
             if not isinstance(obj, dict):
-                raise TraceFormatError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+                raise TraceFormatError(
+                    f"{where}: expected a JSON object, found {type(obj).__name__}"
+                )
             for key in ("timestamp", "input_length", "output_length"):
                 if key not in obj:
-                    raise TraceFormatError(f"{where}: expected the field {key!r}, found keys {sorted(obj)}")
+                    raise TraceFormatError(
+                        f"{where}: expected the field {key!r}, found keys {sorted(obj)}"
+                    )
             ts = obj["timestamp"]
             if isinstance(ts, bool) or not isinstance(ts, int | float):
                 raise TraceFormatError(f"{where}: expected a number timestamp (ms), found {ts!r}")
             hashes = obj.get("hash_ids", [])
-            if not isinstance(hashes, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in hashes):
-                raise TraceFormatError(f"{where}: expected hash_ids to be a list of integers, found {hashes!r}")
+            if not isinstance(hashes, list) or not all(
+                isinstance(h, int) and not isinstance(h, bool) for h in hashes
+            ):
+                raise TraceFormatError(
+                    f"{where}: expected hash_ids to be a list of integers, found {hashes!r}"
+                )
             t = float(ts) / 1000.0
             t0 = t if t0 is None else t0
-            out.append(TraceRequest(t - t0, _int_field(obj["input_length"], "input_length", where),
-                                    _int_field(obj["output_length"], "output_length", where), tuple(hashes), n))
+            out.append(
+                TraceRequest(
+                    t - t0,
+                    _int_field(obj["input_length"], "input_length", where),
+                    _int_field(obj["output_length"], "output_length", where),
+                    tuple(hashes),
+                    n,
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
     return out
@@ -209,7 +238,9 @@ def plan(
     ``reserve_tokens`` (the chat template's own tokens) to ``max_model_len``.
     """
     if (rate is None) == (time_scale is None):
-        raise ValueError("give exactly one of rate (requests/s) and time_scale (factor on the trace's gaps)")
+        raise ValueError(
+            "give exactly one of rate (requests/s) and time_scale (factor on the trace's gaps)"
+        )
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be > 0, found {rate}")
     if time_scale is not None and time_scale <= 0:
@@ -235,12 +266,19 @@ def plan(
             prompt = min(prompt, max_prompt_tokens)
         if max_model_len is not None:
             prompt = max(1, min(prompt, max_model_len - out_tok - reserve_tokens))
-        out.append(PlannedRequest(i, t, prompt, out_tok, _blocks(r.hash_ids, prompt, block), r.line))
+        out.append(
+            PlannedRequest(i, t, prompt, out_tok, _blocks(r.hash_ids, prompt, block), r.line)
+        )
     return out
 
 
-def _arrivals(gaps: list[float], duration_s: float, rate: float | None, time_scale: float | None,
-              max_requests: int) -> list[float]:
+def _arrivals(
+    gaps: list[float],
+    duration_s: float,
+    rate: float | None,
+    time_scale: float | None,
+    max_requests: int,
+) -> list[float]:
     """Arrival offsets: the trace's gaps (wrapping) scaled by ``time_scale`` up to
     ``duration_s``, or ``round(rate × duration_s)`` of them rescaled to span ``duration_s``."""
     if rate is None:
@@ -261,7 +299,9 @@ def _arrivals(gaps: list[float], duration_s: float, rate: float | None, time_sca
     return out
 
 
-def _blocks(hash_ids: tuple[int, ...], prompt_tokens: int, block: int) -> tuple[tuple[int, int], ...]:
+def _blocks(
+    hash_ids: tuple[int, ...], prompt_tokens: int, block: int
+) -> tuple[tuple[int, int], ...]:
     """The prefix blocks that cover ``prompt_tokens``: full blocks, then a partial last one."""
     out: list[tuple[int, int]] = []
     left = prompt_tokens

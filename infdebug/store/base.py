@@ -1,4 +1,5 @@
-"""The store seam: one Protocol over ClickHouse (chDB in-process or a server), the same SQL on both."""
+"""The store seam: one Protocol over ClickHouse (chDB in-process or a server), the same SQL on
+both."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, TABLES, Table
 Params = Mapping[str, Any] | None
 
 
-__all__ = ["Params", "Store", "StoreBusy", "StoreError", "insert_select", "migrate", "query_dicts", "schema_version"]
+__all__ = [
+    "Params",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "insert_select",
+    "migrate",
+    "query_dicts",
+    "schema_version",
+]
 
 
 @runtime_checkable
@@ -26,12 +36,21 @@ class Store(Protocol):
 
     def command(self, sql: str, params: Params = None, settings: Params = None) -> None: ...
 
-    def query(self, sql: str, params: Params = None, settings: Params = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(
+        self, sql: str, params: Params = None, settings: Params = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Column names and rows (Python values)."""
         ...
 
     def insert_jsonl(
-        self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any], *, guarded: bool
+        self,
+        table: Table,
+        path: str,
+        file_tag: str,
+        batch: int,
+        settings: Mapping[str, Any],
+        *,
+        guarded: bool,
     ) -> None:
         """Load a JSONL file of one record kind into ``table`` through ClickHouse's own parser
         (``guarded``: with the fast-path checks of ``Table.guard``)."""

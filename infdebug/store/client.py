@@ -54,42 +54,66 @@ _OPEN: dict[str, ClickHouseStore] = {}
 class ClickHouseStore:
     """The ``Store`` over a clickhouse-connect ``Client`` (chDB when ``home`` is given)."""
 
-    def __init__(self, client: Any, description: str, *, home: str | None = None, lock: IO[str] | None = None) -> None:
+    def __init__(
+        self, client: Any, description: str, *, home: str | None = None, lock: IO[str] | None = None
+    ) -> None:
         self._client = client
         self.description = description
         self.home = home
         self._lock = lock
-        self._session = {k: _setting_str(v) for k, v in CHDB_SESSION_SETTINGS.items()} if home else {}
+        self._session = (
+            {k: _setting_str(v) for k, v in CHDB_SESSION_SETTINGS.items()} if home else {}
+        )
 
     # -- Store protocol ------------------------------------------------------------------
     def command(self, sql: str, params: Params = None, settings: Params = None) -> None:
         try:
-            self._client.command(sql, parameters=dict(params or {}), settings=self._per_call(settings))
+            self._client.command(
+                sql, parameters=dict(params or {}), settings=self._per_call(settings)
+            )
         except Exception as e:
             raise StoreError(_clean(str(e))) from None
 
-    def query(self, sql: str, params: Params = None, settings: Params = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(
+        self, sql: str, params: Params = None, settings: Params = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         tbl = self.query_arrow(sql, params, settings)
         return as_rows(tbl.column_names, tbl)
 
     def query_arrow(self, sql: str, params: Params = None, settings: Params = None) -> Any:
         try:
-            return self._client.query_arrow(sql, parameters=dict(params or {}), settings=self._per_call(settings))
+            return self._client.query_arrow(
+                sql, parameters=dict(params or {}), settings=self._per_call(settings)
+            )
         except Exception as e:
             raise StoreError(_clean(str(e))) from None
 
     def insert_jsonl(
-        self, table: Table, path: str, file_tag: str, batch: int, settings: Mapping[str, Any], *, guarded: bool
+        self,
+        table: Table,
+        path: str,
+        file_tag: str,
+        batch: int,
+        settings: Mapping[str, Any],
+        *,
+        guarded: bool,
     ) -> None:
         params = {"structure": table.structure(), "file_tag": file_tag, "batch": batch}
         if self.home is not None:
             # chDB reads the file itself (never through ``data=``, which it decodes to text).
             src = "file({path:String}, 'JSONEachRow', {structure:String})"
             s = {"storage_file_read_method": "pread", **settings}
-            self.command(insert_select(table, src, guarded=guarded), {**params, "path": os.path.abspath(path)}, s)
+            self.command(
+                insert_select(table, src, guarded=guarded),
+                {**params, "path": os.path.abspath(path)},
+                s,
+            )
             return
         # A server cannot read our files: stream them as the body of INSERT … FROM input().
-        sql = insert_select(table, "input({structure:String})", guarded=guarded) + " FORMAT JSONEachRow"
+        sql = (
+            insert_select(table, "input({structure:String})", guarded=guarded)
+            + " FORMAT JSONEachRow"
+        )
         for piece in _pieces(path, UPLOAD_CHUNK_BYTES):
             try:
                 self._client.command(sql, parameters=params, data=piece, settings=dict(settings))
@@ -138,7 +162,9 @@ def open_embedded(home: str) -> ClickHouseStore:
         )
     except Exception as e:
         _unlock(lock)
-        raise StoreError(f"cannot open the embedded ClickHouse store at {home}: {_clean(str(e))}") from None
+        raise StoreError(
+            f"cannot open the embedded ClickHouse store at {home}: {_clean(str(e))}"
+        ) from None
     store = ClickHouseStore(client, f"chDB at {home}", home=home, lock=lock)
     _OPEN[home] = store
     return store
@@ -156,14 +182,19 @@ def open_server(url: str) -> ClickHouseStore:
         admin.close()
         client = clickhouse_connect.get_client(database=db, **cfg)
     except Exception as e:
-        raise StoreError(f"cannot reach ClickHouse at {redact_url(url)}: {_clean(str(e))}") from None
+        raise StoreError(
+            f"cannot reach ClickHouse at {redact_url(url)}: {_clean(str(e))}"
+        ) from None
     return ClickHouseStore(client, f"ClickHouse server {redact_url(url)}")
 
 
 def parse_url(url: str) -> dict[str, Any]:
     u = urlparse(url)
     if u.scheme not in ("http", "https", "clickhouse"):
-        raise StoreError(f"--clickhouse expects http[s]://user:pass@host:8123/db, got scheme {u.scheme!r} in {url!r}")
+        raise StoreError(
+            "--clickhouse expects http[s]://user:pass@host:8123/db, "
+            f"got scheme {u.scheme!r} in {url!r}"
+        )
     if not u.hostname:
         raise StoreError(f"--clickhouse URL has no host: {url!r}")
     secure = u.scheme == "https"
@@ -204,7 +235,9 @@ def _busy_message(home: str) -> str:
     try:
         with open(os.path.join(home, "owner.json")) as f:
             o = json.load(f)
-        cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(o.get("argv", [])))
+        cmd = " ".join(
+            os.path.basename(a) if i == 0 else a for i, a in enumerate(o.get("argv", []))
+        )
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(o.get("since", 0)))
         who = f"process {o.get('pid')} ({cmd[:80]}) since {since}"
     except (OSError, ValueError):

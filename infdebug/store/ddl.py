@@ -47,7 +47,9 @@ class Column:
         return self.check.format(c=f"`{self.name}`")
 
 
-_PLAIN_TEXT = "({c} IS NULL OR (isValidUTF8({c}) AND NOT startsWith({c}, '{{') AND NOT startsWith({c}, '[')))"
+_PLAIN_TEXT = (
+    "({c} IS NULL OR (isValidUTF8({c}) AND NOT startsWith({c}, '{{') AND NOT startsWith({c}, '[')))"
+)
 
 
 def text(name: str, *, required: bool = False, lc: bool = False) -> Column:
@@ -57,21 +59,28 @@ def text(name: str, *, required: bool = False, lc: bool = False) -> Column:
     if lc:
         storage = f"LowCardinality({storage})"
     check = _PLAIN_TEXT + (" AND {c} IS NOT NULL" if required else "")
-    return Column(name, storage, "Nullable(String)", "assumeNotNull({c})" if required else "{c}", check)
+    return Column(
+        name, storage, "Nullable(String)", "assumeNotNull({c})" if required else "{c}", check
+    )
 
 
 def enum(name: str, values: tuple[str, ...], *, required: bool = False) -> Column:
     allowed = ", ".join(f"'{v}'" for v in values)
     check = f"{{c}} IN ({allowed})" if required else f"({{c}} IS NULL OR {{c}} IN ({allowed}))"
     storage = "LowCardinality(String)" if required else "LowCardinality(Nullable(String))"
-    return Column(name, storage, "Nullable(String)", "assumeNotNull({c})" if required else "{c}", check)
+    return Column(
+        name, storage, "Nullable(String)", "assumeNotNull({c})" if required else "{c}", check
+    )
 
 
 def real(name: str, *, required: bool = False) -> Column:
     check = "isFinite({c})" if required else "({c} IS NULL OR isFinite({c}))"
     return Column(
-        name, "Float64" if required else "Nullable(Float64)", "Nullable(Float64)",
-        "assumeNotNull({c})" if required else "{c}", check,
+        name,
+        "Float64" if required else "Nullable(Float64)",
+        "Nullable(Float64)",
+        "assumeNotNull({c})" if required else "{c}",
+        check,
     )
 
 
@@ -79,15 +88,30 @@ def uint(name: str, bits: int, *, default: int | None = None) -> Column:
     hi = 2**bits - 1 if bits < 64 else 2**63 - 1
     t = f"UInt{bits}"
     if default is None:
-        return Column(name, f"Nullable({t})", "Nullable(Int64)", f"CAST({{c}}, 'Nullable({t})')",
-                      f"({{c}} IS NULL OR {{c}} BETWEEN 0 AND {hi})")
-    return Column(name, t, "Nullable(Int64)", f"CAST(ifNull({{c}}, {default}), '{t}')",
-                  f"({{c}} IS NULL OR {{c}} BETWEEN 0 AND {hi})")
+        return Column(
+            name,
+            f"Nullable({t})",
+            "Nullable(Int64)",
+            f"CAST({{c}}, 'Nullable({t})')",
+            f"({{c}} IS NULL OR {{c}} BETWEEN 0 AND {hi})",
+        )
+    return Column(
+        name,
+        t,
+        "Nullable(Int64)",
+        f"CAST(ifNull({{c}}, {default}), '{t}')",
+        f"({{c}} IS NULL OR {{c}} BETWEEN 0 AND {hi})",
+    )
 
 
 def token_ids(name: str) -> Column:
-    return Column(name, "Array(UInt32)", "Array(Int64)", "CAST({c}, 'Array(UInt32)')",
-                  f"(empty({{c}}) OR (arrayMin({{c}}) >= 0 AND arrayMax({{c}}) <= {U32}))")
+    return Column(
+        name,
+        "Array(UInt32)",
+        "Array(Int64)",
+        "CAST({c}, 'Array(UInt32)')",
+        f"(empty({{c}}) OR (arrayMin({{c}}) >= 0 AND arrayMax({{c}}) <= {U32}))",
+    )
 
 
 def reals(name: str) -> Column:
@@ -97,15 +121,24 @@ def reals(name: str) -> Column:
 
 
 def texts(name: str) -> Column:
-    return Column(name, "Array(LowCardinality(String))", "Array(String)",
-                  check="arrayAll(x -> isValidUTF8(x) AND NOT startsWith(x, '{{'), {c})")
+    return Column(
+        name,
+        "Array(LowCardinality(String))",
+        "Array(String)",
+        check="arrayAll(x -> isValidUTF8(x) AND NOT startsWith(x, '{{'), {c})",
+    )
 
 
 def json_text(name: str, opener: str) -> Column:
     """A JSON object (opener ``{``) or array (``[``) kept as its text."""
     op = opener.replace("{", "{{")  # literal brace in a str.format template
-    return Column(name, "Nullable(String)", "Nullable(String)",
-                  check=f"({{c}} IS NULL OR (isValidUTF8({{c}}) AND startsWith({{c}}, '{op}')))", json=True)
+    return Column(
+        name,
+        "Nullable(String)",
+        "Nullable(String)",
+        check=f"({{c}} IS NULL OR (isValidUTF8({{c}}) AND startsWith({{c}}, '{op}')))",
+        json=True,
+    )
 
 
 def boolean(name: str) -> Column:
@@ -196,8 +229,13 @@ PROFILE_COLUMNS: tuple[Column, ...] = (
     text("thread", required=True, lc=True),
     text("category", required=True, lc=True),
     text("stack", required=True),
-    Column("count", "UInt32", "Nullable(Int64)", "CAST(assumeNotNull({c}), 'UInt32')",
-           f"({{c}} IS NOT NULL AND {{c}} BETWEEN 0 AND {U32})"),
+    Column(
+        "count",
+        "UInt32",
+        "Nullable(Int64)",
+        "CAST(assumeNotNull({c}), 'UInt32')",
+        f"({{c}} IS NOT NULL AND {{c}} BETWEEN 0 AND {U32})",
+    ),
     uint("pid", 32),
     real("rate_hz"),
     real("duration_s"),
@@ -280,9 +318,13 @@ def request_latency_guard(ceiling_s: float, tol_abs_s: float, tol_rel: float) ->
     span = f"(`e2e_s` + greatest({_num(tol_abs_s)}, {_num(tol_rel)} * `e2e_s`))"
     conds = [f"(`e2e_s` IS NULL OR (`e2e_s` >= 0 AND `e2e_s` <= {lim}))"]
     for c in ("queue_s", "prefill_s", "ttft_s"):
-        conds.append(f"(`{c}` IS NULL OR (`{c}` >= 0 AND `{c}` <= {lim} AND (`e2e_s` IS NULL OR `{c}` <= {span})))")
+        conds.append(
+            f"(`{c}` IS NULL OR (`{c}` >= 0 AND `{c}` <= {lim} "
+            f"AND (`e2e_s` IS NULL OR `{c}` <= {span})))"
+        )
     conds.append(
-        f"(empty(`token_times_s`) OR (arrayMin(`token_times_s`) >= 0 AND arrayMax(`token_times_s`) <= {lim} "
+        "(empty(`token_times_s`) OR (arrayMin(`token_times_s`) >= 0 "
+        f"AND arrayMax(`token_times_s`) <= {lim} "
         f"AND (`e2e_s` IS NULL OR arrayMax(`token_times_s`) <= {span})))"
     )
     return " AND ".join(conds)
@@ -294,14 +336,24 @@ def _clamped_time(col: str) -> str:
 
 
 TABLES: dict[str, Table] = {
-    "request": Table("requests", "request", REQUEST_COLUMNS, "replica, t_arrival", _clamped_time("t_arrival")),
+    "request": Table(
+        "requests", "request", REQUEST_COLUMNS, "replica, t_arrival", _clamped_time("t_arrival")
+    ),
     "gpu": Table("gpu_samples", "gpu", GPU_COLUMNS, "replica, gpu_index, t", _clamped_time("t")),
-    "metrics": Table("metric_samples", "metrics", METRIC_COLUMNS, "replica, name, t", _clamped_time("t")),
+    "metrics": Table(
+        "metric_samples", "metrics", METRIC_COLUMNS, "replica, name, t", _clamped_time("t")
+    ),
     "finding": Table(
         "findings", "finding", FINDING_COLUMNS, "severity, kind, _ingested_at", "_ingested_at"
     ),
     "event": Table("events", "event", EVENT_COLUMNS, "replica, t", _clamped_time("t")),
-    "profile": Table("profile_samples", "profile", PROFILE_COLUMNS, "replica, profile_id, thread", _clamped_time("t")),
+    "profile": Table(
+        "profile_samples",
+        "profile",
+        PROFILE_COLUMNS,
+        "replica, profile_id, thread",
+        _clamped_time("t"),
+    ),
 }
 
 INGEST_STATE_DDL = """
@@ -379,26 +431,32 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "initial tables: requests, gpu_samples, metric_samples, findings, ingest_state, otel_traces",
-        tuple(t.ddl() for k, t in TABLES.items() if k not in ("event", "profile")) + (INGEST_STATE_DDL, OTEL_TRACES_DDL),
+        "initial tables: requests, gpu_samples, metric_samples, findings, ingest_state, "
+        "otel_traces",
+        tuple(t.ddl() for k, t in TABLES.items() if k not in ("event", "profile"))
+        + (INGEST_STATE_DDL, OTEL_TRACES_DDL),
     ),
     Migration(2, "events: replica lifecycle (process start … shutdown)", (TABLES["event"].ddl(),)),
     Migration(3, "profile_samples: py-spy host stacks per replica", (TABLES["profile"].ddl(),)),
     Migration(
         4,
-        "requests: prompt_text_hash, prompt_ids_hash (materialized at insert; what the drift analyzers "
+        "requests: prompt_text_hash, prompt_ids_hash (materialized at insert; "
+        "what the drift analyzers "
         "group and sample by, without reading the prompts)",
         (
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_text_hash UInt64 "
             "MATERIALIZED cityHash64(ifNull(prompt_text, ''))",
-            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_ids_hash UInt64 MATERIALIZED cityHash64(prompt_ids)",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_ids_hash UInt64 "
+            "MATERIALIZED cityHash64(prompt_ids)",
         ),
     ),
     Migration(
         5,
-        "requests: finish_reason_raw, prompt_tokens, output_tokens, abort_message (engine-reported, additive)",
+        "requests: finish_reason_raw, prompt_tokens, output_tokens, abort_message "
+        "(engine-reported, additive)",
         (
-            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS finish_reason_raw LowCardinality(Nullable(String))",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS finish_reason_raw "
+            "LowCardinality(Nullable(String))",
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS prompt_tokens Nullable(UInt32)",
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_tokens Nullable(UInt32)",
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS abort_message Nullable(String)",
@@ -418,9 +476,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 def table_names() -> list[str]:
     """Every table infdebug creates: the contract kinds' tables, then the others (ingest
     state, OpenTelemetry spans, schema migrations), read from their DDL."""
-    others = [m.group(1) for ddl in (INGEST_STATE_DDL, OTEL_TRACES_DDL, MIGRATIONS_DDL)
-              for m in [re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)] if m]
+    others = [
+        m.group(1)
+        for ddl in (INGEST_STATE_DDL, OTEL_TRACES_DDL, MIGRATIONS_DDL)
+        for m in [re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)]
+        if m
+    ]
     return [t.name for t in TABLES.values()] + others
+
 
 # Settings for reading contract JSONL: strict about types (a number is not a string, a bool
 # is not a number), objects and arrays of objects kept as their JSON text.

@@ -23,7 +23,11 @@ UNIT = r"concat(replica, '\x1F', ifNull(deployment, ''))"
 def earliest_ids(n: int, cond: str | None = None) -> str:
     """SQL aggregate: the ``n`` earliest request IDs of a group (by arrival, then ID) — a
     choice that does not depend on the order rows were ingested or read in."""
-    agg = f"groupArraySortedIf({n})((t_arrival, request_id), {cond})" if cond else f"groupArraySorted({n})((t_arrival, request_id))"
+    agg = (
+        f"groupArraySortedIf({n})((t_arrival, request_id), {cond})"
+        if cond
+        else f"groupArraySorted({n})((t_arrival, request_id))"
+    )
     return f"arrayMap(x -> x.2, {agg})"
 
 

@@ -54,15 +54,20 @@ def count_requests(store: Store, window: Mapping[str, Any]) -> int:
 def finish_counts(store: Store, window: Mapping[str, Any], room: int) -> list[FinishCounts]:
     """Per (model, replica): requests with a known finish reason and how many hit the length
     cap; and the same among the requests sent with ``max_tokens`` ≥ ``room`` (not ignore_eos)."""
-    roomy = f"(JSONExtractUInt(ifNull(sampling, '{{}}'), 'max_tokens') >= {{room:UInt32}} AND NOT {_IGNORE_EOS})"
+    roomy = (
+        f"(JSONExtractUInt(ifNull(sampling, '{{}}'), 'max_tokens') >= {{room:UInt32}} "
+        f"AND NOT {_IGNORE_EOS})"
+    )
     roomy_len = f"({roomy} AND finish_reason = 'length')"
     _, rows = _q(
         store,
         f"""
-        SELECT ifNull(model, '') AS m, {_UNIT} AS unit, count(), countIf(finish_reason = 'length') AS n_len,
-               if(n_len > 0, minIf(t_arrival, finish_reason = 'length'), min(t_arrival)), max(t_arrival),
+        SELECT ifNull(model, '') AS m, {_UNIT} AS unit, count(),
+               countIf(finish_reason = 'length') AS n_len,
+               if(n_len > 0, minIf(t_arrival, finish_reason = 'length'), min(t_arrival)),
+               max(t_arrival),
                arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id),
-                                                                    finish_reason = 'length'))), 1, 10),
+                                                       finish_reason = 'length'))), 1, 10),
                countIf({roomy}), countIf({roomy_len}) AS n_roomy_len, minIf(t_arrival, {roomy_len}),
                {earliest_ids(10, roomy_len)}
         FROM requests
@@ -73,8 +78,19 @@ def finish_counts(store: Store, window: Mapping[str, Any], room: int) -> list[Fi
         {**_window(window), "room": room},
     )
     return [
-        FinishCounts(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), [str(x) for x in r[6]],
-                     int(r[7]), int(r[8]), float(r[9]) if int(r[8]) else None, tuple(str(x) for x in r[10]))
+        FinishCounts(
+            str(r[0]),
+            str(r[1]),
+            int(r[2]),
+            int(r[3]),
+            float(r[4]),
+            float(r[5]),
+            [str(x) for x in r[6]],
+            int(r[7]),
+            int(r[8]),
+            float(r[9]) if int(r[8]) else None,
+            tuple(str(x) for x in r[10]),
+        )
         for r in rows
     ]
 
@@ -161,7 +177,8 @@ def eot_hits(
         SELECT {_UNIT} AS unit, request_id, t_arrival, finish_reason, {_EOT_POS} - 1 AS pos,
                output_ids[{_EOT_POS}] AS eot_id, length(output_ids), {_STOP_IDS}
         FROM requests
-        WHERE {_WINDOW} AND ifNull(model, '') = {{model:String}} AND NOT {_IGNORE_EOS} AND {_EOT_HIT}
+        WHERE {_WINDOW} AND ifNull(model, '') = {{model:String}}
+          AND NOT {_IGNORE_EOS} AND {_EOT_HIT}
         ORDER BY unit, t_arrival, request_id
         LIMIT {{k:UInt32}} BY unit
         """,
@@ -202,18 +219,21 @@ def repetition_candidates(
     w = _window(window)
     _, totals = _q(
         store,
-        f"SELECT {_UNIT} AS unit, count() FROM requests WHERE {_WINDOW} AND notEmpty(output_ids) GROUP BY unit",
+        f"SELECT {_UNIT} AS unit, count() FROM requests "
+        f"WHERE {_WINDOW} AND notEmpty(output_ids) GROUP BY unit",
         w,
     )
     cond = (
         "length(output_ids) >= {look:UInt32} AND ("
         "length(arrayDistinct(arraySlice(output_ids, -{look:UInt32}))) <= {distinct:UInt32} OR "
-        "length(arrayDistinct(arraySlice(output_ids, -{look:UInt32} - 1, {look:UInt32}))) <= {distinct:UInt32})"
+        "length(arrayDistinct(arraySlice(output_ids, -{look:UInt32} - 1, {look:UInt32}))) "
+        "<= {distinct:UInt32})"
     )
     _, rows = _q(
         store,
         f"""
-        SELECT {_UNIT} AS unit, request_id, t_arrival, arraySlice(output_ids, -{{tail:UInt32}}) AS t,
+        SELECT {_UNIT} AS unit, request_id, t_arrival,
+               arraySlice(output_ids, -{{tail:UInt32}}) AS t,
                count() OVER (PARTITION BY unit) AS n_cand
         FROM requests
         WHERE {_WINDOW} AND {cond}
@@ -229,5 +249,7 @@ def repetition_candidates(
         rc = by.setdefault(str(rep), RepetitionCandidates(str(rep), 0, [], False))
         rc.candidates.append((str(rid), float(t), [int(x) for x in ids]))
         if rc.candidates_total != int(n_cand):
-            by[str(rep)] = RepetitionCandidates(rc.replica, rc.requests, rc.candidates, int(n_cand) > cap, int(n_cand))
+            by[str(rep)] = RepetitionCandidates(
+                rc.replica, rc.requests, rc.candidates, int(n_cand) > cap, int(n_cand)
+            )
     return [by[k] for k in sorted(by)]

@@ -77,13 +77,22 @@ class BosCounts:
 
 
 def bos_counts(
-    store: Store, window: dict[str, Any], bos_id: int, *, double_run: int, examples: int, head: int, model: str = ""
+    store: Store,
+    window: dict[str, Any],
+    bos_id: int,
+    *,
+    double_run: int,
+    examples: int,
+    head: int,
+    model: str = "",
 ) -> list[BosCounts]:
     """Per replica and deployment: prompts that start with ``bos_id`` ``double_run`` times
     (the analyzer's criterion of a doubled BOS) and prompts that do not start with it, with
     up to ``examples`` request IDs and the first ``head`` IDs of the earliest of each."""
     params = dict(window, bos=bos_id, run=double_run, examples=examples, head=head, model=model)
-    double = "(arraySlice(prompt_ids, 1, {run:UInt32}) = arrayWithConstant({run:UInt32}, {bos:UInt32}))"
+    double = (
+        "(arraySlice(prompt_ids, 1, {run:UInt32}) = arrayWithConstant({run:UInt32}, {bos:UInt32}))"
+    )
     missing = "(prompt_ids[1] != {bos:UInt32})"
     _, rows = store.query(
         f"""
@@ -91,14 +100,18 @@ def bos_counts(
                count() AS n,
                countIf({double}) AS n_double,
                minIf(t_arrival, {double}) AS double_first,
-               arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id), {double}))),
+               arraySlice(arrayMap(x -> x.2,
+                                   arraySort(groupArrayIf((t_arrival, request_id), {double}))),
                           1, {{examples:UInt32}}) AS double_ids,
-               argMinIf(arraySlice(prompt_ids, 1, {{head:UInt32}}), t_arrival, {double}) AS double_head,
+               argMinIf(arraySlice(prompt_ids, 1, {{head:UInt32}}), t_arrival, {double})
+                   AS double_head,
                countIf({missing}) AS n_missing,
                minIf(t_arrival, {missing}) AS missing_first,
-               arraySlice(arrayMap(x -> x.2, arraySort(groupArrayIf((t_arrival, request_id), {missing}))),
+               arraySlice(arrayMap(x -> x.2,
+                                   arraySort(groupArrayIf((t_arrival, request_id), {missing}))),
                           1, {{examples:UInt32}}) AS missing_ids,
-               argMinIf(arraySlice(prompt_ids, 1, {{head:UInt32}}), t_arrival, {missing}) AS missing_head
+               argMinIf(arraySlice(prompt_ids, 1, {{head:UInt32}}), t_arrival, {missing})
+                   AS missing_head
         FROM requests
         WHERE {_WINDOW} AND {_MODEL} AND length(prompt_ids) > 0
         GROUP BY replica, deployment
@@ -140,12 +153,16 @@ class TemplateFpUse:
     request_ids: list[str]
 
 
-def template_fp_uses(store: Store, window: dict[str, Any], examples: int = 3) -> list[TemplateFpUse]:
+def template_fp_uses(
+    store: Store, window: dict[str, Any], examples: int = 3
+) -> list[TemplateFpUse]:
     _, rows = store.query(
         f"""
-        SELECT ifNull(model, '') AS m, replica, ifNull(deployment, '') AS d, assumeNotNull(template_fp) AS fp,
+        SELECT ifNull(model, '') AS m, replica, ifNull(deployment, '') AS d,
+               assumeNotNull(template_fp) AS fp,
                count() AS n, min(t_arrival), max(t_arrival),
-               arraySlice(arrayMap(x -> x.2, arraySort(groupArray((t_arrival, request_id)))), 1, {{examples:UInt32}})
+               arraySlice(arrayMap(x -> x.2, arraySort(groupArray((t_arrival, request_id)))),
+                          1, {{examples:UInt32}})
         FROM requests
         WHERE {_WINDOW} AND template_fp IS NOT NULL AND template_fp != ''
         GROUP BY m, replica, d, fp
@@ -187,13 +204,20 @@ def _messages(raw: Any) -> list[dict[str, Any]] | None:
 
 
 def prompt_sample(
-    store: Store, window: dict[str, Any], per_replica: int, *, need_messages: bool = False, model: str = ""
+    store: Store,
+    window: dict[str, Any],
+    per_replica: int,
+    *,
+    need_messages: bool = False,
+    model: str = "",
 ) -> list[PromptRow]:
-    """Up to ``per_replica`` requests of each replica (and deployment), chosen by a hash of the request ID (the
-    same requests whatever order they were ingested in), with their messages and prompt."""
+    """Up to ``per_replica`` requests of each replica (and deployment), chosen by a hash of the
+    request ID (the same requests whatever order they were ingested in), with their messages and
+    prompt."""
     _, rows = store.query(
         f"""
-        SELECT request_id, replica, deployment, model, t_arrival, messages, prompt_text, prompt_ids, template_fp
+        SELECT request_id, replica, deployment, model, t_arrival, messages, prompt_text, prompt_ids,
+               template_fp
         FROM requests
         WHERE (replica, ifNull(deployment, ''), request_id) IN (
             -- the keys first, then the large columns of just those rows
@@ -224,10 +248,13 @@ def prompt_sample(
     ]
 
 
-def replica_request_counts(store: Store, window: dict[str, Any]) -> dict[tuple[str, str | None], int]:
+def replica_request_counts(
+    store: Store, window: dict[str, Any]
+) -> dict[tuple[str, str | None], int]:
     """Requests per (replica, deployment) in the window (the population a sample is drawn from)."""
     _, rows = store.query(
-        f"SELECT replica, deployment, count() FROM requests WHERE {_WINDOW} GROUP BY replica, deployment",
+        f"SELECT replica, deployment, count() FROM requests WHERE {_WINDOW} "
+        "GROUP BY replica, deployment",
         window,
     )
     return {(str(r), d): int(n) for r, d, n in rows}

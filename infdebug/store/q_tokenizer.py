@@ -47,7 +47,9 @@ def fingerprint_variants(store: Store, window: Mapping[str, Any]) -> list[Finger
         _params(window),
     )
     return [
-        FingerprintVariant(str(m), str(fp), str(r), int(n), float(a), float(b), list(ids), list(deps))
+        FingerprintVariant(
+            str(m), str(fp), str(r), int(n), float(a), float(b), list(ids), list(deps)
+        )
         for m, fp, r, n, a, b, ids, deps in rows
     ]
 
@@ -104,8 +106,20 @@ def conflicting_variants(store: Store, window: Mapping[str, Any]) -> list[TextVa
         _params(window),
     )
     return [
-        TextVariant(str(m), int(th), int(ih), str(u), int(n), float(first), str(rids[0]), [str(x) for x in rids],
-                    int(fid), int(sid), int(mx), int(nids))
+        TextVariant(
+            str(m),
+            int(th),
+            int(ih),
+            str(u),
+            int(n),
+            float(first),
+            str(rids[0]),
+            [str(x) for x in rids],
+            int(fid),
+            int(sid),
+            int(mx),
+            int(nids),
+        )
         for m, th, ih, u, n, first, rids, fid, sid, mx, nids in rows
     ]
 
@@ -127,7 +141,9 @@ class SideOverlap:
 _CONFLICT_ROWS = f"{_WINDOW} AND prompt_text IS NOT NULL AND notEmpty(prompt_ids)"
 
 
-def side_overlaps(store: Store, window: Mapping[str, Any], per_unit: int, floor: int) -> list[SideOverlap]:
+def side_overlaps(
+    store: Store, window: Mapping[str, Any], per_unit: int, floor: int
+) -> list[SideOverlap]:
     """For the prompt texts logged with more than one ID sequence — up to ``per_unit`` of each
     unit's, chosen by text hash (no replica name decides) — every pair of their sequences
     with the distinct IDs ≥ ``floor`` both hold. Only counts come back, no IDs; the keys are
@@ -151,17 +167,21 @@ def side_overlaps(store: Store, window: Mapping[str, Any], per_unit: int, floor:
             SELECT ifNull(model, '') AS m, prompt_text_hash AS th, prompt_ids_hash AS ih,
                    arrayDistinct(arrayFilter(x -> x >= {{floor:UInt32}}, any(prompt_ids))) AS hi
             FROM requests
-            WHERE {_CONFLICT_ROWS} AND (ifNull(model, ''), prompt_text_hash) IN (SELECT m, th FROM picked)
+            WHERE {_CONFLICT_ROWS}
+              AND (ifNull(model, ''), prompt_text_hash) IN (SELECT m, th FROM picked)
             GROUP BY m, th, ih
         )
-        SELECT a.m, a.th, a.ih, b.ih, length(arrayIntersect(a.hi, b.hi)), least(length(a.hi), length(b.hi))
+        SELECT a.m, a.th, a.ih, b.ih, length(arrayIntersect(a.hi, b.hi)),
+               least(length(a.hi), length(b.hi))
         FROM sides AS a INNER JOIN sides AS b ON a.m = b.m AND a.th = b.th
         WHERE a.ih <= b.ih
         ORDER BY a.m, a.th, a.ih, b.ih
         """,
         _params(window, n=per_unit, floor=floor),
     )
-    return [SideOverlap(str(m), int(th), int(a), int(b), int(k), int(s)) for m, th, a, b, k, s in rows]
+    return [
+        SideOverlap(str(m), int(th), int(a), int(b), int(k), int(s)) for m, th, a, b, k, s in rows
+    ]
 
 
 def requests_by_id(
@@ -246,7 +266,9 @@ def output_sample(
         _params(window, n=per_replica, model=model),
     )
     return [
-        OutputSample(str(r), str(rid), list(ids), str(txt), float(t), None if fr is None else str(fr))
+        OutputSample(
+            str(r), str(rid), list(ids), str(txt), float(t), None if fr is None else str(fr)
+        )
         for r, rid, ids, txt, t, fr in rows
     ]
 
@@ -265,7 +287,9 @@ class IdRange:
     bad_request_ids: list[str]
 
 
-def id_ranges(store: Store, window: Mapping[str, Any], threshold: int, model: str = "") -> list[IdRange]:
+def id_ranges(
+    store: Store, window: Mapping[str, Any], threshold: int, model: str = ""
+) -> list[IdRange]:
     _, rows = store.query(
         f"""
         SELECT m, unit, count(), max(mx), countIf(bad), minIf(t_arrival, bad),

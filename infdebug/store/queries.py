@@ -100,7 +100,8 @@ def replica_stats(
     )
     _, itl_rows = store.query(
         f"""
-        SELECT replica, ifNull(deployment, '') AS dep, count() AS n, quantilesExact(0.5, 0.9, 0.99)(gap) AS q
+        SELECT replica, ifNull(deployment, '') AS dep, count() AS n,
+               quantilesExact(0.5, 0.9, 0.99)(gap) AS q
         FROM requests
         ARRAY JOIN arrayPopFront(arrayDifference(token_times_s)) AS gap
         {_FILTER}
@@ -142,7 +143,9 @@ def table_counts(store: Store) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def fetch_records(store: Store, kind: str, *, where: str = "", params: dict[str, Any] | None = None) -> list[Any]:
+def fetch_records(
+    store: Store, kind: str, *, where: str = "", params: dict[str, Any] | None = None
+) -> list[Any]:
     """Read stored rows of one contract kind back into contract records (in store order).
 
     ``where`` is a SQL condition written by our own code; user values go in ``params``.

@@ -74,9 +74,13 @@ def read_json(path: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise TextFormatError(f"{path}:{e.lineno}: expected JSON, found a syntax error: {e.msg}") from e
+        raise TextFormatError(
+            f"{path}:{e.lineno}: expected JSON, found a syntax error: {e.msg}"
+        ) from e
     except UnicodeDecodeError as e:
-        raise TextFormatError(f"{path}: expected UTF-8 JSON, found undecodable bytes at {e.start}") from e
+        raise TextFormatError(
+            f"{path}: expected UTF-8 JSON, found undecodable bytes at {e.start}"
+        ) from e
     except OSError as e:
         raise TextFormatError(f"{path}: cannot read: {e.strerror}") from e
 
@@ -120,12 +124,16 @@ def _added_tokens_decoder(cfg: dict[str, Any], path: str) -> list[AddedTokenSpec
     out: list[AddedTokenSpec] = []
     table = cfg.get("added_tokens_decoder") or {}
     if not isinstance(table, dict):
-        raise TextFormatError(f"{path}: expected added_tokens_decoder to be an object of id → token")
+        raise TextFormatError(
+            f"{path}: expected added_tokens_decoder to be an object of id → token"
+        )
     for key, entry in table.items():
         try:
             tid = int(key)
         except ValueError as e:
-            raise TextFormatError(f"{path}: added_tokens_decoder key {key!r} is not an integer id") from e
+            raise TextFormatError(
+                f"{path}: added_tokens_decoder key {key!r} is not an integer id"
+            ) from e
         content = token_content(entry)
         if content is None:
             raise TextFormatError(f"{path}: added_tokens_decoder[{key}] has no content string")
@@ -173,7 +181,9 @@ def read_config_dir(directory: str) -> TokenizerConfig:
         table = read_json(at_path)
         if not isinstance(table, dict) or not all(isinstance(v, int) for v in table.values()):
             raise TextFormatError(f"{at_path}: expected an object of token → integer id")
-        out.added_tokens = sorted((AddedTokenSpec(id=v, content=k) for k, v in table.items()), key=lambda t: t.id)
+        out.added_tokens = sorted(
+            (AddedTokenSpec(id=v, content=k) for k, v in table.items()), key=lambda t: t.id
+        )
     out.chat_template = chat_template_from_config(cfg, tc_path)
     # newer HF layout: the template lives in its own file, and then wins over the config's
     jinja_path = os.path.join(directory, "chat_template.jinja")

@@ -75,7 +75,9 @@ _LLAMA3_NAMED = {
 }
 
 
-def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], *, ignore_merges: bool = False) -> models.BPE:
+def _byte_level_bpe(
+    vocab: dict[str, int], merges: list[tuple[str, str]], *, ignore_merges: bool = False
+) -> models.BPE:
     """A plain byte-level BPE model: no unknown token, no prefixes or suffixes, no byte fallback."""
     return models.BPE(
         vocab=vocab,
@@ -94,7 +96,9 @@ def llama3_special_tokens(revision: str = "3.1") -> list[str]:
     """The 256 special tokens that follow Llama-3's 128,000 ranks, in ID order."""
     named = _LLAMA3_NAMED.get(revision)
     if named is None:
-        raise ValueError(f"expected Llama-3 special-token revision '3.0' or '3.1', found {revision!r}")
+        raise ValueError(
+            f"expected Llama-3 special-token revision '3.0' or '3.1', found {revision!r}"
+        )
     first_reserved = sum(1 for n in named if n.startswith("<|reserved_special_token_"))
     rest = LLAMA3_NUM_SPECIAL - len(named)
     return named + [f"<|reserved_special_token_{first_reserved + i}|>" for i in range(rest)]
@@ -131,13 +135,25 @@ def with_added_tokens(tok: Tokenizer, added: list[AddedTokenSpec], where: str = 
         return tok
     size = tok.get_vocab_size(with_added_tokens=True)
     contiguous = [t.id for t in added] == list(range(size, size + len(added)))
-    if contiguous and not tok.get_added_tokens_decoder() and all(tok.token_to_id(t.content) is None for t in added):
+    if (
+        contiguous
+        and not tok.get_added_tokens_decoder()
+        and all(tok.token_to_id(t.content) is None for t in added)
+    ):
         # the common case (IDs right after the vocabulary): add in place, no re-serialisation
-        tok.add_tokens([
-            AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
-                       normalized=t.normalized, special=t.special)
-            for t in added
-        ])
+        tok.add_tokens(
+            [
+                AddedToken(
+                    t.content,
+                    single_word=t.single_word,
+                    lstrip=t.lstrip,
+                    rstrip=t.rstrip,
+                    normalized=t.normalized,
+                    special=t.special,
+                )
+                for t in added
+            ]
+        )
     else:
         data = json.loads(tok.to_str())
         by_id = {t["id"]: t for t in data.get("added_tokens") or []}
@@ -149,7 +165,8 @@ def with_added_tokens(tok: Tokenizer, added: list[AddedTokenSpec], where: str = 
         got = tok.token_to_id(spec.content)
         if got != spec.id:
             raise TextFormatError(
-                f"{where or 'added tokens'}: expected {spec.content!r} at id {spec.id}, but it gets id {got}: "
+                f"{where or 'added tokens'}: expected {spec.content!r} at id {spec.id}, "
+                f"but it gets id {got}: "
                 f"added-token IDs must follow the vocabulary ({size} entries) without gaps"
             )
     return tok
@@ -170,10 +187,14 @@ def read_merges(path: str) -> list[tuple[str, str]]:
                     continue
                 parts = line.split(" ")
                 if len(parts) != 2 or not parts[0] or not parts[1]:
-                    raise TextFormatError(f"{path}:{lineno}: expected 'left right', found {line[:60]!r}")
+                    raise TextFormatError(
+                        f"{path}:{lineno}: expected 'left right', found {line[:60]!r}"
+                    )
                 merges.append((parts[0], parts[1]))
     except UnicodeDecodeError as e:
-        raise TextFormatError(f"{path}: expected UTF-8 text, found undecodable bytes at {e.start}") from e
+        raise TextFormatError(
+            f"{path}: expected UTF-8 text, found undecodable bytes at {e.start}"
+        ) from e
     return merges
 
 
@@ -276,7 +297,9 @@ def llama3_from_ranks(path: str, revision: str = "3.1") -> tuple[Tokenizer, list
             "not in the file. Pass a tokenizer.json for other tiktoken models"
         )
     vocab = {_bytes_to_piece(tok): rank for tok, rank in ranks.items()}
-    model = _byte_level_bpe(vocab, merges_from_ranks(ranks), ignore_merges=True)  # tiktoken: a piece in the table is taken whole
+    model = _byte_level_bpe(
+        vocab, merges_from_ranks(ranks), ignore_merges=True
+    )  # tiktoken: a piece in the table is taken whole
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -286,14 +309,17 @@ def llama3_from_ranks(path: str, revision: str = "3.1") -> tuple[Tokenizer, list
     )
     tok.decoder = decoders.ByteLevel()
     specials = [
-        AddedTokenSpec(id=LLAMA3_RANKS + i, content=s) for i, s in enumerate(llama3_special_tokens(revision))
+        AddedTokenSpec(id=LLAMA3_RANKS + i, content=s)
+        for i, s in enumerate(llama3_special_tokens(revision))
     ]
     bos = specials[0].content
     tok.post_processor = processors.Sequence(
         [
             processors.ByteLevel(trim_offsets=False),
             processors.TemplateProcessing(
-                single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, LLAMA3_RANKS)]
+                single=f"{bos} $A",
+                pair=f"{bos} $A {bos} $B:1",
+                special_tokens=[(bos, LLAMA3_RANKS)],
             ),
         ]
     )

@@ -36,7 +36,9 @@ def _canonical_merges(merges: list[Any]) -> list[list[str]]:
     return out
 
 
-def canonical_tokenizer(tokenizer_json: str | dict[str, Any], config: dict[str, Any] | None = None) -> dict[str, Any]:
+def canonical_tokenizer(
+    tokenizer_json: str | dict[str, Any], config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The part of a tokenizer.json (plus config flags) that determines token IDs."""
     data = json.loads(tokenizer_json) if isinstance(tokenizer_json, str) else tokenizer_json
     out: dict[str, Any] = {k: data.get(k) for k in _ID_KEYS}
@@ -53,10 +55,15 @@ def canonical_tokenizer(tokenizer_json: str | dict[str, Any], config: dict[str, 
     return out
 
 
-def tokenizer_fingerprint(tokenizer_json: str | dict[str, Any], config: dict[str, Any] | None = None) -> str:
+def tokenizer_fingerprint(
+    tokenizer_json: str | dict[str, Any], config: dict[str, Any] | None = None
+) -> str:
     """``tok-`` and 20 hex digits of sha256 over :func:`canonical_tokenizer`."""
     canon = json.dumps(
-        canonical_tokenizer(tokenizer_json, config), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        canonical_tokenizer(tokenizer_json, config),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return TOKENIZER_PREFIX + hashlib.sha256(canon.encode("utf-8")).hexdigest()[:HEX_CHARS]
 

@@ -46,7 +46,9 @@ class ChatTemplateError(InputError):
     """A chat template did not render. ``raised_by_template`` is true for the template's own
     ``raise_exception(...)``; ``lineno`` is the template line where Jinja knows it."""
 
-    def __init__(self, message: str, *, raised_by_template: bool = False, lineno: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, raised_by_template: bool = False, lineno: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.raised_by_template = raised_by_template
@@ -83,7 +85,9 @@ def _tojson(
     separators: tuple[str, str] | None = None,
     sort_keys: bool = False,
 ) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 # the time strftime_now() reports inside fixed_now(); None: the current local time
@@ -124,7 +128,9 @@ def compile_template(template: str) -> jinja2.Template:
     try:
         return _environment().from_string(template)
     except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"template syntax error at line {e.lineno}: {e.message}", lineno=e.lineno) from e
+        raise ChatTemplateError(
+            f"template syntax error at line {e.lineno}: {e.message}", lineno=e.lineno
+        ) from e
 
 
 def render_chat(
@@ -149,7 +155,9 @@ def render_chat(
     with :func:`fixed_now`.
     """
     compiled = compile_template(template)
-    variables: dict[str, Any] = {k: v for k, v in extra.items() if not (k.endswith("_token") and v is None)}
+    variables: dict[str, Any] = {
+        k: v for k, v in extra.items() if not (k.endswith("_token") and v is None)
+    }
     if bos_token is not None:
         variables["bos_token"] = bos_token
     if eos_token is not None:
@@ -165,7 +173,9 @@ def render_chat(
     except _TemplateRaised as e:
         raise ChatTemplateError(e.message or "", raised_by_template=True) from e
     except jinja2.TemplateError as e:  # undefined names, sandbox refusals, …
-        raise ChatTemplateError(e.message or type(e).__name__, lineno=getattr(e, "lineno", None)) from e
+        raise ChatTemplateError(
+            e.message or type(e).__name__, lineno=getattr(e, "lineno", None)
+        ) from e
     except Exception as e:  # the template did something Python refuses: 'str' + None, …
         raise ChatTemplateError(f"template failed: {type(e).__name__}: {e}") from e
 
@@ -187,15 +197,19 @@ def load_template(path: str) -> str:
     if path.endswith(".json"):
         data = read_json(path)
         if not isinstance(data, dict):
-            raise TextFormatError(f"{path}: expected a JSON object with a chat_template, found {type(data).__name__}")
+            raise TextFormatError(
+                f"{path}: expected a JSON object with a chat_template, found {type(data).__name__}"
+            )
         template = chat_template_from_config(data, path)
         if template is None:
-            raise TextFormatError(f"{path}: expected a \"chat_template\" entry; this file has none")
+            raise TextFormatError(f'{path}: expected a "chat_template" entry; this file has none')
         return template
     try:
         with open(path, encoding="utf-8", newline="") as f:
             return f.read()
     except UnicodeDecodeError as e:
-        raise TextFormatError(f"{path}: expected a UTF-8 Jinja template, found undecodable bytes at {e.start}") from e
+        raise TextFormatError(
+            f"{path}: expected a UTF-8 Jinja template, found undecodable bytes at {e.start}"
+        ) from e
     except OSError as e:
         raise TextFormatError(f"{path}: cannot read template: {e.strerror}") from e

@@ -191,7 +191,9 @@ def _set_template_processor(
         or any(p.get("type") == "ByteLevel" for p in state.get("processors") or [])
     )
     if has_byte_level:
-        tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
+        tok.post_processor = processors.Sequence(
+            [processors.ByteLevel(trim_offsets=False), template]
+        )
     else:
         tok.post_processor = template
 
@@ -224,7 +226,9 @@ def _build(path: str, cfg: TokenizerConfig) -> tuple[tokenizers.Tokenizer, bool,
         candidates = ("tokenizer.json", "vocab.json", "tokenizer.model")
         found = [c for c in candidates if os.path.isfile(os.path.join(path, c))]
         if not found:
-            raise TokenizerLoadError(f"{path}: no tokenizer here; expected one of {SUPPORTED_FORMATS}")
+            raise TokenizerLoadError(
+                f"{path}: no tokenizer here; expected one of {SUPPORTED_FORMATS}"
+            )
         file = os.path.join(path, found[0])
     else:
         directory, file = os.path.dirname(path) or ".", path
@@ -233,15 +237,20 @@ def _build(path: str, cfg: TokenizerConfig) -> tuple[tokenizers.Tokenizer, bool,
         for needed in ("vocab.json", "merges.txt"):
             if not os.path.isfile(os.path.join(directory, needed)):
                 raise TokenizerLoadError(
-                    f"{os.path.join(directory, needed)}: missing; byte-level BPE needs vocab.json and merges.txt together"
+                    f"{os.path.join(directory, needed)}: missing; "
+                    "byte-level BPE needs vocab.json and merges.txt together"
                 )
-        is_qwen = (cfg.tokenizer_class or "").startswith("Qwen2") or (cfg.model_type or "").startswith("qwen")
+        is_qwen = (cfg.tokenizer_class or "").startswith("Qwen2") or (
+            cfg.model_type or ""
+        ).startswith("qwen")
         try:
             tok = byte_level_bpe(directory, "qwen2" if is_qwen else "gpt2")
         except Exception as e:
             if isinstance(e, TextFormatError):
                 raise
-            raise TokenizerLoadError(f"{directory}: vocab.json/merges.txt do not make a BPE model: {e}") from e
+            raise TokenizerLoadError(
+                f"{directory}: vocab.json/merges.txt do not make a BPE model: {e}"
+            ) from e
         return with_added_tokens(tok, cfg.added_tokens, cfg.path or directory), True, file
     if name.endswith(".json"):
         try:
@@ -249,13 +258,19 @@ def _build(path: str, cfg: TokenizerConfig) -> tuple[tokenizers.Tokenizer, bool,
                 raw = f.read()
             data = json.loads(raw)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerLoadError(f"{file}: expected a tokenizer.json, could not read it as JSON: {e}") from e
+            raise TokenizerLoadError(
+                f"{file}: expected a tokenizer.json, could not read it as JSON: {e}"
+            ) from e
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-            raise TokenizerLoadError(f"{file}: expected a tokenizer.json with a \"model\" object; found none")
+            raise TokenizerLoadError(
+                f'{file}: expected a tokenizer.json with a "model" object; found none'
+            )
         try:
             return tokenizers.Tokenizer.from_str(raw), False, file
         except Exception as e:
-            raise TokenizerLoadError(f"{file}: tokenizers could not load this tokenizer.json: {e}") from e
+            raise TokenizerLoadError(
+                f"{file}: tokenizers could not load this tokenizer.json: {e}"
+            ) from e
     if looks_like_rank_file(file):
         tok, _ = llama3_from_ranks(file)
         if cfg.added_tokens:  # a config beside the ranks may name the specials differently
@@ -263,7 +278,9 @@ def _build(path: str, cfg: TokenizerConfig) -> tuple[tokenizers.Tokenizer, bool,
         return tok, True, file
     if _is_sentencepiece(file):
         raise _refuse_sentencepiece(file)
-    raise TokenizerLoadError(f"{file}: not a tokenizer format this knows; expected {SUPPORTED_FORMATS}")
+    raise TokenizerLoadError(
+        f"{file}: not a tokenizer format this knows; expected {SUPPORTED_FORMATS}"
+    )
 
 
 def _default_specials(tok: tokenizers.Tokenizer, cfg: TokenizerConfig) -> dict[str, str]:
@@ -307,17 +324,26 @@ def load_tokenizer(path: str) -> TokenizerBundle:
     add_bos = cfg.add_bos_token if (honoured and cfg.add_bos_token is not None) else post_bos
     add_eos = cfg.add_eos_token if (honoured and cfg.add_eos_token is not None) else post_eos
     if not honoured:
-        for key, flag, actual in (("add_bos_token", cfg.add_bos_token, add_bos), ("add_eos_token", cfg.add_eos_token, add_eos)):
+        for key, flag, actual in (
+            ("add_bos_token", cfg.add_bos_token, add_bos),
+            ("add_eos_token", cfg.add_eos_token, add_eos),
+        ):
             if flag is not None and flag != actual:
                 notes.append(
-                    f"{cfg.path}: {key}={str(flag).lower()} is ignored by {cfg.tokenizer_class or 'this tokenizer class'}; "
-                    f"tokenizer.json's post-processor decides (it {'adds' if actual else 'does not add'} the token)"
+                    f"{cfg.path}: {key}={str(flag).lower()} is ignored by "
+                    f"{cfg.tokenizer_class or 'this tokenizer class'}; "
+                    "tokenizer.json's post-processor decides "
+                    f"(it {'adds' if actual else 'does not add'} the token)"
                 )
     if add_bos and bos_id is None:
-        notes.append(f"BOS should be added but {bos_token!r} is not in the vocabulary; none is added")
+        notes.append(
+            f"BOS should be added but {bos_token!r} is not in the vocabulary; none is added"
+        )
         add_bos = False
     if add_eos and eos_id is None:
-        notes.append(f"EOS should be added but {eos_token!r} is not in the vocabulary; none is added")
+        notes.append(
+            f"EOS should be added but {eos_token!r} is not in the vocabulary; none is added"
+        )
         add_eos = False
     if (add_bos, add_eos) != (post_bos, post_eos):
         _set_template_processor(

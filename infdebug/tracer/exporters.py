@@ -39,7 +39,9 @@ def token_counts(record: Request) -> tuple[int, int]:
     """(prompt, output) token counts of a record: its ``prompt_tokens``/``output_tokens``,
     else the lengths of its IDs (the output also from its token times, which survive
     ``--redact all``)."""
-    n_prompt = record.prompt_tokens if record.prompt_tokens is not None else len(record.prompt_ids or ())
+    n_prompt = (
+        record.prompt_tokens if record.prompt_tokens is not None else len(record.prompt_ids or ())
+    )
     if record.output_tokens is not None:
         return n_prompt, record.output_tokens
     return n_prompt, len(record.output_ids or ()) or len(record.token_times_s or ())

@@ -22,7 +22,10 @@ from infdebug.schema import GpuSample
 
 log = logging.getLogger(__name__)
 
-NO_GPU_MESSAGE = "no NVIDIA GPU/NVML here: GPU telemetry off (use --simulate-gpu for a labelled synthetic signal)"
+NO_GPU_MESSAGE = (
+    "no NVIDIA GPU/NVML here: GPU telemetry off "
+    "(use --simulate-gpu for a labelled synthetic signal)"
+)
 
 # DCGM names of NVML's clock event ("throttle") reasons, in bit order. Decoding lives in
 # gpu_nvml.py, against the bit values of the installed pynvml module.

@@ -3,7 +3,8 @@
 ``export`` (called on the tracer's background thread, never the engine's) encodes the record
 and puts the line on a bounded queue (the oldest line is dropped and counted when it is
 full), so encoding overlaps the writer's system calls, which release the GIL. The writer
-thread writes each drained batch and flushes it to the OS, so a process that is killed loses nothing it had finished writing;
+thread writes each drained batch and flushes it to the OS, so a process that is killed loses
+nothing it had finished writing;
 ``force_flush`` waits until what was queued before it is written and flushed to the OS;
 ``shutdown`` drains, flushes and fsyncs. Files rotate by size (``max_bytes``) and age
 (``max_age_s``); a rotated file is gzipped by the writer thread
@@ -70,7 +71,9 @@ class JsonlExporter:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="infdebug-jsonl-writer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="infdebug-jsonl-writer", daemon=True
+            )
             self._thread.start()
 
     # -- producer side -------------------------------------------------------------------
@@ -118,7 +121,11 @@ class JsonlExporter:
             self._rotate()
 
     def _due_by_age(self) -> bool:
-        return self.max_age_s is not None and self._size > 0 and time.monotonic() - self._opened >= self.max_age_s
+        return (
+            self.max_age_s is not None
+            and self._size > 0
+            and time.monotonic() - self._opened >= self.max_age_s
+        )
 
     def _rotate(self) -> None:
         old = self.path
@@ -173,7 +180,9 @@ def _gzip_file(path: str) -> str:
     out = path + ".gz"
     tmp = out + ".tmp"
     with open(path, "rb") as src, open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, filename=os.path.basename(path)) as gz:
+        with gzip.GzipFile(
+            fileobj=raw, mode="wb", compresslevel=6, filename=os.path.basename(path)
+        ) as gz:
             shutil.copyfileobj(src, gz, 1 << 20)
         raw.flush()
         os.fsync(raw.fileno())

@@ -33,7 +33,9 @@ def process_start_time() -> float:
 
 
 class Lifecycle:
-    def __init__(self, replica: str, *, deployment: str | None = None, trace_dir: str | None = None) -> None:
+    def __init__(
+        self, replica: str, *, deployment: str | None = None, trace_dir: str | None = None
+    ) -> None:
         self.replica, self.deployment = replica, deployment
         self.t_start = process_start_time()
         self._last = self.t_start
@@ -53,7 +55,9 @@ class Lifecycle:
         now = time.time()
         return self._emit(name, now, now - self._last, detail or None)
 
-    def _emit(self, name: str, t: float, duration: float | None, detail: dict[str, Any] | None = None) -> Event:
+    def _emit(
+        self, name: str, t: float, duration: float | None, detail: dict[str, Any] | None = None
+    ) -> Event:
         ev = Event(
             t=t,
             replica=self.replica,

@@ -52,13 +52,21 @@ class OtelExporter:
         span_exporter: SpanExporter | None = None,
         schedule_delay_ms: int = 1000,
     ) -> None:
-        attrs: dict[str, Any] = {"service.name": model, "service.instance.id": replica, "infdebug.replica": replica,
-                                 "service.version": __version__}
+        attrs: dict[str, Any] = {
+            "service.name": model,
+            "service.instance.id": replica,
+            "infdebug.replica": replica,
+            "service.version": __version__,
+        }
         if deployment:
             attrs["infdebug.deployment"] = deployment
         self.provider = TracerProvider(resource=Resource.create(attrs))
-        exporter = span_exporter or OTLPSpanExporter(endpoint=traces_url(endpoint) if endpoint else None)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms))
+        exporter = span_exporter or OTLPSpanExporter(
+            endpoint=traces_url(endpoint) if endpoint else None
+        )
+        self.provider.add_span_processor(
+            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms)
+        )
         self.tracer = self.provider.get_tracer("infdebug.tracer", __version__)
         self.replica = replica
         self.token_ids = token_ids
@@ -114,15 +122,27 @@ class OtelExporter:
                     if len(ids) > MAX_TOKEN_IDS:
                         attrs[f"infdebug.{key}_token_ids_truncated"] = True
         name = f"{op} {record.model}" if record.model else op
-        span = self.tracer.start_span(name, kind=trace.SpanKind.SERVER, start_time=t0, attributes=attrs)
+        span = self.tracer.start_span(
+            name, kind=trace.SpanKind.SERVER, start_time=t0, attributes=attrs
+        )
         ctx = trace.set_span_in_context(span)
         if t_sched is not None and t_first is not None:
-            self.tracer.start_span("prefill", context=ctx, start_time=t_sched, attributes={
-                "gen_ai.usage.input_tokens": n_prompt,
-                "infdebug.cached_prompt_tokens": record.cached_prompt_tokens or 0}).end(end_time=t_first)
+            self.tracer.start_span(
+                "prefill",
+                context=ctx,
+                start_time=t_sched,
+                attributes={
+                    "gen_ai.usage.input_tokens": n_prompt,
+                    "infdebug.cached_prompt_tokens": record.cached_prompt_tokens or 0,
+                },
+            ).end(end_time=t_first)
         if t_first is not None and t_last is not None:
-            self.tracer.start_span("decode", context=ctx, start_time=t_first, attributes={
-                "gen_ai.usage.output_tokens": n_out}).end(end_time=t_last)
+            self.tracer.start_span(
+                "decode",
+                context=ctx,
+                start_time=t_first,
+                attributes={"gen_ai.usage.output_tokens": n_out},
+            ).end(end_time=t_last)
         if record.finish_reason == "error":
             span.set_status(trace.Status(trace.StatusCode.ERROR, record.error or "error"))
         span.end(end_time=end)

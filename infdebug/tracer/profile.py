@@ -27,13 +27,35 @@ ENGINE_THREAD = "infdebug-engine"
 
 # (category, pattern on "function (file:line)" frames), tried from the leaf towards the root.
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("tracer", re.compile(r"\(.*infdebug/tracer/(tracer|hooks|exporters|jsonl|prom|otel|lifecycle|gpu\w*)\.py:")),
-    ("detokenization", re.compile(r"^(Engine\._detok|TokenizerBundle\.decode|decode_text|<lambda>) \(.*infdebug/")),
-    ("tokenization", re.compile(r"^(encode_prompt|TokenizerBundle\.encode|render_chat|Replica\.(encode_\w+|render)) ")),
+    (
+        "tracer",
+        re.compile(
+            r"\(.*infdebug/tracer/(tracer|hooks|exporters|jsonl|prom|otel|lifecycle|gpu\w*)\.py:"
+        ),
+    ),
+    (
+        "detokenization",
+        re.compile(r"^(Engine\._detok|TokenizerBundle\.decode|decode_text|<lambda>) \(.*infdebug/"),
+    ),
+    (
+        "tokenization",
+        re.compile(
+            r"^(encode_prompt|TokenizerBundle\.encode|render_chat|Replica\.(encode_\w+|render)) "
+        ),
+    ),
     ("model step", re.compile(r"^LlamaForCausalLM\.(prefill|decode|_run|_attend) ")),
     ("sampling", re.compile(r"^Engine\._sample ")),
-    ("scheduling", re.compile(r"^(Engine\.(step|_admit|_decode|_emit|_release|_finish|_deliver)|PrefixCache\.\w+|KVCache\.\w+) ")),
-    ("idle", re.compile(r"^(Condition\.wait|Event\.wait|_wait_for_tstate_lock|select|epoll|.*\.wait) ")),
+    (
+        "scheduling",
+        re.compile(
+            r"^(Engine\.(step|_admit|_decode|_emit|_release|_finish|_deliver)"
+            r"|PrefixCache\.\w+|KVCache\.\w+) "
+        ),
+    ),
+    (
+        "idle",
+        re.compile(r"^(Condition\.wait|Event\.wait|_wait_for_tstate_lock|select|epoll|.*\.wait) "),
+    ),
 )
 
 
@@ -57,14 +79,17 @@ class ProfilerError(OperationError):
 
 
 PY_SPY_MISSING = (
-    "py-spy is not installed; it comes with infdebug's profile extra: pip install 'infdebug[profile]' "
-    "(in a checkout: .venv/bin/pip install -e '.[profile]'; make demo installs only the engine extra, "
+    "py-spy is not installed; it comes with infdebug's profile extra: "
+    "pip install 'infdebug[profile]' "
+    "(in a checkout: .venv/bin/pip install -e '.[profile]'; "
+    "make demo installs only the engine extra, "
     "make test installs the profile extra too)"
 )
 
 
 def py_spy_binary() -> str:
-    """The py-spy next to this interpreter, else on PATH; ProfilerError naming the install command."""
+    """The py-spy next to this interpreter, else on PATH; ProfilerError naming the install
+    command."""
     here = os.path.join(os.path.dirname(sys.executable), "py-spy")
     found = here if os.path.exists(here) else shutil.which("py-spy")
     if not found:
@@ -76,16 +101,33 @@ def record(pid: int, duration_s: float, *, rate_hz: int = 100) -> str:
     """Sample ``pid`` for ``duration_s`` seconds; py-spy's raw collapsed stacks."""
     with tempfile.TemporaryDirectory(prefix="infdebug-pyspy-") as d:
         out = os.path.join(d, "stacks.txt")
-        cmd = [py_spy_binary(), "record", "--pid", str(pid), "--duration", str(max(1, round(duration_s))),
-               "--rate", str(rate_hz), "--format", "raw", "--output", out, "--threads", "--idle", "--nonblocking"]
+        cmd = [
+            py_spy_binary(),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(duration_s))),
+            "--rate",
+            str(rate_hz),
+            "--format",
+            "raw",
+            "--output",
+            out,
+            "--threads",
+            "--idle",
+            "--nonblocking",
+        ]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)
         except subprocess.TimeoutExpired:
             raise ProfilerError(f"py-spy did not finish within {duration_s + 60:.0f}s") from None
         if p.returncode != 0 or not os.path.exists(out):
             msg = (p.stderr or p.stdout).strip().splitlines()
-            raise ProfilerError(f"py-spy could not record pid {pid}: {msg[-1] if msg else 'no output'}"
-                                " (it needs ptrace permission: run as the same user or root)")
+            raise ProfilerError(
+                f"py-spy could not record pid {pid}: {msg[-1] if msg else 'no output'}"
+                " (it needs ptrace permission: run as the same user or root)"
+            )
         with open(out, encoding="utf-8", errors="replace") as f:
             return f.read()
 
@@ -137,35 +179,68 @@ class ProfileSummary:
             "profile_id": self.profile_id,
             "duration_s": self.duration_s,
             "rate_hz": self.rate_hz,
-            "threads": {t: {"samples": sum(c.values()), "share": self.shares(t)} for t, c in self.by_thread.items()},
+            "threads": {
+                t: {"samples": sum(c.values()), "share": self.shares(t)}
+                for t, c in self.by_thread.items()
+            },
         }
 
 
-def summarize(stacks: list[Stack], *, replica: str, pid: int, profile_id: str, duration_s: float,
-              rate_hz: int) -> ProfileSummary:
+def summarize(
+    stacks: list[Stack], *, replica: str, pid: int, profile_id: str, duration_s: float, rate_hz: int
+) -> ProfileSummary:
     by: dict[str, Counter[str]] = {}
     for s in stacks:
         by.setdefault(s.thread, Counter())[s.category] += s.count
     return ProfileSummary(replica, pid, profile_id, duration_s, rate_hz, by)
 
 
-def to_records(stacks: list[Stack], *, replica: str, pid: int, profile_id: str, t: float, duration_s: float,
-               rate_hz: int) -> list[ProfileSample]:
+def to_records(
+    stacks: list[Stack],
+    *,
+    replica: str,
+    pid: int,
+    profile_id: str,
+    t: float,
+    duration_s: float,
+    rate_hz: int,
+) -> list[ProfileSample]:
     return [
-        ProfileSample(t=t, replica=replica, profile_id=profile_id, thread=s.thread, category=s.category,
-                      stack=";".join(s.frames), count=s.count, pid=pid, rate_hz=float(rate_hz), duration_s=duration_s)
+        ProfileSample(
+            t=t,
+            replica=replica,
+            profile_id=profile_id,
+            thread=s.thread,
+            category=s.category,
+            stack=";".join(s.frames),
+            count=s.count,
+            pid=pid,
+            rate_hz=float(rate_hz),
+            duration_s=duration_s,
+        )
         for s in stacks
     ]
 
 
-def profile(pid: int, duration_s: float, *, replica: str, rate_hz: int = 100) -> tuple[ProfileSummary, list[ProfileSample]]:
+def profile(
+    pid: int, duration_s: float, *, replica: str, rate_hz: int = 100
+) -> tuple[ProfileSummary, list[ProfileSample]]:
     t = time.time()
     pid_ = int(pid)
     stacks = parse_raw(record(pid_, duration_s, rate_hz=rate_hz))
     pid_id = f"prof-{uuid.uuid4().hex[:12]}"
-    summ = summarize(stacks, replica=replica, pid=pid_, profile_id=pid_id, duration_s=duration_s, rate_hz=rate_hz)
-    return summ, to_records(stacks, replica=replica, pid=pid_, profile_id=pid_id, t=t, duration_s=duration_s,
-                            rate_hz=rate_hz)
+    summ = summarize(
+        stacks, replica=replica, pid=pid_, profile_id=pid_id, duration_s=duration_s, rate_hz=rate_hz
+    )
+    return summ, to_records(
+        stacks,
+        replica=replica,
+        pid=pid_,
+        profile_id=pid_id,
+        t=t,
+        duration_s=duration_s,
+        rate_hz=rate_hz,
+    )
 
 
 def find_replica_pid(name: str) -> int:
@@ -181,7 +256,9 @@ def find_replica_pid(name: str) -> int:
             continue
         if "serve" in argv and any("infdebug" in a for a in argv[:3]):
             for i, a in enumerate(argv):
-                if (a == "--replica" and i + 1 < len(argv) and argv[i + 1] == name) or a == f"--replica={name}":
+                if (
+                    a == "--replica" and i + 1 < len(argv) and argv[i + 1] == name
+                ) or a == f"--replica={name}":
                     found.append(int(d))
     if not found:
         raise ProfilerError(f"no running `infdebug serve --replica {name}` process found")

@@ -16,8 +16,9 @@ Redaction (``--redact``), applied once to the record every exporter receives:
 - ``prompts``: no prompt text, no message contents (roles stay), no output text; token IDs,
   lengths, timings and fingerprints stay, so token-level analysis still works.
 - ``all``: ``prompts`` and no token IDs either (``prompt_ids``/``output_ids`` are left
-  empty: ``[]``, the contract's "not recorded"). Lengths survive in ``prompt_tokens`` and ``output_tokens``, which every
-  record carries whatever the redaction (and in ``len(token_times_s)``); the metrics and
+  empty: ``[]``, the contract's "not recorded"). Lengths survive in ``prompt_tokens`` and
+  ``output_tokens``, which every record carries whatever the redaction (and in
+  ``len(token_times_s)``); the metrics and
   spans (``gen_ai.usage.input_tokens``) read them from the record.
 """
 
@@ -38,7 +39,12 @@ from infdebug.tracer.hooks import NoHooks, TracedRequest
 Redact = Literal["none", "prompts", "all"]
 REDACT_CHOICES: tuple[str, ...] = ("none", "prompts", "all")
 
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "error": "error",
+}
 _log = logging.getLogger(__name__)
 
 

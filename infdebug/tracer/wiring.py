@@ -35,7 +35,9 @@ class TracerConfig:
     ``--redact``, ``--simulate-gpu``, …)."""
 
     trace_dir: str | None = None
-    otlp_endpoint: str | None = None  # None: the OTEL_EXPORTER_OTLP_*ENDPOINT variables, else no spans
+    otlp_endpoint: str | None = (
+        None  # None: the OTEL_EXPORTER_OTLP_*ENDPOINT variables, else no spans
+    )
     redact: Redact = "none"
     trace_max_bytes: int | None = 256 * 1024 * 1024
     trace_max_age_s: float | None = None
@@ -87,17 +89,35 @@ def make_tracer(
     exporters: list[Exporter] = [PromExporter(metrics)]
     trace: JsonlExporter | None = None
     if config.trace_dir:
-        trace = JsonlExporter(config.trace_dir, replica=name, max_bytes=config.trace_max_bytes,
-                              max_age_s=config.trace_max_age_s, on_drop=metrics.dropped("jsonl"))
+        trace = JsonlExporter(
+            config.trace_dir,
+            replica=name,
+            max_bytes=config.trace_max_bytes,
+            max_age_s=config.trace_max_age_s,
+            on_drop=metrics.dropped("jsonl"),
+        )
         exporters.append(trace)
     endpoint = config.otlp_endpoint or otlp_endpoint_from_env()
     if endpoint:
         from infdebug.tracer.otel import OtelExporter  # the OTel SDK only when spans are wanted
 
-        exporters.append(OtelExporter(replica=name, model=info.model, deployment=info.deployment,
-                                      endpoint=config.otlp_endpoint, token_ids=config.redact != "all"))
-    tracer = Tracer(info, exporters, redact=config.redact, max_queue=config.max_queue,
-                    on_drop=metrics.dropped("tracer"), on_error=metrics.tracer_errors.inc)
+        exporters.append(
+            OtelExporter(
+                replica=name,
+                model=info.model,
+                deployment=info.deployment,
+                endpoint=config.otlp_endpoint,
+                token_ids=config.redact != "all",
+            )
+        )
+    tracer = Tracer(
+        info,
+        exporters,
+        redact=config.redact,
+        max_queue=config.max_queue,
+        on_drop=metrics.dropped("tracer"),
+        on_error=metrics.tracer_errors.inc,
+    )
     out = Telemetry(metrics, tracer, trace, endpoint)
     if load is not None:
         metrics.watch_load(load)
@@ -105,9 +125,16 @@ def make_tracer(
     probe = make_probe(config.simulate_gpu, load_fn=load_fn, throttle=config.throttle)
     if probe is not None:
         if config.trace_dir:
-            out.gpu_trace = JsonlExporter(config.trace_dir, replica=name, suffix="gpu",
-                                          max_bytes=config.trace_max_bytes, max_age_s=config.trace_max_age_s,
-                                          on_drop=metrics.dropped("gpu"))
+            out.gpu_trace = JsonlExporter(
+                config.trace_dir,
+                replica=name,
+                suffix="gpu",
+                max_bytes=config.trace_max_bytes,
+                max_age_s=config.trace_max_age_s,
+                on_drop=metrics.dropped("gpu"),
+            )
         emit = out.gpu_trace.put if out.gpu_trace is not None else (lambda rec: None)
-        out.gpu_sampler = GpuSampler(probe, name, emit=emit, hz=config.gpu_hz, gauges=metrics.registry)
+        out.gpu_sampler = GpuSampler(
+            probe, name, emit=emit, hz=config.gpu_hz, gauges=metrics.registry
+        )
     return out

@@ -90,14 +90,20 @@ def weight_files(model_dir: str) -> list[str]:
         files = [os.path.join(model_dir, f) for f in sorted(set(weight_map.values()))]
         missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
         if missing:
-            raise FileNotFoundError(f"{index} names shards that are absent from {model_dir}: {missing}")
+            raise FileNotFoundError(
+                f"{index} names shards that are absent from {model_dir}: {missing}"
+            )
         return files
     files = sorted(
         os.path.join(model_dir, f) for f in os.listdir(model_dir) if f.endswith(".safetensors")
     )
     if not files:
         other = [f for f in os.listdir(model_dir) if f.endswith((".bin", ".pt", ".pth", ".gguf"))]
-        hint = f"; found {other[:4]}, which the engine does not read (convert to safetensors)" if other else ""
+        hint = (
+            f"; found {other[:4]}, which the engine does not read (convert to safetensors)"
+            if other
+            else ""
+        )
         raise FileNotFoundError(f"{model_dir}: no *.safetensors weights{hint}")
     return files
 
@@ -120,7 +126,9 @@ def _read_state_dict(
             if key.endswith(_IGNORED_SUFFIXES):
                 continue
             if not t.is_floating_point():
-                raise ValueError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected floating point")
+                raise ValueError(
+                    f"{path}: tensor {key!r} has dtype {t.dtype}; expected floating point"
+                )
             tensors[key] = t.to(dtype)
             origin[key] = name
     return tensors

@@ -106,7 +106,8 @@ class Sequence:
         return {
             "t_arrival": self.t_arrival,
             "queue_s": off(self.t_scheduled),
-            "prefill_s": None if self.t_prefill_done is None or self.t_scheduled is None
+            "prefill_s": None
+            if self.t_prefill_done is None or self.t_scheduled is None
             else self.t_prefill_done - self.t_scheduled,
             "ttft_s": off(self.token_times[0]) if self.token_times else None,
             "e2e_s": off(self.token_times[-1]) if self.token_times else None,
@@ -192,7 +193,9 @@ class Engine:
         self._ids = itertools.count()
         self.steps = 0
         self.tokens_out = 0
-        self.step_sleeps: deque[float] = deque(maxlen=4096)  # --inject slow: seconds slept after each step
+        self.step_sleeps: deque[float] = deque(
+            maxlen=4096
+        )  # --inject slow: seconds slept after each step
 
     # -- API -----------------------------------------------------------------------------
     def submit(
@@ -209,12 +212,20 @@ class Engine:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) + params.max_tokens > self.cfg.max_model_len:
             raise ValueError(
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds "
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) "
+                "exceeds "
                 f"the context of {self.cfg.max_model_len} tokens"
             )
         stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_ids))
-        seq = Sequence(request_id or f"req-{uuid.uuid4().hex[:16]}", list(prompt_ids), params, on_event, frozenset(stop),
-                       prompt_text=prompt_text, messages=messages)
+        seq = Sequence(
+            request_id or f"req-{uuid.uuid4().hex[:16]}",
+            list(prompt_ids),
+            params,
+            on_event,
+            frozenset(stop),
+            prompt_text=prompt_text,
+            messages=messages,
+        )
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         self.hooks.admitted(seq)
@@ -313,7 +324,9 @@ class Engine:
 
     def _decode(self) -> None:
         seqs = self.running
-        tokens = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long, device=self.device)
+        tokens = torch.tensor(
+            [s.output_ids[-1] for s in seqs], dtype=torch.long, device=self.device
+        )
         positions = torch.tensor([s.pos for s in seqs], dtype=torch.long, device=self.device)
         logits = self.model.decode(tokens, positions, self.cache)
         for s in seqs:
@@ -419,6 +432,8 @@ class Engine:
         if seq in self.running:
             self._release(seq)
         if emit:
-            ev = TokenEvent(seq.request_id, -1, "", None, None, finish_reason=reason, timing=seq.timing())
+            ev = TokenEvent(
+                seq.request_id, -1, "", None, None, finish_reason=reason, timing=seq.timing()
+            )
             self._deliver(seq, ev)
         self.hooks.finished(seq)

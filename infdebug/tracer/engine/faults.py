@@ -24,13 +24,33 @@ class Fault:
 
 
 FAULTS: tuple[Fault, ...] = (
-    Fault("double-bos", None, "double-bos", "encode the rendered prompt with special tokens added (BOS twice)"),
+    Fault(
+        "double-bos",
+        None,
+        "double-bos",
+        "encode the rendered prompt with special tokens added (BOS twice)",
+    ),
     Fault("template", "FILE", "template=t.jinja", "serve with another chat template"),
-    Fault("tokenizer", "DIR", "tokenizer=tok/", "serve with another tokenizer (the model is unchanged)"),
+    Fault(
+        "tokenizer",
+        "DIR",
+        "tokenizer=tok/",
+        "serve with another tokenizer (the model is unchanged)",
+    ),
     Fault("ignore-eos", "ID", "ignore-eos=2", "drop an end-of-turn / EOS ID from the stop set"),
     Fault("slow", "FACTOR", "slow=1.5", "every engine step takes FACTOR (>= 1) times as long"),
-    Fault("dtype", "DTYPE", "dtype=float16", "run the model in float16, bfloat16 or float32 (numerics skew)"),
-    Fault("throttle", None, "throttle", "with --simulate-gpu: the simulated GPU overheats and throttles"),
+    Fault(
+        "dtype",
+        "DTYPE",
+        "dtype=float16",
+        "run the model in float16, bfloat16 or float32 (numerics skew)",
+    ),
+    Fault(
+        "throttle",
+        None,
+        "throttle",
+        "with --simulate-gpu: the simulated GPU overheats and throttles",
+    ),
 )
 
 FAULT_KEYS: frozenset[str] = frozenset(f.key for f in FAULTS)

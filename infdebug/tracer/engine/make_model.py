@@ -41,12 +41,24 @@ TRAINING = "training.json"  # written by a trained make_model: the recipe and th
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, intermediate_size=172, vocab_size=1024, max_position_embeddings=1024,
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=172,
+        vocab_size=1024,
+        max_position_embeddings=1024,
     ),
     "small": dict(
-        num_hidden_layers=4, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=64, intermediate_size=688, vocab_size=8192, max_position_embeddings=2048,
+        num_hidden_layers=4,
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=688,
+        vocab_size=8192,
+        max_position_embeddings=2048,
     ),
 }
 ARCHS = ("llama", "mistral", "qwen2")
@@ -67,7 +79,8 @@ CHATML_TEMPLATE = (
     "{#- infdebug test template, ChatML layout -#}\n"
     "{%- for message in messages -%}\n"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}\n"
-    "{{- raise_exception('unsupported role ' ~ message['role'] ~ '; expected system, user or assistant') -}}\n"
+    "{{- raise_exception('unsupported role ' ~ message['role'] ~ "
+    "'; expected system, user or assistant') -}}\n"
     "{%- endif -%}\n"
     "{%- if message['role'] == 'system' and not loop.first -%}\n"
     "{{- raise_exception('a system message may only come first') -}}\n"
@@ -83,7 +96,8 @@ LLAMA3_TEMPLATE = (
     "{{- bos_token -}}\n"
     "{%- for message in messages -%}\n"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}\n"
-    "{{- raise_exception('unsupported role ' ~ message['role'] ~ '; expected system, user or assistant') -}}\n"
+    "{{- raise_exception('unsupported role ' ~ message['role'] ~ "
+    "'; expected system, user or assistant') -}}\n"
     "{%- endif -%}\n"
     "{{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' -}}\n"
     "{{- message['content'] | trim -}}\n"
@@ -110,17 +124,29 @@ class ChatFormat:
 CHAT_FORMATS: dict[str, ChatFormat] = {
     "chatml": ChatFormat(
         specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>",
-        stop=("<|im_end|>", "<|endoftext|>"), add_bos=False,
-        template=CHATML_TEMPLATE, split=_SPLIT_1_DIGIT,
+        bos="<|endoftext|>",
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        stop=("<|im_end|>", "<|endoftext|>"),
+        add_bos=False,
+        template=CHATML_TEMPLATE,
+        split=_SPLIT_1_DIGIT,
     ),
     "llama3": ChatFormat(
         specials=(
-            "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
         ),
-        bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|end_of_text|>",
-        stop=("<|eot_id|>", "<|end_of_text|>"), add_bos=True,
-        template=LLAMA3_TEMPLATE, split=_SPLIT_3_DIGITS,
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        pad="<|end_of_text|>",
+        stop=("<|eot_id|>", "<|end_of_text|>"),
+        add_bos=True,
+        template=LLAMA3_TEMPLATE,
+        split=_SPLIT_3_DIGITS,
     ),
 }
 
@@ -137,7 +163,9 @@ def _token_id(tok: Tokenizer, token: str) -> int:
     return i
 
 
-def train_tokenizer(vocab_size: int, chat_format: str = "chatml", corpus: str = CORPUS) -> Tokenizer:
+def train_tokenizer(
+    vocab_size: int, chat_format: str = "chatml", corpus: str = CORPUS
+) -> Tokenizer:
     """A byte-level BPE of exactly ``vocab_size`` tokens: learned merges, then the chat
     format's special tokens, then ``<|reserved_special_token_N|>`` up to the size."""
     _choice("chat format", chat_format, CHAT_FORMATS)
@@ -145,10 +173,12 @@ def train_tokenizer(vocab_size: int, chat_format: str = "chatml", corpus: str = 
     with open(corpus, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(fmt.split), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(fmt.split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(fmt.specials),
@@ -157,18 +187,25 @@ def train_tokenizer(vocab_size: int, chat_format: str = "chatml", corpus: str = 
     )
     tok.train_from_iterator(lines, trainer)
     learned = tok.get_vocab_size()
-    reserved = [f"<|reserved_special_token_{i}|>" for i in range(vocab_size - learned - len(fmt.specials))]
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in (*fmt.specials, *reserved)])
+    reserved = [
+        f"<|reserved_special_token_{i}|>" for i in range(vocab_size - learned - len(fmt.specials))
+    ]
+    tok.add_special_tokens(
+        [AddedToken(s, special=True, normalized=False) for s in (*fmt.specials, *reserved)]
+    )
     byte_level = processors.ByteLevel(trim_offsets=False)
     if fmt.add_bos:
         bos_id = _token_id(tok, fmt.bos)
-        tok.post_processor = processors.Sequence([
-            byte_level,
-            processors.TemplateProcessing(
-                single=f"{fmt.bos}:0 $A:0", pair=f"{fmt.bos}:0 $A:0 {fmt.bos}:1 $B:1",
-                special_tokens=[(fmt.bos, bos_id)],
-            ),
-        ])
+        tok.post_processor = processors.Sequence(
+            [
+                byte_level,
+                processors.TemplateProcessing(
+                    single=f"{fmt.bos}:0 $A:0",
+                    pair=f"{fmt.bos}:0 $A:0 {fmt.bos}:1 $B:1",
+                    special_tokens=[(fmt.bos, bos_id)],
+                ),
+            ]
+        )
     else:
         tok.post_processor = byte_level
     assert tok.get_vocab_size() == vocab_size, (tok.get_vocab_size(), vocab_size)
@@ -181,29 +218,40 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
-def write_tokenizer(tok: Tokenizer, chat_format: str, out_dir: str, model_max_length: int) -> dict[str, int]:
+def write_tokenizer(
+    tok: Tokenizer, chat_format: str, out_dir: str, model_max_length: int
+) -> dict[str, int]:
     """tokenizer.json, tokenizer_config.json and chat_template.jinja; returns special ids."""
     fmt = CHAT_FORMATS[chat_format]
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     ids = {s: _token_id(tok, s) for s in (fmt.bos, fmt.eos, fmt.pad, *fmt.stop)}
     added = {
-        str(i): {"content": t.content, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": t.content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for i, t in sorted(tok.get_added_tokens_decoder().items())
     }
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "added_tokens_decoder": added,
-        "bos_token": fmt.bos,
-        "eos_token": fmt.eos,
-        "pad_token": fmt.pad,
-        "unk_token": None,
-        "add_bos_token": fmt.add_bos,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": model_max_length,
-        "chat_template": fmt.template,
-    })
+    _write_json(
+        os.path.join(out_dir, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": added,
+            "bos_token": fmt.bos,
+            "eos_token": fmt.eos,
+            "pad_token": fmt.pad,
+            "unk_token": None,
+            "add_bos_token": fmt.add_bos,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+            "chat_template": fmt.template,
+        },
+    )
     with open(os.path.join(out_dir, "chat_template.jinja"), "w", encoding="utf-8") as f:
         f.write(fmt.template)
     return ids
@@ -253,19 +301,31 @@ def make_model(
     ids = write_tokenizer(tok, chat_format, out_dir, p["max_position_embeddings"])
     stop_ids = [ids[s] for s in fmt.stop]
     cfg = ModelConfig(
-        arch=arch, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=rope_scaling,
-        tie_word_embeddings=tie_word_embeddings, attention_bias=arch == "qwen2",
-        bos_token_id=ids[fmt.bos], eos_token_id=stop_ids,
-        vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
-        intermediate_size=p["intermediate_size"], num_hidden_layers=p["num_hidden_layers"],
-        num_attention_heads=p["num_attention_heads"], num_key_value_heads=p["num_key_value_heads"],
-        head_dim=p["head_dim"], max_position_embeddings=p["max_position_embeddings"],
+        arch=arch,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=tie_word_embeddings,
+        attention_bias=arch == "qwen2",
+        bos_token_id=ids[fmt.bos],
+        eos_token_id=stop_ids,
+        vocab_size=p["vocab_size"],
+        hidden_size=p["hidden_size"],
+        intermediate_size=p["intermediate_size"],
+        num_hidden_layers=p["num_hidden_layers"],
+        num_attention_heads=p["num_attention_heads"],
+        num_key_value_heads=p["num_key_value_heads"],
+        head_dim=p["head_dim"],
+        max_position_embeddings=p["max_position_embeddings"],
     )
-    _write_json(os.path.join(out_dir, GENERATION_CONFIG), {
-        "bos_token_id": ids[fmt.bos],
-        "eos_token_id": stop_ids,
-        "pad_token_id": ids[fmt.pad],
-    })
+    _write_json(
+        os.path.join(out_dir, GENERATION_CONFIG),
+        {
+            "bos_token_id": ids[fmt.bos],
+            "eos_token_id": stop_ids,
+            "pad_token_id": ids[fmt.pad],
+        },
+    )
     model = random_model(cfg, seed)
     training = os.path.join(out_dir, TRAINING)
     if os.path.exists(training):
@@ -273,8 +333,15 @@ def make_model(
     if train_steps is not None:
         from infdebug.tracer.engine.train import train_in_dir
 
-        report = train_in_dir(model, out_dir, preset, steps=train_steps, seed=seed, pad_id=ids[fmt.pad],
-                              on_step=on_step)
+        report = train_in_dir(
+            model,
+            out_dir,
+            preset,
+            steps=train_steps,
+            seed=seed,
+            pad_id=ids[fmt.pad],
+            on_step=on_step,
+        )
         save_checkpoint(model, cfg, out_dir)
         _write_json(training, asdict(report))
     else:

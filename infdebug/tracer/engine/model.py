@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
 
 
 @dataclass
@@ -135,7 +139,9 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     elif kind == "linear":
         inv = inv / float(sc["factor"])
     elif kind not in (None, "default"):
-        raise ValueError(f"rope_scaling type {kind!r} is not supported (llama3, linear, default are)")
+        raise ValueError(
+            f"rope_scaling type {kind!r} is not supported (llama3, linear, default are)"
+        )
     return inv.float()
 
 
@@ -236,7 +242,9 @@ class Backbone(nn.Module):
 class KVCache:
     """Preallocated K/V for ``slots`` sequences of up to ``max_len`` tokens each."""
 
-    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg: ModelConfig, slots: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
         shape = (cfg.num_hidden_layers, slots, cfg.num_key_value_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -248,7 +256,9 @@ class KVCache:
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
 
     def read_block(self, slot: int, start: int, n: int) -> torch.Tensor:
-        return torch.stack((self.k[:, slot, :, start : start + n], self.v[:, slot, :, start : start + n])).clone()
+        return torch.stack(
+            (self.k[:, slot, :, start : start + n], self.v[:, slot, :, start : start + n])
+        ).clone()
 
     def write_block(self, slot: int, start: int, block: torch.Tensor) -> None:
         n = block.shape[3]
@@ -285,8 +295,16 @@ class LlamaForCausalLM(nn.Module):
         self.rope_len = max_len
 
     def _attend(
-        self, layer: int, attn: Attention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache,
-        slots: slice | int, mask: torch.Tensor | None, kv_len: int, write: Any,
+        self,
+        layer: int,
+        attn: Attention,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache,
+        slots: slice | int,
+        mask: torch.Tensor | None,
+        kv_len: int,
+        write: Any,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         qx, kx, vx = attn.qkv(x)
@@ -308,19 +326,42 @@ class LlamaForCausalLM(nn.Module):
         result: torch.Tensor = attn.o_proj(o.transpose(1, 2).reshape(B, T, attn.h * attn.d))
         return result
 
-    def _run(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, slots: slice | int,
-             mask: torch.Tensor | None, kv_len: int, write: Any) -> torch.Tensor:
+    def _run(
+        self,
+        tokens: torch.Tensor,
+        pos: torch.Tensor,
+        cache: KVCache,
+        slots: slice | int,
+        mask: torch.Tensor | None,
+        kv_len: int,
+        write: Any,
+    ) -> torch.Tensor:
         m = self.model
         h = m.embed_tokens(tokens)
-        rope = (self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1))  # [B, 1, T, D], once for all layers
+        rope = (
+            self.cos[pos].unsqueeze(1),
+            self.sin[pos].unsqueeze(1),
+        )  # [B, 1, T, D], once for all layers
         for i, layer in enumerate(cast(list[DecoderLayer], m.layers)):
-            h = h + self._attend(i, layer.self_attn, layer.input_layernorm(h), rope, cache, slots, mask, kv_len, write)
+            h = h + self._attend(
+                i,
+                layer.self_attn,
+                layer.input_layernorm(h),
+                rope,
+                cache,
+                slots,
+                mask,
+                kv_len,
+                write,
+            )
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         result: torch.Tensor = m.norm(h)
         return result
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, slot: int, start: int, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
+    def prefill(
+        self, tokens: torch.Tensor, slot: int, start: int, cache: KVCache, all_logits: bool = False
+    ) -> torch.Tensor:
         """Run ``tokens`` (1-D) into ``slot`` from position ``start``; logits of the last
         position (or of every position with ``all_logits``)."""
         T = tokens.shape[0]
@@ -342,12 +383,16 @@ class LlamaForCausalLM(nn.Module):
         """One token for each of slots ``0..B-1`` at ``positions``; logits [B, vocab]."""
         B = tokens.shape[0]
         kv_len = int(positions.max().item()) + 1
-        mask = (torch.arange(kv_len, device=tokens.device).unsqueeze(0) <= positions.unsqueeze(1))[:, None, None, :]
+        mask = (torch.arange(kv_len, device=tokens.device).unsqueeze(0) <= positions.unsqueeze(1))[
+            :, None, None, :
+        ]
         idx = torch.arange(B, device=tokens.device)
 
         def write(buf: torch.Tensor, new: torch.Tensor) -> None:
             buf[idx, :, positions] = new[:, :, 0]
 
-        h = self._run(tokens.unsqueeze(1), positions.unsqueeze(1), cache, slice(0, B), mask, kv_len, write)
+        h = self._run(
+            tokens.unsqueeze(1), positions.unsqueeze(1), cache, slice(0, B), mask, kv_len, write
+        )
         result: torch.Tensor = self.lm_head(h[:, 0]).float()
         return result

@@ -52,7 +52,9 @@ class Injections:
     ignore_eos: list[int] = field(default_factory=list)
     slow: float = 1.0
     dtype: str | None = None
-    throttle: bool = False  # for the simulated GPU (TracerConfig.throttle); no effect on serving here
+    throttle: bool = (
+        False  # for the simulated GPU (TracerConfig.throttle); no effect on serving here
+    )
     raw: list[str] = field(default_factory=list)
 
     @classmethod
@@ -77,17 +79,23 @@ class Injections:
                 try:
                     inj.ignore_eos.append(int(val))
                 except ValueError:
-                    raise InjectionError(f"--inject ignore-eos=ID expects a token ID, got {val!r}") from None
+                    raise InjectionError(
+                        f"--inject ignore-eos=ID expects a token ID, got {val!r}"
+                    ) from None
             elif key == "slow" and val:
                 try:
                     inj.slow = float(val)
                 except ValueError:
-                    raise InjectionError(f"--inject slow=FACTOR expects a number, got {val!r}") from None
+                    raise InjectionError(
+                        f"--inject slow=FACTOR expects a number, got {val!r}"
+                    ) from None
                 if inj.slow < 1.0:
                     raise InjectionError(f"--inject slow=FACTOR must be >= 1, got {val}")
             elif key == "dtype" and val:
                 if val not in DTYPES:
-                    raise InjectionError(f"--inject dtype= expects one of {', '.join(DTYPES)}, got {val!r}")
+                    raise InjectionError(
+                        f"--inject dtype= expects one of {', '.join(DTYPES)}, got {val!r}"
+                    )
                 inj.dtype = val
             elif key == "throttle" and not val:
                 inj.throttle = True
@@ -129,9 +137,15 @@ class Replica:
         self.tokenizer: TokenizerBundle = load_tokenizer(self.inj.tokenizer or model_dir)
         self.template = self._load_template()
         dtype = DTYPES[self.inj.dtype] if self.inj.dtype else None
-        self.model, self.model_cfg = load_checkpoint(model_dir, device=dev, dtype=dtype, max_len=max_model_len)
-        self.lifecycle.mark("weights_loaded", device=dev, dtype=str(next(self.model.parameters()).dtype),
-                            params=sum(p.numel() for p in self.model.parameters()))
+        self.model, self.model_cfg = load_checkpoint(
+            model_dir, device=dev, dtype=dtype, max_len=max_model_len
+        )
+        self.lifecycle.mark(
+            "weights_loaded",
+            device=dev,
+            dtype=str(next(self.model.parameters()).dtype),
+            params=sum(p.numel() for p in self.model.parameters()),
+        )
         eos = set(self.tokenizer.eos_ids) | set(_config_eos(model_dir))
         eos -= set(self.inj.ignore_eos)
         self.eos_ids = sorted(eos)
@@ -141,20 +155,40 @@ class Replica:
         self.template_fp = template_fingerprint(self.template) if self.template else None
         # The tracer, its exporters, metrics and GPU sampler (see infdebug.tracer.wiring).
         self.telemetry = make_tracer(
-            TracerConfig(trace_dir=trace_dir, otlp_endpoint=otlp_endpoint, redact=redact, trace_max_bytes=trace_max_bytes,
-                         trace_max_age_s=trace_max_age_s, simulate_gpu=simulate_gpu, gpu_hz=gpu_hz,
-                         throttle=self.inj.throttle),
-            ReplicaInfo(replica=name, model=self.model_name, deployment=deployment, engine_version=__version__,
-                        tokenizer_fp=self.tokenizer_fp, template_fp=self.template_fp),
-            load=lambda: self.engine.load, max_batch=max_batch,
+            TracerConfig(
+                trace_dir=trace_dir,
+                otlp_endpoint=otlp_endpoint,
+                redact=redact,
+                trace_max_bytes=trace_max_bytes,
+                trace_max_age_s=trace_max_age_s,
+                simulate_gpu=simulate_gpu,
+                gpu_hz=gpu_hz,
+                throttle=self.inj.throttle,
+            ),
+            ReplicaInfo(
+                replica=name,
+                model=self.model_name,
+                deployment=deployment,
+                engine_version=__version__,
+                tokenizer_fp=self.tokenizer_fp,
+                template_fp=self.template_fp,
+            ),
+            load=lambda: self.engine.load,
+            max_batch=max_batch,
         )
-        self.metrics, self.tracer, self.trace = self.telemetry.metrics, self.telemetry.tracer, self.telemetry.trace
+        self.metrics, self.tracer, self.trace = (
+            self.telemetry.metrics,
+            self.telemetry.tracer,
+            self.telemetry.trace,
+        )
         self.otlp_endpoint = self.telemetry.otlp_endpoint
         self.engine = Engine(
             self.model,
             eos_ids=self.eos_ids,
             decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-            config=EngineConfig(max_batch=max_batch, max_model_len=max_model_len, slow_factor=self.inj.slow),
+            config=EngineConfig(
+                max_batch=max_batch, max_model_len=max_model_len, slow_factor=self.inj.slow
+            ),
             hooks=hooks or self.tracer,
         )
 
@@ -171,7 +205,13 @@ class Replica:
         return list(self.inj.raw)
 
     # -- text ----------------------------------------------------------------------------
-    def render(self, messages: list[dict[str, Any]], *, tools: Any = None, add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: Any = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         if not self.template:
             raise ValueError(f"the model at {self.model_dir} has no chat template")
         # As transformers: special tokens the config names, and nothing for those it lacks
@@ -182,14 +222,21 @@ class Replica:
         if self.tokenizer.eos_token is not None:
             special.setdefault("eos_token", self.tokenizer.eos_token)
         try:
-            return render_chat(self.template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                               **special)
+            return render_chat(
+                self.template,
+                messages,
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
+                **special,
+            )
         except Exception as e:  # template errors are the client's (bad messages) or the template's
             raise ValueError(str(e)) from None
 
     def encode_chat(self, text: str) -> list[int]:
         if self.inj.double_bos:
-            return self.tokenizer.encode(text, add_special_tokens=True)  # the classic bug, on purpose
+            return self.tokenizer.encode(
+                text, add_special_tokens=True
+            )  # the classic bug, on purpose
         return encode_prompt(self.tokenizer, text)
 
     def encode_completion(self, text: str) -> list[int]:
@@ -209,17 +256,24 @@ class Replica:
         messages: list[dict[str, Any]] | None = None,
         request_id: str | None = None,
     ) -> Sequence:
-        return self.engine.submit(ids, params, on_event, request_id, prompt_text=prompt_text, messages=messages)
+        return self.engine.submit(
+            ids, params, on_event, request_id, prompt_text=prompt_text, messages=messages
+        )
 
     def warm_up(self) -> None:
         """One prefill and one decode step outside the engine loop (no trace record), so the
         first request does not pay for lazy initialisation."""
-        ids = torch.tensor(self.tokenizer.encode("warm up", add_special_tokens=True) or [0],
-                           device=self.engine.device)
+        ids = torch.tensor(
+            self.tokenizer.encode("warm up", add_special_tokens=True) or [0],
+            device=self.engine.device,
+        )
         with torch.inference_mode():
             logits = self.model.prefill(ids, 0, 0, self.engine.cache)
-            self.model.decode(logits.argmax(-1)[:1], torch.tensor([len(ids)], device=self.engine.device),
-                              self.engine.cache)
+            self.model.decode(
+                logits.argmax(-1)[:1],
+                torch.tensor([len(ids)], device=self.engine.device),
+                self.engine.cache,
+            )
         self.lifecycle.mark("warmup_done")
 
     def start(self) -> None:

@@ -123,7 +123,11 @@ def corpus_parts(text: str) -> tuple[list[tuple[str, str]], list[list[str]], lis
 def _answer(rng: random.Random, sents: list[str], start: int) -> str:
     """One sentence, or two while they stay short: a short answer ends in few tokens."""
     out = sents[start]
-    if start + 1 < len(sents) and rng.random() < 0.3 and len(f"{out} {sents[start + 1]}".split()) <= MAX_WORDS:
+    if (
+        start + 1 < len(sents)
+        and rng.random() < 0.3
+        and len(f"{out} {sents[start + 1]}".split()) <= MAX_WORDS
+    ):
         out += " " + sents[start + 1]
     return out
 
@@ -172,7 +176,9 @@ def _render(tok: TokenizerBundle, template: str, msgs: list[dict[str, str]], gen
     return render_chat(template, msgs, add_generation_prompt=gen, **special)
 
 
-def _label_spans(text: str, msgs: list[dict[str, str]], eot: str, turns: bool) -> list[tuple[int, int]]:
+def _label_spans(
+    text: str, msgs: list[dict[str, str]], eot: str, turns: bool
+) -> list[tuple[int, int]]:
     """Character spans of ``text`` to label: assistant content through its end-of-turn
     token, or with ``turns`` everything from the first answer on."""
     spans: list[tuple[int, int]] = []
@@ -201,14 +207,24 @@ def encode_conversations(
         raise ValueError("the tokenizer has no eos_token: nothing marks the end of a turn")
     texts = [_render(tok, template, msgs, gen=False) for msgs in convs]
     out = []
-    for text, msgs, enc in zip(texts, convs, tok.tok.encode_batch(texts, add_special_tokens=False), strict=True):
+    for text, msgs, enc in zip(
+        texts, convs, tok.tok.encode_batch(texts, add_special_tokens=False), strict=True
+    ):
         keep = bytearray(len(text) + 1)  # per character: 1 where a label goes
         for s, e in _label_spans(text, msgs, tok.eos_token, turns):
             keep[s:e] = b"\x01" * (e - s)
         ids = list(enc.ids)
-        labels = [i if keep[a] and keep[b - 1] else IGNORE for i, (a, b) in zip(ids, enc.offsets, strict=True)]
+        labels = [
+            i if keep[a] and keep[b - 1] else IGNORE
+            for i, (a, b) in zip(ids, enc.offsets, strict=True)
+        ]
         # as encode_prompt: the tokenizer's BOS in front unless the template wrote it
-        if tok.add_bos and tok.bos_id is not None and tok.bos_token and not text.startswith(tok.bos_token):
+        if (
+            tok.add_bos
+            and tok.bos_id is not None
+            and tok.bos_token
+            and not text.startswith(tok.bos_token)
+        ):
             ids, labels = [tok.bos_id, *ids], [IGNORE, *labels]
         out.append((ids, labels))
     return out
@@ -218,7 +234,10 @@ def encode_conversations(
 
 
 def hidden_states(
-    model: LlamaForCausalLM, ids: torch.Tensor, pos: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    model: LlamaForCausalLM,
+    ids: torch.Tensor,
+    pos: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The final-norm hidden states for ``ids`` [B, T], with autograd: the same modules and
     math as ``prefill`` without the KV cache (RoPE tables from ``setup_rope``). By default
@@ -239,7 +258,9 @@ def hidden_states(
         v = vx.reshape(B, T, a.kv, a.d).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=a.kv != a.h)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=a.kv != a.h
+        )
         h = h + a.o_proj(o.transpose(1, 2).reshape(B, T, a.h * a.d))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     out: torch.Tensor = m.norm(h)
@@ -333,7 +354,10 @@ def train(
     model.requires_grad_(True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": other, "weight_decay": 0.0},
+    ]
     try:  # the fused step is ~10× faster on a CPU than the per-tensor one (torch >= 2.4)
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
     except (RuntimeError, TypeError):
@@ -348,7 +372,9 @@ def train(
             group["lr"] = _lr(step, cfg)
         h = hidden_states(model, p.inputs, p.pos, p.mask)
         keep = p.targets != IGNORE
-        logits = model.lm_head(h[keep])  # only where there is a label: the head is the largest matmul
+        logits = model.lm_head(
+            h[keep]
+        )  # only where there is a label: the head is the largest matmul
         loss = F.cross_entropy(logits.float(), p.targets[keep])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -361,8 +387,12 @@ def train(
     model.requires_grad_(False)
     tail = losses[-max(1, len(losses) // 10) :]
     return TrainReport(
-        steps=cfg.steps, loss=sum(tail) / len(tail), first_loss=losses[0],
-        seconds=time.perf_counter() - t0, tokens=tokens, padded_tokens=padded,
+        steps=cfg.steps,
+        loss=sum(tail) / len(tail),
+        first_loss=losses[0],
+        seconds=time.perf_counter() - t0,
+        tokens=tokens,
+        padded_tokens=padded,
         curve=[round(x, 4) for i, x in enumerate(losses) if i % 10 == 0 or i == len(losses) - 1],
         config=asdict(cfg),
     )
@@ -391,5 +421,12 @@ def train_in_dir(
     cfg = replace(base, steps=steps or base.steps, seed=seed)
     with open(CORPUS, encoding="utf-8") as f:
         text = f.read()
-    return train(model, load_tokenizer(model_dir), load_template(model_dir), text, cfg, pad_id=pad_id,
-                 on_step=on_step)
+    return train(
+        model,
+        load_tokenizer(model_dir),
+        load_template(model_dir),
+        text,
+        cfg,
+        pad_id=pad_id,
+        on_step=on_step,
+    )
