@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import re
 import sys
 import uuid
 from typing import Any, NoReturn
@@ -101,10 +102,27 @@ def fmt_rate(per_s: float | None) -> str:
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    """One line on stderr, ``infdebug: msg`` (msg is plain text: ``[profile]`` stays as is),
-    then exit."""
-    err_console.print(f"[bold red]infdebug:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    """Say why the command stops, then exit with ``code``: one line on stderr,
+    ``infdebug: msg`` (msg is plain text: ``[profile]`` stays as is), or, when the running
+    command was given ``--json``, ``{"error": msg}`` on stdout. A message of several lines
+    (ClickHouse's) is joined into one."""
+    line = one_line(msg)
+    if wants_json():
+        print_json({"error": line})
+    else:
+        err_console.print(f"[bold red]infdebug:[/] {escape(line)}", highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def one_line(msg: str) -> str:
+    """``msg`` with its line breaks (and the blanks around them) made single spaces."""
+    return " ".join(part.strip() for part in re.split(r"[\r\n]+", msg) if part.strip())
+
+
+def wants_json() -> bool:
+    """Whether the running click command was given ``--json`` (its ``as_json`` parameter)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("as_json"))
 
 
 def to_jsonable(v: Any) -> Any:

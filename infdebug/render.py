@@ -69,11 +69,14 @@ def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: 
         style = SEVERITY_STYLE[sev]
         out_console.print(f"\n[{style}]{sev.upper()}[/] ({len(group)})")
         for f in group:
-            out_console.print(f"  [{style}]{f.kind}[/]: {f.summary}", highlight=False)
+            out_console.print(
+                f"  [{style}]{escape(f.kind)}[/]: {escape(f.summary)}", highlight=False
+            )
             vals = {k: v for k, v in (f.values or {}).items() if k in KEY_VALUES}
             if vals:
                 out_console.print(
-                    "    values: " + ", ".join(f"{k}={_short(v, 40)}" for k, v in vals.items()),
+                    "    values: "
+                    + ", ".join(f"{k}={escape(_short(v, 40))}" for k, v in vals.items()),
                     highlight=False,
                 )
             for k in EVIDENCE_KEYS:
@@ -81,9 +84,11 @@ def print_findings(findings: list[Finding], failed: dict[str, str], n_requests: 
                 if v is not None and v != []:
                     if k == "first_seen" and isinstance(v, int | float):
                         v = dt.datetime.fromtimestamp(v, dt.UTC).isoformat(timespec="seconds")
-                    out_console.print(f"    {k}: {_short(v)}", highlight=False)
+                    out_console.print(f"    {k}: {escape(_short(v))}", highlight=False)
     for name, why in sorted(failed.items()):
-        err_console.print(f"[bold red]analyzer {name} failed:[/] {why}", highlight=False)
+        err_console.print(
+            f"[bold red]analyzer {escape(name)} failed:[/] {escape(why)}", highlight=False
+        )
 
 
 @contextlib.contextmanager

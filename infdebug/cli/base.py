@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from infdebug.console import fail, print_json
+from infdebug.console import fail, one_line, print_json
 from infdebug.errors import InfdebugError
 
 
@@ -45,7 +45,7 @@ class JsonCommand(click.Command):
 def exit_failed(e: CommandFailed, as_json: bool) -> NoReturn:
     """Report ``e`` (JSON on stdout with ``--json``, one line on stderr otherwise) and exit."""
     if as_json:
-        print_json({"error": e.message, **e.doc})
+        print_json({"error": one_line(e.message), **e.doc})
         sys.exit(e.code)
     fail(e.message, e.code)
 

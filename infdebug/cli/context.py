@@ -26,14 +26,17 @@ class CliContext:
 
     @contextmanager
     def store(self) -> Iterator[Store]:
-        """The store for the length of a ``with``; a store that cannot be opened exits 2
-        with why."""
+        """The store for the length of a ``with``. A store that cannot be opened (busy,
+        unreachable), or a :class:`StoreError` inside the ``with``, exits 2 with why: one
+        line on stderr, or ``{"error": …}`` on stdout under ``--json`` (see ``fail``)."""
         try:
             st = self.open_store()
         except StoreError as e:
             fail(str(e))
         try:
             yield st
+        except StoreError as e:
+            fail(str(e))
         finally:
             st.close()
 

@@ -16,6 +16,7 @@ import click
 
 from infdebug.cli.options import json_option
 from infdebug.console import err_console, fail, fmt_seconds, print_json
+from infdebug.limits import ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT, ENV_MAX_BODY_MB
 from infdebug.render import training_progress
 from infdebug.tracer.engine.faults import FAULTS, fault_specs
 
@@ -210,6 +211,32 @@ def make_model_cmd(
 @click.option(
     "--gpu-hz", default=4.0, show_default=True, help="GPU samples per second (NVML or simulated)."
 )
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    envvar=ENV_MAX_BODY_MB,
+    help="Largest request body accepted, in MiB (413 beyond, before the body is read).",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    envvar=ENV_HEADER_TIMEOUT,
+    help="Close a connection that has not sent a request's headers within this time.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    envvar=ENV_BODY_TIMEOUT,
+    help="Answer 408 to a request whose body has not arrived within this time.",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def serve_cmd(
     model_dir: str,
@@ -229,6 +256,9 @@ def serve_cmd(
     max_model_len: int,
     simulate_gpu: bool,
     gpu_hz: float,
+    max_body_mb: float,
+    header_timeout: float,
+    body_timeout: float,
     log_level: str,
 ) -> None:
     """Serve a checkpoint with an OpenAI-compatible API (completions, chat, streaming).
@@ -243,12 +273,18 @@ def serve_cmd(
     Faults for --inject (each a real change to the serving path):
     {faults}
     """
+    from infdebug.limits import Limits, MiB
     from infdebug.tracer.engine.replica import InjectionError, Injections, Replica
     from infdebug.tracer.engine.server import serve
 
     if not os.path.isdir(model_dir):
         fail(f"--model {model_dir}: not a directory (make one with: infdebug make-model DIR)")
     try:
+        limits = Limits(
+            max_body_bytes=max(1, int(max_body_mb * MiB)),
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+        )
         inj = Injections.parse(list(injects))
         rep = Replica(
             model_dir,
@@ -283,7 +319,7 @@ def serve_cmd(
 
     signal.signal(signal.SIGTERM, _term)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(rep, host=host, port=port, log_level=log_level)
+        serve(rep, host=host, port=port, log_level=log_level, limits=limits)
     sys.exit(0)
 
 

@@ -105,6 +105,8 @@ def ingest(
             st.close()
     except CommandFailed as e:
         exit_failed(e, as_json)
+    except StoreError as e:  # any other store failure: one line (JSON with --json)
+        exit_failed(CommandFailed(str(e)), as_json)
     code = report.exit_code()
     failed = "nothing could be ingested: " + (
         "; ".join(failure_reasons(report)) or "no input files"

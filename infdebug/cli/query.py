@@ -4,12 +4,15 @@ percentiles per replica): reading the store."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
+from infdebug.cli.base import JsonCommand
 from infdebug.cli.context import CliContext, pass_cli
 from infdebug.cli.options import json_option
 from infdebug.console import err_console, fail, id_column, out_console, print_json, to_jsonable
@@ -23,16 +26,42 @@ def _query_help() -> str:
     tables = textwrap.fill(
         ", ".join(table_names()) + ".", width=88, initial_indent="Tables: ", subsequent_indent="  "
     )
-    return f"""Run ad-hoc SQL against the store.
+    return f"""Run ad-hoc SQL against the store: one statement that only reads.
 
     \b
     {tables.replace(chr(10), chr(10) + "    ")}
     Example:
       infdebug query "SELECT replica, quantileExact(0.99)(ttft_s) FROM requests GROUP BY replica"
+      infdebug query "SELECT * FROM requests WHERE replica = {{r:String}}" -p r=r3 --json
+
+    The SQL runs under ClickHouse's readonly = 1 (no writes, no settings changes), after
+    ClickHouse's own parser has said it is one statement. Table functions and functions that
+    reach files, the network or other processes (file, url, s3, remote, cluster, mysql,
+    executable …), INTO OUTFILE, SYSTEM, KILL, BACKUP and RESTORE are refused, with --write
+    too. Parameter values are bound as given: -p 'p=a\\b' binds the three characters a, \\ and b.
     """
 
 
-@click.command("query", help=_query_help())
+def _parse_params(params: tuple[str, ...]) -> dict[str, str]:
+    bound: dict[str, str] = {}
+    for p in params:
+        name, eq, value = p.partition("=")
+        if not eq:
+            fail(f"--param expects NAME=VALUE, got {p!r}")
+        if not _PARAM_NAME.fullmatch(name):
+            fail(
+                f"--param {name!r}: a parameter name is letters, digits and _ (as in {{r:String}})"
+            )
+        if name in bound:
+            fail(f"--param {name} given twice")
+        bound[name] = value
+    return bound
+
+
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@click.command("query", cls=JsonCommand, help=_query_help())
 @click.argument("sql")
 @click.option(
     "--param",
@@ -41,37 +70,61 @@ def _query_help() -> str:
     multiple=True,
     metavar="NAME=VALUE",
     help="Bind a query parameter: use {NAME:Type} in the SQL, e.g. "
-    "-p r=replica-1 with WHERE replica = {r:String}.",
+    "-p r=replica-1 with WHERE replica = {r:String}. A String gets the value exactly as "
+    "given; another type takes ClickHouse's text of it: -p ids='[1, 2]' for "
+    "{ids:Array(UInt32)}, -p rs=\"['r1', 'r2']\" for {rs:Array(String)}.",
 )
-@json_option("Print a JSON array, one object per row.")
+@click.option(
+    "--write",
+    is_flag=True,
+    help="For an operator who means it: let the SQL change the store (INSERT … SELECT, ALTER, "
+    "DELETE, DROP, CREATE …) and run several statements separated by ; one after another "
+    "(the last one's rows are shown). What reaches files, the network or other processes "
+    "stays refused, as do SET, dictionaries, non-local table engines and INSERT with inline "
+    "data; it is not a sandbox.",
+)
+@json_option('Print a JSON array, one object per row; on failure {"error": …}.')
 @click.option("--limit", default=1000, show_default=True, help="Rows to show in the table view.")
 @pass_cli
-def query(obj: CliContext, sql: str, params: tuple[str, ...], as_json: bool, limit: int) -> None:
-    bound: dict[str, str] = {}
-    for p in params:
-        if "=" not in p:
-            fail(f"--param expects NAME=VALUE, got {p!r}")
-        k, v = p.split("=", 1)
-        bound[k] = v
+def query(
+    obj: CliContext, sql: str, params: tuple[str, ...], write: bool, as_json: bool, limit: int
+) -> None:
+    from infdebug.store.user_sql import QueryRefused, run_sql
+
+    bound = _parse_params(params)
     with obj.store() as st:
         try:
-            cols, rows = st.query(sql, bound)
+            res = run_sql(st, sql, bound, write=write)
+        except QueryRefused as e:
+            fail(f"query refused: {e}")
         except StoreError as e:
-            fail(f"query failed: {e}")
+            fail(f"query failed: {e}{_hint(str(e), write)}")
+    cols, rows = res.columns, res.rows
     if as_json:
         print_json([dict(zip(cols, r, strict=True)) for r in rows])
+        return
+    if not cols:
+        err_console.print(f"{res.statements} statement(s) run", style="dim")
         return
     t = Table(show_edge=False, header_style="bold")
     for c in cols:
         if _is_id_column(c):
-            id_column(t, c)
+            id_column(t, escape(c))
         else:
-            t.add_column(c, overflow="fold")
+            t.add_column(escape(c), overflow="fold")
     for r in rows[:limit]:
         t.add_row(*(_cell(v) for v in r))
     out_console.print(t)
     more = f", showing {limit}" if len(rows) > limit else ""
     err_console.print(f"{len(rows)} row(s){more}", style="dim")
+
+
+def _hint(msg: str, write: bool) -> str:
+    if "readonly mode" in msg and not write:
+        return " (infdebug query is read-only by default; --write lifts that)"
+    if "UNKNOWN_QUERY_PARAMETER" in msg:
+        return " (give each {name:Type} a value with -p name=VALUE)"
+    return ""
 
 
 _ID_NAMES = {
@@ -110,7 +163,7 @@ def _cell(v: Any) -> str:
     return s if len(s) <= 200 else s[:200] + "…"
 
 
-@click.command("stats")
+@click.command("stats", cls=JsonCommand)
 @click.option("--replica", default="", help="Only this replica.")
 @click.option("--deployment", default="", help="Only this deployment (revision or canary label).")
 @json_option("Print JSON instead of a table.")

@@ -5,20 +5,33 @@ How a file is loaded:
 1. Its identity is the hash of its first line, so a file that is renamed, rotated or
    gzipped after it was ingested is recognised; ``ingest_state`` remembers how far into it
    we got (bytes and lines), so a file that grew is read from where it stopped and the
-   same file twice adds nothing.
-2. **Fast path** (a new file): ClickHouse parses and loads the original file itself
-   (``file()`` in chDB, streamed to ``input()`` on a server) with strict JSON settings and
-   a check on every row (``Table.guard``: the kind, required fields, enums, token IDs in
-   UInt32, finite numbers, valid UTF-8, text that does not look like an object). The
-   checks may doubt a good line, never pass a bad one; one doubtful row rolls the load back
-   and sends the file down the careful path. Python never touches the rows here: on two
-   cores, a Python validation pass beside ClickHouse halved the throughput.
+   same file twice adds nothing. What was read must still be the file's prefix: the hashes
+   of its first and last 64 KiB read (``head_hash``, ``tail_hash``) are compared first, so
+   another file that starts with the same line (or this one rewritten) is read as a new
+   file, not from the other's offset. A UTF-8 byte-order mark before the first line is not
+   part of it.
+2. **Fast path** (a new file on the embedded store): ClickHouse first reads the raw lines
+   (``LineAsString``) and checks each one is strict JSON, one object, every field of the
+   type the contract says (``Table.line_guard``, store/line_check.py); then it parses and
+   loads the original file itself (``file()``) with strict JSON settings and a check on
+   every row (``Table.guard``: the kind, required fields, enums, token IDs in UInt32,
+   finite numbers, valid UTF-8, text that does not look like an object), and must store
+   exactly one row per non-blank line. The checks may doubt a good line, never pass a bad
+   one; one doubtful line sends the file down the careful path (a load already done is
+   rolled back). Python never touches the rows here: on two cores, a Python validation
+   pass beside ClickHouse halved the throughput; the line check adds about half the
+   load's time (store/line_check.py). A ClickHouse server cannot run the line check yet
+   (it would need the body streamed to it a second time), so there every file takes the
+   careful path. ``Ingestor(fast_path=False)`` forces the careful path.
 3. **Careful path** (a file with a bad line, mixed kinds, or a grown tail): every line is
    validated with the full contract decoder; bad lines go to the rejects file with file,
    line, field and reason; good lines are grouped by kind and loaded. Whatever ClickHouse
    still refuses is bisected down to the line and rejected with ClickHouse's reason.
    Request latencies that cannot be true (collectors/timing.py) are dropped here, with a
-   note; the fast path's guard doubts every row that has one.
+   note; the fast path's guard doubts every row that has one. A good line with a field
+   named like a column in another case (``TTFT_S``), which ClickHouse would read as that
+   column, is loaded re-encoded from the decoded record. A malformed line's reject names
+   the field its syntax error is in (collectors/json_where.py).
 
 Each load is tagged with a batch number, recorded as pending before it starts, so a load
 that fails or a process that dies half way is rolled back instead of leaving duplicates.
@@ -32,7 +45,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -42,6 +54,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import msgspec
+
+from infdebug.collectors.file_identity import REWRITTEN, identify, set_marks
+from infdebug.collectors.json_where import malformed_field
 from infdebug.collectors.timing import (
     SPAN_TOLERANCE_REL,
     SPAN_TOLERANCE_S,
@@ -50,22 +66,48 @@ from infdebug.collectors.timing import (
 )
 from infdebug.lineblocks import line_blocks
 from infdebug.schema import LineError, RecordDecoder, encode_record, kind_of, open_bytes
-from infdebug.store.base import Store, StoreError
+from infdebug.store.base import Store, StoreError, StoreFull, StoreUnwritable, disk_full
 from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES, request_latency_guard
 from infdebug.store.ingest_state import (
+    MARK_BYTES,
     IngestState,
     batch_rows,
-    load_state,
+    first_line_id,
+    load_states,
     next_batch,
     rollback_batch,
     save_state,
 )
+from infdebug.store.line_check import check_lines, column_in_other_case
 
 CHUNK_BYTES = 64 << 20
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json.gz")
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
+TOO_DEEP = "JSON nested too deeply to read (over about 1000 levels of objects and arrays)"
 
-_FULL = RecordDecoder()
-_FULL_STRICT = RecordDecoder(strict=True)
+
+class _FieldNamingDecoder(RecordDecoder):
+    """The contract decoder, naming the field a malformed-JSON error is in as well
+    (``"ttft_s":+1`` → ``ttft_s``; collectors/json_where.py). A finding-kind line that is
+    malformed after its tag (``{"kind":"a.b",…}{…}``) escapes ``RecordDecoder`` as a
+    msgspec ``DecodeError``; it is a ``LineError`` here, not the end of the file."""
+
+    def decode(self, line: bytes | str) -> Any:
+        try:
+            return super().decode(line)
+        except LineError as e:
+            where = malformed_field(line, e.reason) if isinstance(line, bytes) else None
+            if e.field is None and where is not None:
+                raise LineError(e.reason, where) from None
+            raise
+        except msgspec.DecodeError as e:
+            reason = f"malformed JSON: {e}"
+            where = malformed_field(line, reason) if isinstance(line, bytes) else None
+            raise LineError(reason, where) from None
+
+
+_FULL = _FieldNamingDecoder()
+_FULL_STRICT = _FieldNamingDecoder(strict=True)
 
 
 @dataclass
@@ -103,19 +145,45 @@ class RejectSink:
         self._lock = threading.Lock()
 
     def add(self, r: Reject) -> None:
+        """Write ``r``; a rejects file that cannot be written stops the run
+        (``RejectsUnwritable``, ``StoreFull`` when the disk is full): a line set aside
+        where nobody can find it would be a line lost."""
         with self._lock:
-            if self._fh is None:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across adds
-            self._fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            try:
+                if self._fh is None:
+                    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                    self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across adds
+                self._fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+                self._fh.flush()
+            except OSError as e:
+                if self._fh is not None:
+                    with contextlib.suppress(OSError):
+                        self._fh.close()  # what it still buffers cannot be written either
+                    self._fh = None
+                raise self._unwritable(e) from None
             self.count += 1
             if len(self.first) < 20:
                 self.first.append(r)
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError as e:
+                raise self._unwritable(e) from None
+
+    def _unwritable(self, e: OSError) -> StoreUnwritable:
+        if disk_full(e):
+            return StoreFull(f"no space left on device for the rejects file {self.path}")
+        return RejectsUnwritable(
+            f"cannot write the rejects file {self.path}: {e.strerror or e}; "
+            "pass --rejects FILE where it can be written"
+        )
+
+
+class RejectsUnwritable(StoreUnwritable):
+    """The rejects file cannot be written (it lives under the store's home by default)."""
 
 
 @dataclass
@@ -128,6 +196,7 @@ class FileResult:
     message: str = ""
     path_taken: str = ""  # fast | careful | ""
     notes: Counter[str] = field(default_factory=Counter)  # fields dropped, counted per reason
+    warnings: list[str] = field(default_factory=list)  # about the file as a whole
 
 
 Progress = Callable[[int], None]  # called with bytes just processed
@@ -136,17 +205,25 @@ Progress = Callable[[int], None]  # called with bytes just processed
 # --- reading ------------------------------------------------------------------------------
 
 
-def _measure(path: str, limit: int | None = None) -> tuple[int, int]:
-    """(bytes, lines) of a file's (decompressed) content, or of its first ``limit`` bytes."""
+def _measure(
+    path: str, limit: int | None = None, *, tail: bytearray | None = None
+) -> tuple[int, int]:
+    """(bytes, lines) of a file's (decompressed) content, or of its first ``limit`` bytes;
+    ``tail`` is given the last ``MARK_BYTES`` of it."""
     size = lines = 0
     last = 10  # b"\n"
     buf = bytearray(8 << 20)
     view = memoryview(buf)
+    if tail is not None:
+        tail.clear()
     with open_bytes(path) as fh:
         while n := fh.readinto(view if limit is None else view[: min(len(buf), limit - size)]):  # type: ignore[attr-defined]
             size += n
             lines += buf.count(b"\n", 0, n)
             last = buf[n - 1]
+            if tail is not None:
+                tail += view[max(0, n - MARK_BYTES) : n]
+                del tail[:-MARK_BYTES]
             if limit is not None and size >= limit:
                 break
     view.release()
@@ -172,6 +249,14 @@ def _skip(fh: IO[bytes], n: int) -> None:
         fh.seek(n)
 
 
+def _decode(dec: RecordDecoder, line: bytes) -> Any:
+    """``dec.decode``, with a line nested too deeply for the decoder as a ``LineError``."""
+    try:
+        return dec.decode(line)
+    except RecursionError:
+        raise LineError(TOO_DEEP) from None
+
+
 # --- the ingestor -------------------------------------------------------------------------
 
 
@@ -185,8 +270,10 @@ class Ingestor:
         progress: Progress | None = None,
         tmp_dir: str | None = None,
         max_latency: float | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.store = store
+        self.fast_path = fast_path  # False: every file down the careful path (tests, doubt)
         self.max_latency_s = max_latency_s(max_latency)  # read now: flag, ingest, env, default
         self.strict = strict
         self.rejects = rejects
@@ -197,6 +284,7 @@ class Ingestor:
         self._settings = dict(JSONL_READ_SETTINGS)
         self._settings["input_format_skip_unknown_fields"] = 1
         self._label = ""
+        self._tail = bytearray()  # the last MARK_BYTES the latest load read (ingest_state)
 
     # -- one file ------------------------------------------------------------------------
     def ingest_file(self, path: str, label: str | None = None) -> FileResult:
@@ -204,6 +292,7 @@ class Ingestor:
         when ``path`` is a converted copy of another file."""
         res = FileResult(label or path)
         self._label = label or path
+        self._tail.clear()
         try:
             st_os = os.stat(path)
             head = _first_line(path)
@@ -217,38 +306,34 @@ class Ingestor:
                 "empty file: nothing to load" if empty else "only blank lines: nothing to load"
             )
             return res
-        cid = hashlib.sha256(head).hexdigest()[:32]
-        state = load_state(self.store, cid)
-        if state.pending_batch:
-            rollback_batch(self.store, state.pending_batch)  # a previous load died half way
-            state.pending_batch = 0
-        if state.size == st_os.st_size and state.mtime == st_os.st_mtime and state.offset > 0:
+        states = load_states(self.store, first_line_id(head))
+        for s in states:
+            if s.pending_batch:
+                rollback_batch(self.store, s.pending_batch)  # a previous load died half way
+                s.pending_batch = 0
+                save_state(self.store, s, s.path)
+        state, unchanged, rewritten = identify(
+            path, st_os, first_line_id(head), states, self._label
+        )
+        if rewritten:
+            res.warnings.append(REWRITTEN)
+        if unchanged:
             res.status, res.message = "unchanged", "already ingested"
             return res
-        gz = path.endswith(".gz")
-        if not gz and st_os.st_size < state.offset:
-            res.status = "error"
-            res.message = (
-                f"{path} is {st_os.st_size} bytes but {state.offset} bytes of it were ingested "
-                "before "
-                "under the same first line; it was rewritten in place, not appended to "
-                "— not re-read"
-            )
-            return res
         batch = next_batch()
-        prev = dataclasses.replace(state)
+        prev = dataclasses.replace(state, batches=list(state.batches))
         save_state(self.store, dataclasses.replace(prev, pending_batch=batch), self._label)
         state.size, state.mtime = st_os.st_size, st_os.st_mtime
         try:
             if state.offset == 0:
-                kind = self._peek_kind(head)
+                kind = self._peek_kind(head) if self.fast_path else None
                 done = kind is not None and self._fast(path, kind, batch, state, res)
-                if not done:
-                    rollback_batch(self.store, batch)
+                if not done:  # (``_fast`` rolled back what it loaded)
                     res.rows.clear()
                     self._careful(path, batch, state, res)
             else:
                 self._careful(path, batch, state, res)
+            set_marks(path, state, prev.offset, self._tail)
         except BaseException:
             # Roll back and forget the batch; if even that fails, the pending mark makes the
             # next run roll it back before reading the file again.
@@ -258,18 +343,21 @@ class Ingestor:
             raise
         state.rows += sum(res.rows.values())
         state.rejected += res.rejected
+        if sum(res.rows.values()):
+            state.add_batch(batch)
         save_state(self.store, state, self._label)
         return res
 
     def _peek_kind(self, head: bytes) -> str | None:
         try:
-            return kind_of(_FULL.decode(head))
+            return kind_of(_decode(_FULL, head.removeprefix(BOM)))
         except LineError:
             return None
 
     def _fast(self, path: str, kind: str, batch: int, state: IngestState, res: FileResult) -> bool:
-        """Let ClickHouse parse and load the whole file, with the fast-path checks of
-        ``Table.guard`` on every row. False (nothing kept) when any row is in doubt."""
+        """Let ClickHouse check the raw lines (``Table.line_guard``), then parse and load the
+        whole file with the checks of ``Table.guard`` on every row, one row per non-blank
+        line. False when any line is in doubt, with whatever was loaded rolled back."""
         table = TABLES[kind]
         if kind == "request":
             guard = request_latency_guard(self.max_latency_s, SPAN_TOLERANCE_S, SPAN_TOLERANCE_REL)
@@ -279,17 +367,31 @@ class Ingestor:
             settings["input_format_skip_unknown_fields"] = 0
         before = os.stat(path)
         try:
-            self.store.insert_jsonl(table, path, self._label, batch, settings, guarded=True)
+            check = check_lines(self.store, table, path)
+        except StoreUnwritable:
+            raise
         except StoreError:
-            return False  # a bad line, another kind, an unknown field: the careful path names it
-        after = os.stat(path)
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            return False  # written to while ClickHouse read it: read it line by line instead
+            check = None
+        if check is None or check.doubtful:
+            return False  # no line check here, or a line in doubt: nothing loaded, careful path
+        try:
+            self.store.insert_jsonl(table, path, self._label, batch, settings, guarded=True)
+            after = os.stat(path)
+            loaded = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+            # not written to while ClickHouse read it, and one row a line, not otherwise split
+            rows = batch_rows(self.store, table, batch) if loaded else -1
+        except StoreUnwritable:
+            raise  # a full disk, a read-only store: no other path would fare better
+        except StoreError:
+            rows = -1  # a bad line, another kind, an unknown field: the careful path names it
+        if rows != check.lines:
+            rollback_batch(self.store, batch, [table])  # a failed INSERT may have left parts
+            return False
         if path.endswith(".gz"):
-            size, lines = _measure(path)  # offsets count decompressed bytes
+            size, lines = _measure(path, tail=self._tail)  # offsets count decompressed bytes
         else:
             size, lines = before.st_size, 0  # lines are counted only if the file ever grows
-        res.rows[kind] = batch_rows(self.store, table, batch)
+        res.rows[kind] = rows
         res.bytes += size
         res.path_taken = "fast"
         state.offset += size
@@ -307,6 +409,7 @@ class Ingestor:
             state.lines = _count_lines(path, state.offset)  # loaded by the fast path
         line_no = state.lines
         consumed = 0
+        self._tail.clear()
         try:
             with open_bytes(path) as fh:
                 _skip(fh, state.offset)
@@ -314,13 +417,15 @@ class Ingestor:
                     lines = block.split(b"\n")
                     if complete:
                         lines.pop()  # the empty piece after the final newline
+                    if state.offset == consumed == 0 and lines and lines[0].startswith(BOM):
+                        lines[0] = lines[0][len(BOM) :]  # a byte-order mark, not the line's
                     for i, line in enumerate(lines):
                         line_no += 1
                         last_partial = not complete and i == len(lines) - 1
                         if not line.strip():
                             continue
                         try:
-                            obj = dec.decode(line)
+                            obj = _decode(dec, line)
                         except LineError as e:
                             if last_partial and not gz:
                                 # Maybe still being written: report it, leave it to be re-read.
@@ -352,6 +457,8 @@ class Ingestor:
                             if notes:
                                 res.notes.update(notes)
                                 line = encode_record(obj).rstrip(b"\n")
+                        if column_in_other_case(line, k):  # ClickHouse would read it as one
+                            line = encode_record(obj).rstrip(b"\n")
                         fh_k = spills.get(k)
                         if fh_k is None:
                             fh_k = spills[k] = tempfile.NamedTemporaryFile(  # noqa: SIM115
@@ -363,6 +470,8 @@ class Ingestor:
                         spill_lines[k].append(line_no)
                         res.rows[k] += 1
                     consumed += len(block)
+                    self._tail += block[-MARK_BYTES:]
+                    del self._tail[:-MARK_BYTES]
                     self.progress(len(block))
             for k, f in spills.items():
                 f.close()
@@ -383,6 +492,8 @@ class Ingestor:
         try:
             self.store.insert_jsonl(table, spill, self._label, batch, self._settings, guarded=False)
             return
+        except StoreUnwritable:
+            raise  # the disk is full (or read-only), not a line refused
         except StoreError:
             pass
         # ClickHouse refused something msgspec accepted (e.g. a duplicated key): roll this
@@ -415,6 +526,8 @@ class Ingestor:
                     TABLES[kind], f.name, self._label, batch, self._settings, guarded=False
                 )
                 return
+            except StoreUnwritable:
+                raise  # the disk is full (or read-only), not a line refused
             except StoreError as e:
                 if len(pairs) == 1:
                     n, line = pairs[0]

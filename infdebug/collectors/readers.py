@@ -15,6 +15,11 @@ order; ``detect_format(path)`` says which reader fits (from the file's name, its
 the first lines that tell); ``convert_to_contract`` writes contract JSONL and reports what it
 read, ignored and rejected. Lines come through ``readers_shipper`` (CRI / Docker json-file /
 ``kubectl --timestamps`` wrappings removed, split lines rejoined).
+
+A hostile line is one line's problem, not the file's: a line nested too deeply for Python's
+JSON parser (``too_deep``) is rejected before any reader parses it, and is never asked of
+detection; a UTF-8 byte-order mark before the first line is dropped. A rotated log's
+name tells its format as the name it was rotated from does (``sniff.unrotated``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +45,7 @@ from infdebug.collectors.readers_base import (
     replica_from_path,
 )
 from infdebug.collectors.readers_shipper import frames
+from infdebug.collectors.sniff import unrotated
 from infdebug.schema import LineError, Request, encode_record
 
 # Context, ReadStats, build_request, parse_timestamp, replica_from_path: from readers_base
@@ -65,6 +72,27 @@ __all__ = [
 
 DETECT_LINES = 2000  # lines looked at to detect a file's format
 UNKNOWN = "unknown"
+# Python's json (and msgspec) parse nesting by recursion, and give up near 1000 levels
+# less the stack already in use; a line nested deeper than this is rejected unparsed.
+MAX_JSON_DEPTH = 500
+TOO_DEEP = f"JSON nested too deeply to read (over {MAX_JSON_DEPTH} levels of objects and arrays)"
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+
+
+def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests JSON objects and arrays more than ``limit`` deep (brackets in
+    strings do not count). Cheap for ordinary lines: only one with more than ``limit``
+    brackets in all is looked at closer."""
+    if text.count("{") + text.count("[") <= limit:
+        return False
+    depth = 0
+    for ch in _NOT_BRACKET_RE.sub("", _JSON_STRING_RE.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
 
 # --- the registry ------------------------------------------------------------------------------
 
@@ -125,11 +153,13 @@ def not_recognised(path: str) -> str:
 def detect_line(text: str) -> str | None:
     """The format one line belongs to: a line that is a JSON object is asked of each format's
     ``json_line``, any other line of each ``text_line`` (in detection order); None."""
-    s = text.lstrip()
+    s = text.lstrip().lstrip("\ufeff")
     if s.startswith("{"):
+        if too_deep(s):
+            return None
         try:
             obj = json.loads(s)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(obj, dict):
             return None
@@ -146,8 +176,9 @@ def detect_format(path: str) -> str:
     line (``first_line``) or the first of its first ``DETECT_LINES`` lines that tells (inside
     any CRI / Docker wrapping); ``unknown``."""
     ordered = specs()
+    name = unrotated(os.path.basename(path))
     for sp in ordered:
-        if sp.suffixes and path.endswith(sp.suffixes):
+        if sp.suffixes and name.endswith(sp.suffixes):
             return sp.name
     first = True
     for n, text, _ in frames(path, Counter()):
@@ -205,7 +236,30 @@ class EngineLogReader:
 
     def __iter__(self) -> Iterator[tuple[int, Request | LineError]]:
         assert self.spec.read is not None
-        for n, item in self.spec.read(self.ctx.lines(), self.ctx):
+        deep: list[tuple[int, Request | LineError]] = []
+        for n, item in self.spec.read(self._lines(deep), self.ctx):
+            yield from self._count(deep)
+            deep.clear()
+            yield from self._count([(n, item)])
+        yield from self._count(deep)
+
+    def _lines(self, deep: list[tuple[int, Request | LineError]]) -> Iterator[tuple[int, str]]:
+        """The file's lines for the reader: a byte-order mark off the first; a line nested
+        too deeply given as blank, its error put in ``deep`` for ``__iter__`` to yield."""
+        first = True
+        for n, text in self.ctx.lines():
+            if first:
+                text, first = text.lstrip("\ufeff"), False
+            if too_deep(text):
+                self.stats.lines += 1
+                deep.append((n, LineError(TOO_DEEP)))
+                text = ""
+            yield n, text
+
+    def _count(
+        self, items: list[tuple[int, Request | LineError]]
+    ) -> Iterator[tuple[int, Request | LineError]]:
+        for n, item in items:
             if isinstance(item, LineError):
                 self.stats.errors += 1
             else:
@@ -284,11 +338,16 @@ def convert_to_contract(
                     bad.append((n, item))
                 else:
                     out.write(encode_record(item))
-        except OSError as e:
+        except (OSError, EOFError) as e:
             report.error = f"{path}: {e}"
+        except RecursionError:
+            report.error = f"{path}: a line is nested too deeply to parse: not loaded"
     if bad:
         wanted = {n for n, _ in bad}
-        raw_lines = {n: t.encode() for n, t, _ in frames(path, Counter()) if n in wanted}
+        try:
+            raw_lines = {n: t.encode() for n, t, _ in frames(path, Counter()) if n in wanted}
+        except (OSError, EOFError):
+            raw_lines = {}  # gone since (rotated away): the rejects keep no raw line
     for n, err in bad:
         r = Reject(path, n, err.reason, err.field, raw_lines.get(n, b""))
         report.rejects.append(r)

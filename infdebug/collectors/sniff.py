@@ -4,12 +4,16 @@ array, binary, or text for the log-format registry (``readers.detect_format``) t
 Each answer that is not a format comes with its own one-line message for the ingest
 report, so that an empty file, a ``[{…}, …]`` export and a stray binary are each named for
 what they are rather than all reported as "not a log".
+
+``unrotated(name)`` is the name a rotated log had before rotation (``app.jsonl.1.gz`` →
+``app.jsonl.gz``, ``app.log-20251201`` → ``app.log``): what the file's suffix is judged by.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from infdebug.schema import open_bytes
@@ -29,6 +33,25 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xfe", "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"),
     (b"\xfe\xff", "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"),
 )
+
+
+# What log rotation appends to a name (before a compression suffix): logrotate's count
+# (``.1``) or dateext (``-20251201``, ``-2025120113``, ``-20251201-1733000000``), Python's
+# TimedRotatingFileHandler and others' dates (``.2025-12-01``, ``.2025-12-01_13-00``).
+_ROTATED_RE = re.compile(
+    r"(?:\.\d{1,6}|[-._]\d{8}(?:\d{2}|[-_]\d{1,12})?"
+    r"|[-._]\d{4}-\d{2}-\d{2}(?:[-_T.]\d{2}(?:[-:]?\d{2}){0,2})?)$"
+)
+
+
+def unrotated(name: str) -> str:
+    """``name`` without what log rotation appended to it (a ``.gz`` stays at the end)."""
+    gz = name.endswith(".gz")
+    base = name[:-3] if gz else name
+    stem = _ROTATED_RE.sub("", base)
+    if not stem:
+        stem = base  # nothing but a rotation suffix: not a rotated name
+    return stem + (".gz" if gz else "")
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,8 @@ def _json_array(text: str) -> bool:
         return False
     try:
         doc = json.loads(s.split("\n", 1)[0])
+    except RecursionError:
+        return False  # nested too deeply to be an export: its lines are judged one by one
     except ValueError:
         # The first line does not parse on its own: the array goes on (``[`` then ``{…},``).
         return s[1:].lstrip().startswith(("{", "]"))

@@ -1,8 +1,17 @@
 """The store seam: one Protocol over ClickHouse (chDB in-process or a server), the same SQL on
-both."""
+both; the errors a store raises, and its migrations.
+
+A store that cannot be written is a ``StoreUnwritable``: ``StoreFull`` when its disk is full
+(``disk_full`` tells one from ClickHouse's message or an ``OSError``), ``StoreReadOnly``
+when its directory is read-only. Ingest stops on either (the next file would fail the same
+way), where any other ``StoreError`` fails only the file it came from.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -12,17 +21,54 @@ from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, TABLES, Table
 
 Params = Mapping[str, Any] | None
 
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Params",
     "Store",
     "StoreBusy",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
+    "StoreUnwritable",
+    "disk_full",
     "insert_select",
     "migrate",
+    "missing_tables",
     "query_dicts",
     "schema_version",
 ]
+
+
+class StoreUnwritable(StoreError):
+    """The store cannot be written at all (a full disk, a read-only directory): nothing
+    that writes can go on, so ingest stops instead of failing every file in turn."""
+
+
+class StoreFull(StoreUnwritable):
+    """No space left on the disk the store (or a file ingest writes) is on."""
+
+
+class StoreReadOnly(StoreUnwritable):
+    """The store's directory is read-only: it can be queried, not written."""
+
+
+# ClickHouse's ways of saying the disk is full: ENOSPC through its errno messages,
+# NOT_ENOUGH_SPACE (code 243) when a reservation fails, EDQUOT for a quota.
+_FULL_RE = re.compile(
+    r"No space left on device|NOT_ENOUGH_SPACE|Cannot reserve .* not enough space"
+    r"|errno: (?:28|122)\b|Disk quota exceeded",
+    re.IGNORECASE,
+)
+
+
+def disk_full(e: BaseException | str) -> bool:
+    """Whether ``e`` (an exception or a ClickHouse message) says a disk is full."""
+    if isinstance(e, StoreFull):
+        return True
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return bool(_FULL_RE.search(e if isinstance(e, str) else str(e)))
 
 
 @runtime_checkable
@@ -82,8 +128,25 @@ def insert_select(table: Table, source: str, *, guarded: bool) -> str:
     )
 
 
-def migrate(store: Store) -> list[int]:
-    """Apply pending migrations in order; returns the versions applied."""
+def migrate(store: Store, *, restore: bool = True) -> list[int]:
+    """Apply pending migrations in order; returns the versions applied.
+
+    ``restore``: re-create the tables of applied migrations that are missing (dropped by
+    hand, or lost), by re-running those migrations' statements for them (``missing_tables``).
+    A read-only store cannot be migrated: it is read as it is (a warning says so when its
+    schema is behind, as queries of newer columns then fail)."""
+    if getattr(store, "read_only", None):
+        version = _version_or_zero(store)
+        latest = MIGRATIONS[-1].version
+        if version < latest:
+            log.warning(
+                "%s is read-only and its schema is at version %d, not %d: it is read as it "
+                "is; open it once where it can be written to migrate it",
+                store.description,
+                version,
+                latest,
+            )
+        return []
     store.command(MIGRATIONS_DDL)
     _, rows = store.query("SELECT max(version) FROM schema_migrations")
     current = int(rows[0][0] or 0) if rows else 0
@@ -99,7 +162,58 @@ def migrate(store: Store) -> list[int]:
             {"v": m.version, "n": m.name},
         )
         applied.append(m.version)
+    if restore:
+        gone = missing_tables(store)
+        if gone:
+            restore_tables(store, gone)
+            log.warning(
+                "%s: re-created missing table(s) %s (empty); `infdebug store check` says "
+                "whether ingest state still lists files whose rows were in them",
+                store.description,
+                ", ".join(gone),
+            )
     return applied
+
+
+_TARGET_RE = re.compile(r"^\s*(?:CREATE TABLE IF NOT EXISTS|ALTER TABLE)\s+`?(\w+)`?", re.I)
+
+
+def _statements_by_table(version: int) -> dict[str, list[str]]:
+    """The statements of migrations up to ``version``, in order, by the table they act on."""
+    out: dict[str, list[str]] = {}
+    retention = settings.retention_days()
+    for m in MIGRATIONS:
+        if m.version > version:
+            break
+        for stmt in m.sql(retention):
+            hit = _TARGET_RE.match(stmt)
+            if hit:
+                out.setdefault(hit.group(1), []).append(stmt)
+    return out
+
+
+def missing_tables(store: Store) -> list[str]:
+    """Tables the applied migrations created that the store does not have (in creation
+    order)."""
+    expected = _statements_by_table(_version_or_zero(store))
+    _, rows = store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    have = {r[0] for r in rows}
+    return [t for t in expected if t not in have]
+
+
+def restore_tables(store: Store, tables: Sequence[str]) -> None:
+    """Re-create ``tables`` (empty) with every applied migration's statements for them."""
+    by_table = _statements_by_table(_version_or_zero(store))
+    for t in tables:
+        for stmt in by_table.get(t, []):
+            store.command(stmt)
+
+
+def _version_or_zero(store: Store) -> int:
+    try:
+        return schema_version(store)
+    except StoreError:
+        return 0  # no schema_migrations table (yet)
 
 
 def schema_version(store: Store) -> int:

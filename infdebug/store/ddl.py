@@ -5,6 +5,11 @@ records land in is described once by its ``Column``s: the storage type, the type
 ClickHouse reads the JSON field as (``read``), and the expression that turns the read
 value into the stored one (``expr``). Ingest builds both the ``file()``/``input()``
 structure and the ``INSERT … SELECT`` list from these, so DDL and loader cannot drift.
+
+Each ``Column`` (store/columns.py) also carries the fast ingest path's checks, derived from
+its type: ``check`` on the value ClickHouse parsed, and ``raw`` on the field's JSON text in
+the original line, because ClickHouse's JSONEachRow reader is more lenient than the
+contract (``Table.line_guard`` lists how).
 """
 
 from __future__ import annotations
@@ -12,138 +17,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from infdebug.store.columns import (
+    RAW_NUM,
+    RAW_OBJ,
+    RAW_SHALLOW,
+    RAW_STR,
+    U32,
+    Column,
+    boolean,
+    enum,
+    json_text,
+    raw_int,
+    real,
+    reals,
+    text,
+    texts,
+    token_ids,
+    uint,
+)
+
 # Rows are kept INFDEBUG_RETENTION_DAYS (default 30) after they were ingested, not after they
 # happened: old incident logs must stay analysable the day they are loaded. The DDL carries
 # this mark; ``Migration.sql`` puts the setting in when the migration runs, never at import.
 RETENTION_MARK = "__RETENTION_DAYS__"
-
-U32 = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Column:
-    """One stored column and how a JSON field becomes it.
-
-    ``read`` is the type ClickHouse parses the field as, ``expr`` turns it into the stored
-    value, and ``check`` is a condition every row must meet on the fast ingest path: a row
-    that fails it sends the whole file to the careful path, where the contract decoder
-    judges each line exactly. Checks may be stricter than the contract (a text that starts
-    with ``{`` is doubted), never looser.
-    """
-
-    name: str
-    type: str  # storage type
-    read: str  # type of the JSON field as read
-    expr: str = "{c}"  # SELECT expression from the read field
-    check: str = ""  # fast-path condition on the read field
-    json: bool = False  # stored as JSON text (objects / arrays of objects)
-
-    @property
-    def select(self) -> str:
-        return self.expr.format(c=f"`{self.name}`")
-
-    @property
-    def guard(self) -> str:
-        return self.check.format(c=f"`{self.name}`")
-
-
-_PLAIN_TEXT = (
-    "({c} IS NULL OR (isValidUTF8({c}) AND NOT startsWith({c}, '{{') AND NOT startsWith({c}, '[')))"
-)
-
-
-def text(name: str, *, required: bool = False, lc: bool = False) -> Column:
-    # Objects and arrays are read as their JSON text (for the JSON columns), so a text field
-    # that starts like one is doubted and judged by the contract decoder.
-    storage = "String" if required else "Nullable(String)"
-    if lc:
-        storage = f"LowCardinality({storage})"
-    check = _PLAIN_TEXT + (" AND {c} IS NOT NULL" if required else "")
-    return Column(
-        name, storage, "Nullable(String)", "assumeNotNull({c})" if required else "{c}", check
-    )
-
-
-def enum(name: str, values: tuple[str, ...], *, required: bool = False) -> Column:
-    allowed = ", ".join(f"'{v}'" for v in values)
-    check = f"{{c}} IN ({allowed})" if required else f"({{c}} IS NULL OR {{c}} IN ({allowed}))"
-    storage = "LowCardinality(String)" if required else "LowCardinality(Nullable(String))"
-    return Column(
-        name, storage, "Nullable(String)", "assumeNotNull({c})" if required else "{c}", check
-    )
-
-
-def real(name: str, *, required: bool = False) -> Column:
-    check = "isFinite({c})" if required else "({c} IS NULL OR isFinite({c}))"
-    return Column(
-        name,
-        "Float64" if required else "Nullable(Float64)",
-        "Nullable(Float64)",
-        "assumeNotNull({c})" if required else "{c}",
-        check,
-    )
-
-
-def uint(name: str, bits: int, *, default: int | None = None) -> Column:
-    hi = 2**bits - 1 if bits < 64 else 2**63 - 1
-    t = f"UInt{bits}"
-    if default is None:
-        return Column(
-            name,
-            f"Nullable({t})",
-            "Nullable(Int64)",
-            f"CAST({{c}}, 'Nullable({t})')",
-            f"({{c}} IS NULL OR {{c}} BETWEEN 0 AND {hi})",
-        )
-    return Column(
-        name,
-        t,
-        "Nullable(Int64)",
-        f"CAST(ifNull({{c}}, {default}), '{t}')",
-        f"({{c}} IS NULL OR {{c}} BETWEEN 0 AND {hi})",
-    )
-
-
-def token_ids(name: str) -> Column:
-    return Column(
-        name,
-        "Array(UInt32)",
-        "Array(Int64)",
-        "CAST({c}, 'Array(UInt32)')",
-        f"(empty({{c}}) OR (arrayMin({{c}}) >= 0 AND arrayMax({{c}}) <= {U32}))",
-    )
-
-
-def reals(name: str) -> Column:
-    # A NaN or inf anywhere makes the sum non-finite; so may a huge but finite sum, which
-    # only costs a detour through the careful path.
-    return Column(name, "Array(Float64)", "Array(Float64)", check="isFinite(arraySum({c}))")
-
-
-def texts(name: str) -> Column:
-    return Column(
-        name,
-        "Array(LowCardinality(String))",
-        "Array(String)",
-        check="arrayAll(x -> isValidUTF8(x) AND NOT startsWith(x, '{{'), {c})",
-    )
-
-
-def json_text(name: str, opener: str) -> Column:
-    """A JSON object (opener ``{``) or array (``[``) kept as its text."""
-    op = opener.replace("{", "{{")  # literal brace in a str.format template
-    return Column(
-        name,
-        "Nullable(String)",
-        "Nullable(String)",
-        check=f"({{c}} IS NULL OR (isValidUTF8({{c}}) AND startsWith({{c}}, '{op}')))",
-        json=True,
-    )
-
-
-def boolean(name: str) -> Column:
-    return Column(name, "Bool", "Bool")
-
 
 REQUEST_COLUMNS: tuple[Column, ...] = (
     text("request_id", required=True),
@@ -160,7 +56,7 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     real("ttft_s"),
     real("e2e_s"),
     reals("token_times_s"),
-    json_text("messages", "["),
+    json_text("messages", "[", RAW_OBJ),
     text("prompt_text"),
     token_ids("prompt_ids"),
     text("output_text"),
@@ -201,10 +97,10 @@ METRIC_COLUMNS: tuple[Column, ...] = (
     real("t", required=True),
     text("replica", required=True, lc=True),
     text("name", required=True, lc=True),
-    enum("type", ("counter", "gauge", "histogram", "summary", "untyped"), required=True),
-    json_text("labels", "{"),
+    enum("type", ("counter", "gauge", "histogram", "summary", "untyped"), default="untyped"),
+    json_text("labels", "{", RAW_STR),
     real("value"),
-    json_text("buckets", "{"),
+    json_text("buckets", "{", RAW_NUM),
     real("sum"),
     real("count"),
     uint("v", 16, default=1),
@@ -235,6 +131,7 @@ PROFILE_COLUMNS: tuple[Column, ...] = (
         "Nullable(Int64)",
         "CAST(assumeNotNull({c}), 'UInt32')",
         f"({{c}} IS NOT NULL AND {{c}} BETWEEN 0 AND {U32})",
+        raw=raw_int(U32),
     ),
     uint("pid", 32),
     real("rate_hz"),
@@ -296,6 +193,38 @@ class Table:
         kind = "position(`kind`, '.') > 0" if self.kind == "finding" else f"`kind` = '{self.kind}'"
         extra = [f"({self.extra_guard})"] if self.extra_guard else []
         return " AND ".join([kind, *(c.guard for c in self.columns if c.check), *extra])
+
+    def line_guard(self, line: str = "line", fields: str = "fields") -> str:
+        """A condition on one raw, non-blank JSONL ``line`` that holds only if ClickHouse's
+        JSONEachRow reader reads it the way the contract decoder does; with ``guard`` on
+        the parsed row, the fast path's whole check.
+
+        ``fields`` is ``JSONExtractKeysAndValuesRaw(line)``, one simdjson parse of the line:
+        empty unless the line is exactly one valid JSON object (strict JSON: no ``+1``,
+        ``.5``, ``01``, ``1.``, ``NaN``, raw control characters, bad escapes, lone
+        surrogates, invalid UTF-8, nor a second object after the first, as in ``{…}{…}``,
+        ``{…},{…}``, ``{…}\\r{…}``). simdjson skips a byte-order mark, the contract does
+        not, so a line that starts with one is doubted. Each field's JSON text must then
+        meet its column's ``raw`` condition, because JSONEachRow (measured on chDB 26.9
+        with ``JSONL_READ_SETTINGS``) reads ``"0.5"`` and ``["1"]`` as numbers, ``null``
+        inside an array and null for a non-Optional scalar as the default, ``1``/``0`` as
+        a Bool, an integer past 2^64 modulo 2^64, a JSON string where an array is kept as
+        text, and a field name in any ASCII case as the column (``TTFT_S`` is ``ttft_s``),
+        so a name that differs from a column's only in case is doubted too. Unknown fields
+        may hold any JSON; it and the JSON columns' must not nest past ``MAX_NESTING``.
+        """
+        names = [c.name for c in self.columns]
+        branches = [f"fk = '{c.name}', {c.raw_guard('fv')}" for c in self.columns]
+        if self.kind != "finding":
+            names.append("kind")
+            branches.append(f"fk = 'kind', {RAW_STR.replace('{v}', 'fv')}")
+        lowered = ", ".join(f"'{n.lower()}'" for n in names)
+        unknown = RAW_SHALLOW.replace("{v}", "fv")  # any JSON, not nested too deeply
+        per_field = f"multiIf({', '.join(branches)}, lowerUTF8(fk) IN ({lowered}), 0, {unknown})"
+        return (
+            f"notEmpty({fields}) AND NOT startsWith({line}, '\\xEF\\xBB\\xBF') "
+            f"AND arrayAll((fk, fv) -> {per_field}, {fields}.1, {fields}.2)"
+        )
 
     def insert_columns(self) -> str:
         return ", ".join(f"`{c.name}`" for c in self.columns) + ", `_file`, `_batch`"
@@ -462,6 +391,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE requests ADD COLUMN IF NOT EXISTS abort_message Nullable(String)",
         ),
     ),
+    Migration(
+        6,
+        "ingest_state: head_hash, tail_hash (what was read of a file is still its prefix), "
+        "batches (the loads that gave its rows: store check finds files whose rows are gone)",
+        (
+            "ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS head_hash String DEFAULT ''",
+            "ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS tail_hash String DEFAULT ''",
+            "ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS batches Array(UInt64)",
+        ),
+    ),
 )
 
 MIGRATIONS_DDL = """
@@ -485,8 +424,10 @@ def table_names() -> list[str]:
     return [t.name for t in TABLES.values()] + others
 
 
-# Settings for reading contract JSONL: strict about types (a number is not a string, a bool
-# is not a number), objects and arrays of objects kept as their JSON text.
+# Settings for reading contract JSONL: as strict about types as JSONEachRow goes (a number
+# is not read as a string), objects and arrays of objects kept as their JSON text. It still
+# reads a quoted number as a number, a null as the default and more (``Table.line_guard``
+# lists what the fast path checks on the raw line because of it).
 JSONL_READ_SETTINGS: dict[str, int | str] = {
     "input_format_json_read_numbers_as_strings": 0,
     "input_format_json_read_bools_as_numbers": 0,

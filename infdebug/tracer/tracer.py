@@ -13,8 +13,11 @@ reads requests through the hook interface only.
 Redaction (``--redact``), applied once to the record every exporter receives:
 
 - ``none``: everything the engine knows.
-- ``prompts``: no prompt text, no message contents (roles stay), no output text; token IDs,
-  lengths, timings and fingerprints stay, so token-level analysis still works.
+- ``prompts``: no prompt text, no message contents (the standard roles stay; any other role
+  is a client's text and is replaced), no output text, and no text among the sampling
+  parameters (each ``stop`` string, and any other string there, becomes ``"[redacted]"``, so
+  their number stays); token IDs, lengths, timings and fingerprints stay, so token-level
+  analysis still works.
 - ``all``: ``prompts`` and no token IDs either (``prompt_ids``/``output_ids`` are left
   empty: ``[]``, the contract's "not recorded"). Lengths survive in ``prompt_tokens`` and
   ``output_tokens``, which every record carries whatever the redaction (and in
@@ -30,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from infdebug.schema import FinishReason, Request
 from infdebug.tracer.exporters import DropOldestQueue, Exporter, Progress
@@ -46,6 +49,8 @@ _FINISH: dict[str, FinishReason] = {
     "error": "error",
 }
 _log = logging.getLogger(__name__)
+REDACTED = "[redacted]"
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function", "ipython"})
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,11 @@ def build_record(seq: TracedRequest, info: ReplicaInfo, redact: Redact = "none")
     text_ok = redact == "none"
     ids_ok = redact != "all"
     messages = seq.messages
-    if messages is not None and not text_ok:
-        messages = [{"role": m.get("role")} for m in messages]
+    sampling = seq.sampling()
+    if not text_ok:
+        if messages is not None:
+            messages = [{"role": _role(m.get("role"))} for m in messages]
+        sampling = {k: _no_text(v) for k, v in sampling.items()}
     return Request(
         request_id=seq.request_id,
         replica=info.replica,
@@ -91,11 +99,26 @@ def build_record(seq: TracedRequest, info: ReplicaInfo, redact: Redact = "none")
         output_ids=list(seq.output_ids) if ids_ok else None,
         cached_prompt_tokens=seq.cached_tokens,
         finish_reason=_FINISH.get(seq.finish_reason or ""),
-        sampling=seq.sampling(),
+        sampling=sampling,
         error="engine step failed" if seq.finish_reason == "error" else None,
         prompt_tokens=len(seq.prompt_ids),
         output_tokens=len(seq.output_ids),
     )
+
+
+def _role(role: Any) -> str | None:
+    return role if role is None or (isinstance(role, str) and role in ROLES) else REDACTED
+
+
+def _no_text(v: Any) -> Any:
+    """``v`` with every string in it replaced (numbers, booleans and shapes kept)."""
+    if isinstance(v, str):
+        return REDACTED
+    if isinstance(v, list | tuple):
+        return [_no_text(x) for x in v]
+    if isinstance(v, dict):
+        return {f"{REDACTED}{i}": _no_text(x) for i, x in enumerate(v.values())}
+    return v
 
 
 class Tracer(NoHooks):

@@ -8,6 +8,16 @@ last running sequence into it, so slots ``0..B-1`` always hold the batch.
 
 Events (tokens, finish) are delivered to each request's callback on the engine thread;
 callbacks must be quick and must not raise (the server hands them to its event loop).
+
+One request cannot hurt another: whatever fails while admitting, prefilling, sampling,
+detokenizing or stopping one sequence finishes that sequence with ``finish_reason="error"``
+and the rest of the batch goes on. Only a failure of the batched forward pass itself (which
+no one request owns) finishes the whole running batch with an error. Sampling
+(``sampling.py``) is numerically safe for every temperature the server accepts: 0 is greedy,
+and one in (0, 0.01) is raised to 0.01 as vLLM does (logits / 1e-300 give NaN probabilities).
+Every request submitted is finished exactly once (``hooks.finished``), also at ``stop``, and
+before its last event is delivered (a client that has its answer has its trace queued).
+
 The engine calls its hooks (``infdebug.tracer.hooks``) with each ``Sequence``, which
 implements the hooks' ``TracedRequest`` view; it never imports the tracer.
 """
@@ -15,10 +25,12 @@ implements the hooks' ``TracedRequest`` view; it never imports the tracer.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
+import traceback
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +38,15 @@ from typing import Any
 import torch
 
 from infdebug.tracer.engine.model import KVCache, LlamaForCausalLM
+from infdebug.tracer.engine.prefix_cache import PrefixCache
+from infdebug.tracer.engine.sampling import SampleError, sample_row
 from infdebug.tracer.hooks import EngineHooks, NoHooks
+
+_log = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """``--inject fail-request=TEXT``: the failure one sequence's step raises."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,7 @@ class Sequence:
     aborted: bool = False
     prompt_text: str | None = None  # what the server rendered, for the trace
     messages: list[dict[str, Any]] | None = None
+    done: bool = False  # finished: its last event delivered and hooks.finished called
 
     @property
     def output_text(self) -> str:
@@ -124,42 +145,8 @@ class EngineConfig:
     prefix_cache_blocks: int = 2048
     max_prefill_tokens: int = 4096  # per step, so decode is not starved by a burst of arrivals
     slow_factor: float = 1.0  # --inject slow=F: each step takes F times as long
-
-
-class PrefixCache:
-    """KV blocks keyed by a hash chain over prompt token IDs (block i's key covers blocks
-    0..i), least recently used evicted first."""
-
-    def __init__(self, block_size: int, capacity: int) -> None:
-        self.block_size, self.capacity = block_size, capacity
-        self.blocks: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self.hits = self.queries = 0
-
-    def keys(self, ids: list[int], n_blocks: int) -> list[int]:
-        out, h = [], 0
-        bs = self.block_size
-        for i in range(n_blocks):
-            h = hash((h, tuple(ids[i * bs : (i + 1) * bs])))
-            out.append(h)
-        return out
-
-    def lookup(self, keys: list[int]) -> list[torch.Tensor]:
-        found = []
-        for k in keys:
-            b = self.blocks.get(k)
-            if b is None:
-                break
-            self.blocks.move_to_end(k)
-            found.append(b)
-        return found
-
-    def insert(self, key: int, block: torch.Tensor) -> None:
-        if self.capacity <= 0:
-            return
-        self.blocks[key] = block
-        self.blocks.move_to_end(key)
-        while len(self.blocks) > self.capacity:
-            self.blocks.popitem(last=False)
+    fail_request: str | None = None  # --inject fail-request=TEXT (see faults.py)
+    redact_logs: bool = False  # log a failed request's error type and stack, not its message
 
 
 class Engine:
@@ -243,11 +230,20 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the loop; requests still waiting or running finish as aborted (each gets its
+        last event and its one ``finished`` hook)."""
         with self._cv:
             self._stop = True
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            if self._thread.is_alive():
+                return  # a step is stuck: leave its sequences to it
+        with self._cv:
+            left = list(self.waiting) + list(self.running)
+            self.waiting.clear()
+        for seq in left:
+            self._finish(seq, "abort")
 
     @property
     def load(self) -> tuple[int, int]:
@@ -265,7 +261,7 @@ class Engine:
             t = time.perf_counter()
             try:
                 self.step()
-            except Exception as e:  # never let one bad step kill the replica
+            except Exception as e:  # the batched forward pass failed: no one request owns it
                 self._fail_all(e)
             if self.cfg.slow_factor > 1.0:
                 pause = (time.perf_counter() - t) * (self.cfg.slow_factor - 1.0)
@@ -273,12 +269,22 @@ class Engine:
                 self.step_sleeps.append(pause)
 
     def _fail_all(self, err: Exception) -> None:
+        self._log_failure(err, "engine step failed (the running batch is finished)")
         for seq in list(self.running):
             self._finish(seq, "error")
         self.running.clear()
-        import logging
 
-        logging.getLogger(__name__).exception("engine step failed: %s", err)
+    def _log_failure(self, err: BaseException, what: str) -> None:
+        if self.cfg.redact_logs:  # an exception's message may quote the request's text
+            stack = "".join(traceback.format_tb(err.__traceback__))
+            _log.error("%s: %s\n%s", what, type(err).__name__, stack)
+        else:
+            _log.error("%s: %s: %s", what, type(err).__name__, err, exc_info=err)
+
+    def _fail(self, seq: Sequence, err: BaseException, stage: str) -> None:
+        """Finish one sequence with an error; the others are untouched."""
+        self._log_failure(err, f"request {seq.request_id} failed while {stage}")
+        self._finish(seq, "error")
 
     def step(self) -> None:
         """One engine iteration: admit and prefill, then decode the running batch."""
@@ -290,7 +296,11 @@ class Engine:
             if seq.aborted:
                 self._finish(seq, "abort", emit=False)
                 continue
-            budget -= self._admit(seq)
+            try:
+                budget -= self._admit(seq)
+            except Exception as e:
+                budget -= len(seq.prompt_ids)
+                self._fail(seq, e, "prefilling")
         for seq in [s for s in self.running if s.aborted]:
             self._finish(seq, "abort")
         if self.running:
@@ -338,41 +348,78 @@ class Engine:
         want_lp = any(s.params.logprobs is not None for s in seqs)
         logp = torch.log_softmax(logits, dim=-1) if want_lp else None
         now = time.perf_counter()
-        done = []
+        done: list[tuple[Sequence, TokenEvent]] = []
+        failed: list[tuple[Sequence, BaseException]] = []
+        stepped: list[Sequence] = []
         for i, (seq, tok) in enumerate(zip(seqs, chosen, strict=True)):
-            seq.output_ids.append(tok)
-            seq.token_times.append(now)
-            lp: float | None = None
-            top: list[tuple[int, float]] | None = None
-            if logp is not None and seq.params.logprobs is not None:
-                lp = float(logp[i, tok])
-                if seq.params.logprobs > 0:
-                    v, ix = torch.topk(logp[i], seq.params.logprobs)
-                    top = list(zip(ix.tolist(), v.tolist(), strict=True))
-            text = self._detok(seq)
-            reason = None
-            if tok in seq.stop_ids:
-                reason = "stop"
-            elif seq.params.stop and any(st in seq.text for st in seq.params.stop):
-                cut = min(seq.text.find(st) for st in seq.params.stop if st in seq.text)
-                emitted = len(seq.text) - len(text)
-                text = text[: max(0, cut - emitted)]
-                seq.text = seq.text[:cut]
-                reason = "stop"
-            elif len(seq.output_ids) >= seq.params.max_tokens:
-                reason = "length"
-            ev = TokenEvent(seq.request_id, tok, text, lp, top)
-            if reason is not None:
-                seq.finish_reason = reason
-                ev.finish_reason = reason
-                ev.timing = seq.timing()
-                done.append(seq)
+            if isinstance(tok, BaseException):
+                failed.append((seq, tok))
+                continue
+            try:
+                ev = self._advance(seq, tok, None if logp is None else logp[i], now)
+            except Exception as e:  # this sequence's own failure: it alone ends
+                failed.append((seq, e))
+                continue
+            stepped.append(seq)
+            if ev.finish_reason is not None:
+                done.append((seq, ev))
+            else:
+                self._deliver(seq, ev)
+        self.tokens_out += len(stepped)
+        self.hooks.step_tokens(stepped, now)
+        for seq, ev in done:  # traced before its client hears the end
+            self._complete(seq)
             self._deliver(seq, ev)
-        self.tokens_out += len(seqs)
-        self.hooks.step_tokens(seqs, now)
-        for seq in done:
-            self._release(seq)
-            self.hooks.finished(seq)
+        for seq, err in failed:
+            stage = "sampling" if isinstance(err, SampleError) else "taking its next token"
+            self._fail(seq, err, stage)
+
+    def _advance(
+        self, seq: Sequence, tok: int, logp: torch.Tensor | None, now: float
+    ) -> TokenEvent:
+        """Append one sampled token to a sequence: logprobs, text, stop; its event."""
+        marker, prompt = self.cfg.fail_request, seq.prompt_text or ""
+        if marker and seq.output_ids and marker in prompt:
+            at = prompt.index(marker)  # quoted, as real errors quote their input (--redact)
+            raise InjectedFault(
+                f"--inject fail-request: failed at the second token of {prompt[at : at + 60]!r}"
+            )
+        seq.output_ids.append(tok)
+        seq.token_times.append(now)
+        lp: float | None = None
+        top: list[tuple[int, float]] | None = None
+        if logp is not None and seq.params.logprobs is not None:
+            lp = float(logp[tok])
+            if seq.params.logprobs > 0:
+                v, ix = torch.topk(logp, min(seq.params.logprobs, logp.shape[-1]))
+                top = list(zip(ix.tolist(), v.tolist(), strict=True))
+        text = self._detok(seq)
+        reason = None
+        if tok in seq.stop_ids:
+            reason = "stop"
+        elif seq.params.stop and text and (cut := self._stop_at(seq, len(text))) is not None:
+            emitted = len(seq.text) - len(text)
+            text = text[: max(0, cut - emitted)]
+            seq.text = seq.text[:cut]
+            reason = "stop"
+        elif len(seq.output_ids) >= seq.params.max_tokens:
+            reason = "length"
+        ev = TokenEvent(seq.request_id, tok, text, lp, top)
+        if reason is not None:
+            seq.finish_reason = reason
+            ev.finish_reason = reason
+            ev.timing = seq.timing()
+        return ev
+
+    @staticmethod
+    def _stop_at(seq: Sequence, n_new: int) -> int | None:
+        """Where the first stop string starts, looking only where one could have completed
+        with the ``n_new`` characters just added (earlier text was checked before)."""
+        longest = max(len(st) for st in seq.params.stop)
+        start = max(0, len(seq.text) - n_new - longest + 1)
+        window = seq.text[start:]
+        hits = [i for st in seq.params.stop if (i := window.find(st)) >= 0]
+        return start + min(hits) if hits else None
 
     def _deliver(self, seq: Sequence, ev: TokenEvent) -> None:
         try:
@@ -380,28 +427,19 @@ class Engine:
         except Exception:  # a client's callback must not stop the engine
             seq.aborted = True
 
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | BaseException]:
+        """One token per sequence, or the error sampling that sequence raised."""
         greedy = [s.params.temperature <= 0 for s in seqs]
         if all(greedy):
-            return logits.argmax(dim=-1).tolist()
-        out = []
+            return list(logits.argmax(dim=-1).tolist())
+        out: list[int | BaseException] = []
         for i, s in enumerate(seqs):
-            row = logits[i]
-            if greedy[i]:
-                out.append(int(row.argmax()))
-                continue
-            row = row / s.params.temperature
-            if s.params.top_k > 0:
-                k = min(s.params.top_k, row.shape[-1])
-                kth = torch.topk(row, k).values[-1]
-                row = row.masked_fill(row < kth, float("-inf"))
-            probs = torch.softmax(row, dim=-1)
-            if s.params.top_p < 1.0:
-                sp, si = torch.sort(probs, descending=True)
-                keep = (sp.cumsum(-1) - sp) < s.params.top_p
-                keep[0] = True
-                probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-            out.append(int(torch.multinomial(probs, 1, generator=s.generator)))
+            try:
+                out.append(sample_row(logits[i], s.params, s.generator, greedy=greedy[i]))
+            except Exception as e:
+                err = SampleError(f"{type(e).__name__}: {e}")
+                err.__traceback__ = e.__traceback__
+                out.append(err)
         return out
 
     def _detok(self, seq: Sequence) -> str:
@@ -427,13 +465,27 @@ class Engine:
         self.running.pop()
         seq.slot = -1
 
+    def _complete(self, seq: Sequence) -> None:
+        """The one place a sequence ends: its slot freed, ``hooks.finished`` called once."""
+        if seq.done:
+            return
+        seq.done = True
+        if seq in self.running:
+            self._release(seq)
+        try:
+            self.hooks.finished(seq)
+        except Exception as e:  # hooks must not raise; if one does, the engine goes on
+            self._log_failure(e, f"the finished hook failed on {seq.request_id}")
+
     def _finish(self, seq: Sequence, reason: str, emit: bool = True) -> None:
+        if seq.done:
+            return
         seq.finish_reason = reason
         if seq in self.running:
             self._release(seq)
+        self._complete(seq)
         if emit:
             ev = TokenEvent(
                 seq.request_id, -1, "", None, None, finish_reason=reason, timing=seq.timing()
             )
             self._deliver(seq, ev)
-        self.hooks.finished(seq)

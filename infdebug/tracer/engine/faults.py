@@ -51,6 +51,12 @@ FAULTS: tuple[Fault, ...] = (
         "throttle",
         "with --simulate-gpu: the simulated GPU overheats and throttles",
     ),
+    Fault(
+        "fail-request",
+        "TEXT",
+        "fail-request=POISON",
+        "a request whose prompt holds TEXT fails in the engine at its second token",
+    ),
 )
 
 FAULT_KEYS: frozenset[str] = frozenset(f.key for f in FAULTS)

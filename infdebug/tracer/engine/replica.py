@@ -11,12 +11,18 @@ Fault injection (``--inject``), each a real change to how requests are served:
 - ``slow=FACTOR``: sleep so that every engine step takes FACTOR times as long.
 - ``dtype=float16`` (or bfloat16, float32): run the model in another dtype (numerics skew).
 - ``throttle``: with ``--simulate-gpu``, the simulated GPU overheats and throttles.
+- ``fail-request=TEXT``: a request whose prompt holds TEXT raises in the engine's step at
+  its second token (a per-request engine bug): it finishes with an error, the batch goes on.
+
+Prompts are encoded through the tokenizer's ``encode_batch``, which releases the GIL, so a
+large prompt tokenized off the event loop does not stall it (``encode`` holds the GIL).
 
 The registry of these (what help texts and errors list) is ``faults.FAULTS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -55,6 +61,7 @@ class Injections:
     throttle: bool = (
         False  # for the simulated GPU (TracerConfig.throttle); no effect on serving here
     )
+    fail_request: str | None = None
     raw: list[str] = field(default_factory=list)
 
     @classmethod
@@ -99,6 +106,8 @@ class Injections:
                 inj.dtype = val
             elif key == "throttle" and not val:
                 inj.throttle = True
+            elif key == "fail-request" and val:
+                inj.fail_request = val
             else:
                 raise InjectionError(f"unknown injection {spec!r}; known: {fault_specs()}")
             inj.raw.append(spec)
@@ -134,7 +143,9 @@ class Replica:
         self.model_name = served_model_name or os.path.basename(os.path.normpath(model_dir))
         self.started = time.time()
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer: TokenizerBundle = load_tokenizer(self.inj.tokenizer or model_dir)
+        self.tokenizer: TokenizerBundle = _GilFreeTokenizer.of(
+            load_tokenizer(self.inj.tokenizer or model_dir)
+        )
         self.template = self._load_template()
         dtype = DTYPES[self.inj.dtype] if self.inj.dtype else None
         self.model, self.model_cfg = load_checkpoint(
@@ -187,7 +198,11 @@ class Replica:
             eos_ids=self.eos_ids,
             decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
             config=EngineConfig(
-                max_batch=max_batch, max_model_len=max_model_len, slow_factor=self.inj.slow
+                max_batch=max_batch,
+                max_model_len=max_model_len,
+                slow_factor=self.inj.slow,
+                fail_request=self.inj.fail_request,
+                redact_logs=redact != "none",
             ),
             hooks=hooks or self.tracer,
         )
@@ -285,6 +300,20 @@ class Replica:
         self.engine.stop()
         self.telemetry.stop()  # exports what is queued; JSONL flushed + fsynced, spans flushed
         self.lifecycle.mark("shutdown")
+
+
+@dataclass
+class _GilFreeTokenizer(TokenizerBundle):
+    """The loaded tokenizer, encoding through ``encode_batch`` (the same IDs as ``encode``),
+    which releases the GIL while the Rust tokenizer runs."""
+
+    @classmethod
+    def of(cls, bundle: TokenizerBundle) -> _GilFreeTokenizer:
+        return cls(**{f.name: getattr(bundle, f.name) for f in dataclasses.fields(bundle)})
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        (enc,) = self.tok.encode_batch([text], add_special_tokens=add_special_tokens)
+        return list(enc.ids)
 
 
 def _config_eos(model_dir: str) -> list[int]:

@@ -2,118 +2,121 @@
 
 ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE streaming or not),
 ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus). ``return_token_ids``
-returns prompt and output token IDs as vLLM does; ``logprobs`` as OpenAI does. Bad requests
-get a 4xx with an OpenAI-style
-error body and the server keeps serving. Binds 127.0.0.1 unless told otherwise.
+returns prompt and output token IDs as vLLM does; ``logprobs`` as OpenAI does. Binds
+127.0.0.1 unless told otherwise.
+
+No request can hurt another:
+
+- Every request is checked whole before it reaches the engine (:mod:`infdebug.limits`: the
+  body cap, strict JSON, every field's type and range); a refused request gets a 4xx with
+  an OpenAI-style error body (``{"error": {"message", "type", "param", "code"}}``) and
+  leaves no trace record. Every accepted request leaves exactly one (its engine sequence is
+  finished exactly once, also when its client goes away or the server stops).
+- Slow clients time out (:mod:`infdebug.httpguard`: header and body deadlines, 408).
+- Parsing, template rendering and tokenization run on worker threads, off the event loop
+  (bodies over ``BIG_BODY`` bytes on a pool of their own, one at a time, so a flood of large
+  prompts neither stalls ``/health`` nor holds much memory at once); after a large request
+  the freed heap goes back to the OS.
+- A failure inside the engine ends only the request that caused it: a non-streamed one gets
+  a 500 with an OpenAI-style error, a streamed one an ``error`` event before ``[DONE]``.
+  Accepted requests answer with an ``x-request-id`` header, the trace record's request ID.
+- A non-streamed request whose client disconnects is aborted in the engine, as a streamed
+  one is.
+
+``/health`` reports ``preparing``: the requests being parsed, rendered or tokenized now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
+import logging
 import time
+import traceback
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from infdebug.errors import InfdebugError
+from infdebug.httpguard import ClientGone, guarded_protocol, read_body, release_memory
+from infdebug.limits import (
+    Generation,
+    Limits,
+    RequestError,
+    boolean,
+    chat_messages,
+    completion_prompt,
+    generation,
+    json_object,
+    tools,
+)
+from infdebug.tracer.engine import responses as out
 from infdebug.tracer.engine.engine import Engine, SamplingParams, Sequence, TokenEvent
 from infdebug.tracer.engine.replica import Replica
 
-
-class ApiError(InfdebugError):
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        if self.status == 404:
-            kind = "not_found_error"
-        return JSONResponse(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": kind,
-                    "param": self.param,
-                    "code": self.code,
-                }
-            },
-            status_code=self.status,
-        )
+ApiError = RequestError  # the server's name for a refused request (4xx) or its own failure
+BIG_BODY = 256 * 1024  # bodies over this are prepared on the one-at-a-time pool
+CHAT_DEFAULT_MAX_TOKENS = 512  # chat without max_tokens: this, or what the context leaves
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def _num(
-    body: dict[str, Any],
-    name: str,
-    default: Any,
-    typ: type,
-    lo: float | None = None,
-    hi: float | None = None,
-) -> Any:
-    v = body.get(name, default)
-    if v is None:
-        return default
-    if typ is int and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ApiError(400, f"'{name}' must be an integer, got {v!r}", name)
-    if typ is float and (isinstance(v, bool) or not isinstance(v, int | float)):
-        raise ApiError(400, f"'{name}' must be a number, got {v!r}", name)
-    if lo is not None and v < lo:
-        raise ApiError(400, f"'{name}' must be >= {lo}, got {v}", name)
-    if hi is not None and v > hi:
-        raise ApiError(400, f"'{name}' must be <= {hi}, got {v}", name)
-    return typ(v)
+def api_response(err: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    h = dict(headers or {})
+    if err.status == 408:  # the body never came: do not wait for the rest of it
+        h["connection"] = "close"
+    return JSONResponse(err.payload(), status_code=err.status, headers=h)
 
 
-def sampling_from(body: dict[str, Any], *, chat: bool, replica: Replica) -> SamplingParams:
-    max_tokens = (
-        body.get("max_completion_tokens")
-        if chat and body.get("max_completion_tokens") is not None
-        else None
-    )
-    if max_tokens is None:
-        max_tokens = _num(body, "max_tokens", 16 if not chat else None, int, lo=1)
-    else:
-        max_tokens = _num(body, "max_completion_tokens", None, int, lo=1)
-    if max_tokens is None:  # chat default: as much as the context allows (capped)
-        max_tokens = 512
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise ApiError(400, "'stop' must be a string or a list of strings", "stop")
-    stop_ids = body.get("stop_token_ids") or []
-    if not (isinstance(stop_ids, list) and all(isinstance(i, int) for i in stop_ids)):
-        raise ApiError(400, "'stop_token_ids' must be a list of integers", "stop_token_ids")
-    n = _num(body, "n", 1, int, lo=1)
-    if n != 1:
+def sampling_params(
+    gen: Generation, ids: list[int], *, chat: bool, replica: Replica
+) -> SamplingParams:
+    """The engine's parameters for a checked request: ``n``/``best_of`` 1 only, stop IDs in
+    the vocabulary, chat's default max_tokens what the context leaves (at most 512)."""
+    s = gen.sampling
+    if s.n != 1:
         raise ApiError(400, "only n=1 is supported", "n")
-    if chat:
-        lp = body.get("logprobs")
-        logprobs = _num(body, "top_logprobs", 0, int, lo=0, hi=20) if lp else None
-    else:
-        lp_n = body.get("logprobs")
-        logprobs = None if lp_n is None else _num(body, "logprobs", 0, int, lo=0, hi=20)
+    bad = [i for i in s.stop_token_ids if i >= replica.vocab_size]
+    if bad:
+        raise ApiError(
+            400,
+            f"stop_token_ids out of the vocabulary (size {replica.vocab_size}): {bad[:5]}",
+            "stop_token_ids",
+        )
+    max_tokens = s.max_tokens
+    if max_tokens is None:
+        room = replica.engine.cfg.max_model_len - len(ids)
+        max_tokens = max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=_num(body, "temperature", 1.0, float, lo=0.0, hi=2.0),
-        top_p=_num(body, "top_p", 1.0, float, lo=0.0, hi=1.0),
-        top_k=_num(body, "top_k", 0, int, lo=-1) if body.get("top_k", 0) != -1 else 0,
-        seed=_num(body, "seed", None, int),
-        stop=tuple(stop or ()),
-        stop_token_ids=tuple(stop_ids) + replica.extra_stop_ids,
-        ignore_eos=bool(body.get("ignore_eos", False)),
-        logprobs=logprobs,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        seed=s.seed,
+        stop=s.stop,
+        stop_token_ids=s.stop_token_ids + replica.extra_stop_ids,
+        ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs,
     )
+
+
+@dataclass
+class _Prepared:
+    """A request checked, rendered and tokenized: what goes to the engine."""
+
+    gen: Generation
+    ids: list[int]
+    params: SamplingParams
+    chat: bool
+    prompt_text: str | None
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -134,40 +137,27 @@ class _Stream:
                 return
 
 
-def _logprob_entry(
-    replica: Replica, token_id: int, lp: float | None, top: list[tuple[int, float]] | None
-) -> dict[str, Any]:
-    piece = replica.token_text(token_id)
-    return {
-        "token": piece,
-        "logprob": lp,
-        "bytes": list(piece.encode("utf-8")),
-        "top_logprobs": [
-            {
-                "token": replica.token_text(t),
-                "logprob": v,
-                "bytes": list(replica.token_text(t).encode("utf-8")),
-            }
-            for t, v in (top or [])
-        ],
-    }
-
-
 class App:
-    def __init__(self, replica: Replica) -> None:
+    def __init__(
+        self, replica: Replica, limits: Limits | None = None, *, prep_workers: int = 4
+    ) -> None:
         self.replica = replica
         self.engine: Engine = replica.engine
+        self.limits = limits or Limits()
+        self.preparing = 0  # requests being parsed, rendered or tokenized now
+        self._pool = ThreadPoolExecutor(prep_workers, thread_name_prefix="infdebug-prep")
+        self._big_pool = ThreadPoolExecutor(1, thread_name_prefix="infdebug-prep-big")
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self._guarded(self.completions), methods=["POST"]),
+            Route("/v1/chat/completions", self._guarded(self.chat), methods=["POST"]),
         ]
         self.app = Starlette(
             routes=routes,
             exception_handlers={
-                ApiError: self._api_error,
+                RequestError: self._api_error,
                 404: self._not_found,
                 405: self._not_allowed,
             },
@@ -180,19 +170,49 @@ class App:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.replica.lifecycle.mark("ready")
         yield
-        self.replica.lifecycle.mark(
-            "drain"
-        )  # the server stopped accepting and finished in-flight requests
+        # the server stopped accepting and finished in-flight requests
+        self.replica.lifecycle.mark("drain")
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._big_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
+        assert isinstance(exc, RequestError)
+        return api_response(exc)
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
-        return ApiError(404, f"no route {request.url.path}", code="not_found").response()
+        return api_response(ApiError(404, f"no route {request.url.path}", code="not_found"))
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
-        return ApiError(405, f"{request.method} is not allowed on {request.url.path}").response()
+        return api_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+
+    def _guarded(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A route that answers every failure of its own with an OpenAI-style 500 and logs
+        it without the request's text under redaction (an exception's message may quote it)."""
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestError:
+                raise
+            except ClientGone:
+                return Response(status_code=400)  # nobody is listening
+            except Exception as e:
+                self._log_failure(e, f"{request.url.path} failed")
+                return api_response(ApiError(500, "the server failed on this request"))
+
+        return route
+
+    def _log_failure(self, err: BaseException, what: str) -> None:
+        if self.engine.cfg.redact_logs:
+            stack = "".join(traceback.format_tb(err.__traceback__))
+            _log.error("%s: %s\n%s", what, type(err).__name__, stack)
+        else:
+            _log.error("%s: %s", what, err, exc_info=err)
 
     # -- routes --------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -205,6 +225,7 @@ class App:
                 "injections": self.replica.injections,
                 "running": running,
                 "waiting": waiting,
+                "preparing": self.preparing,
                 "tokenizer_fp": self.replica.tokenizer_fp,
                 "template_fp": self.replica.template_fp,
             }
@@ -235,38 +256,35 @@ class App:
             }
         )
 
-    async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, self.prepare_completion)
+
+    async def chat(self, request: Request) -> Response:
+        return await self._serve(request, self.prepare_chat)
+
+    # -- preparing (worker threads) ------------------------------------------------------
+    def _body(self, raw: bytes) -> dict[str, Any]:
+        body = json_object(raw, self.limits)
         model = body.get("model")
         if model is not None and model != self.replica.model_name:
             raise ApiError(
                 404,
-                f"the model {model!r} does not exist; "
+                f"the model {str(model)[:100]!r} does not exist; "
                 f"this server serves {self.replica.model_name!r}",
                 "model",
                 "model_not_found",
             )
         return body
 
-    async def completions(self, request: Request) -> Response:
-        body = await self._body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-            prompt = prompt[0]
+    def prepare_completion(self, raw: bytes) -> _Prepared:
+        """A ``/v1/completions`` body, checked and tokenized (raises :class:`RequestError`)."""
+        body = self._body(raw)
+        gen = generation(body, chat=False, limits=self.limits)
+        prompt = completion_prompt(body)
         if isinstance(prompt, str):
             ids = self.replica.encode_completion(prompt)
-        elif (
-            isinstance(prompt, list)
-            and prompt
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)
-        ):
-            ids = list(prompt)
+        else:
+            ids = prompt
             bad = [i for i in ids if not 0 <= i < self.replica.vocab_size]
             if bad:
                 raise ApiError(
@@ -274,217 +292,157 @@ class App:
                     f"token IDs out of the vocabulary (size {self.replica.vocab_size}): {bad[:5]}",
                     "prompt",
                 )
-        else:
-            raise ApiError(
-                400,
-                "'prompt' must be a non-empty string or a list of token IDs (one prompt)",
-                "prompt",
-            )
-        params = sampling_from(body, chat=False, replica=self.replica)
-        return await self._generate(
-            body, ids, params, chat=False, prompt_text=prompt if isinstance(prompt, str) else None
-        )
+        params = sampling_params(gen, ids, chat=False, replica=self.replica)
+        text = prompt if isinstance(prompt, str) else None
+        return _Prepared(gen, ids, params, chat=False, prompt_text=text)
 
-    async def chat(self, request: Request) -> Response:
-        body = await self._body(request)
-        messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and "role" in m for m in messages)
-        ):
-            raise ApiError(
-                400, "'messages' must be a non-empty list of {role, content} objects", "messages"
-            )
+    def prepare_chat(self, raw: bytes) -> _Prepared:
+        """A ``/v1/chat/completions`` body, checked, rendered and tokenized."""
+        body = self._body(raw)
+        gen = generation(body, chat=True, limits=self.limits)
+        messages = chat_messages(body)
+        tool_list = tools(body)
+        add_generation_prompt = boolean(body, "add_generation_prompt", True)
         try:
             text = self.replica.render(
-                messages,
-                tools=body.get("tools"),
-                add_generation_prompt=body.get("add_generation_prompt", True),
+                messages, tools=tool_list, add_generation_prompt=add_generation_prompt
             )
         except ValueError as e:
             raise ApiError(400, f"the chat template failed: {e}", "messages") from None
         ids = self.replica.encode_chat(text)
-        params = sampling_from(body, chat=True, replica=self.replica)
-        return await self._generate(
-            body, ids, params, chat=True, prompt_text=text, messages=messages
-        )
+        params = sampling_params(gen, ids, chat=True, replica=self.replica)
+        return _Prepared(gen, ids, params, chat=True, prompt_text=text, messages=messages)
 
-    async def _generate(
-        self,
-        body: dict[str, Any],
-        ids: list[int],
-        params: SamplingParams,
-        *,
-        chat: bool,
-        prompt_text: str | None,
-        messages: list[dict[str, Any]] | None = None,
-    ) -> Response:
+    async def _off_loop(self, size: int, fn: Callable[[], T]) -> T:
+        big = size > BIG_BODY
+        self.preparing += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._big_pool if big else self._pool, fn)
+        finally:
+            self.preparing -= 1
+
+    async def _serve(self, request: Request, prepare: Callable[[bytes], _Prepared]) -> Response:
+        raw = await read_body(request, self.limits)
+        size = len(raw)
+        try:
+            prep = await self._off_loop(size, functools.partial(prepare, raw))
+            del raw
+            return await self._generate(request, prep)
+        finally:
+            if size > BIG_BODY:  # what parsing and tokenizing it held goes back to the OS
+                with contextlib.suppress(RuntimeError):  # the pool is shut down
+                    self._big_pool.submit(release_memory)
+
+    # -- generating ----------------------------------------------------------------------
+    async def _generate(self, request: Request, prep: _Prepared) -> Response:
         stream = _Stream(asyncio.get_running_loop())
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[
-            :24
-        ]  # also the trace's request_id
+        rid = ("chatcmpl-" if prep.chat else "cmpl-") + uuid.uuid4().hex[:24]  # the trace's ID
         try:
             seq = self.replica.submit(
-                ids, params, stream, prompt_text=prompt_text, messages=messages, request_id=rid
+                prep.ids,
+                prep.params,
+                stream,
+                prompt_text=prep.prompt_text,
+                messages=prep.messages,
+                request_id=rid,
             )
         except ValueError as e:
             raise ApiError(
-                400, str(e), "messages" if chat else "prompt", "context_length_exceeded"
+                400, str(e), "messages" if prep.chat else "prompt", "context_length_exceeded"
             ) from None
-        created = int(time.time())
-        want_ids = bool(body.get("return_token_ids"))
-        if body.get("stream"):
-            opts = body.get("stream_options") or {}
-            gen = self._sse(
-                seq, stream, rid, created, chat, want_ids, bool(opts.get("include_usage"))
-            )
+        meta = out.Meta(
+            rid=rid,
+            created=int(time.time()),
+            model=self.replica.model_name,
+            chat=prep.chat,
+            want_ids=prep.gen.return_token_ids,
+            with_logprobs=prep.params.logprobs is not None,
+            prompt_ids=seq.prompt_ids,
+            token_text=self.replica.token_text,
+        )
+        headers = {"x-request-id": rid}
+        if prep.gen.stream:
             return StreamingResponse(
-                gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                self._sse(seq, stream, meta, prep.gen.include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", **headers},
             )
-        out_ids: list[int] = []
-        lps: list[dict[str, Any]] = []
-        text = []
-        reason = None
+        got = out.Collected()
+        collect = asyncio.ensure_future(self._collect(stream, got))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            async for ev in stream.events():
-                if ev.token_id >= 0:
-                    out_ids.append(ev.token_id)
-                    if ev.logprob is not None:
-                        lps.append(
-                            _logprob_entry(self.replica, ev.token_id, ev.logprob, ev.top_logprobs)
-                        )
-                text.append(ev.text)
-                reason = ev.finish_reason
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not collect.done():  # the client went away: stop generating for it
+                self.engine.abort(seq)
+                await collect
         except asyncio.CancelledError:
             self.engine.abort(seq)
             raise
-        usage = {
-            "prompt_tokens": len(ids),
-            "completion_tokens": len(out_ids),
-            "total_tokens": len(ids) + len(out_ids),
-            "prompt_tokens_details": {"cached_tokens": seq.cached_tokens},
-        }
-        choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": "".join(text)}
-            choice["logprobs"] = {"content": lps} if params.logprobs is not None else None
-        else:
-            choice["text"] = "".join(text)
-            choice["logprobs"] = (
-                self._completion_logprobs(lps) if params.logprobs is not None else None
-            )
-        resp: dict[str, Any] = {
-            "id": rid,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": self.replica.model_name,
-            "choices": [choice],
-            "usage": usage,
-        }
-        if want_ids:
-            choice["token_ids"] = out_ids
-            if chat:
-                resp["prompt_token_ids"] = ids
-            else:
-                choice["prompt_token_ids"] = ids
-        return JSONResponse(resp)
+        finally:
+            gone.cancel()
+            if not collect.done():
+                collect.cancel()
+        if got.reason == "error":
+            return api_response(ApiError(500, out.ENGINE_FAILED, code="engine_error"), headers)
+        return JSONResponse(out.whole(meta, got, seq.cached_tokens), headers=headers)
 
-    @staticmethod
-    def _completion_logprobs(lps: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "tokens": [e["token"] for e in lps],
-            "token_logprobs": [e["logprob"] for e in lps],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in lps],
-            "text_offset": [],
-        }
+    async def _collect(self, stream: _Stream, got: out.Collected) -> None:
+        async for ev in stream.events():
+            got.add(ev, self.replica.token_text)
 
     async def _sse(
-        self,
-        seq: Sequence,
-        stream: _Stream,
-        rid: str,
-        created: int,
-        chat: bool,
-        want_ids: bool,
-        include_usage: bool,
+        self, seq: Sequence, stream: _Stream, meta: out.Meta, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        model = self.replica.model_name
-        n_out = 0
-
-        def chunk(choice: dict[str, Any], **extra: Any) -> bytes:
-            d = {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": model,
-                "choices": [choice],
-                **extra,
-            }
-            return b"data: " + json.dumps(d, ensure_ascii=False).encode() + b"\n\n"
-
+        chunks = out.Chunks(meta)
         try:
-            if chat:
-                first: dict[str, Any] = {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-                yield chunk(first, **({"prompt_token_ids": seq.prompt_ids} if want_ids else {}))
+            first = chunks.first()
+            if first is not None:
+                yield first
             async for ev in stream.events():
-                has_tok = ev.token_id >= 0
-                n_out += has_tok
-                c: dict[str, Any] = {"index": 0, "finish_reason": ev.finish_reason}
-                lp = (
-                    _logprob_entry(self.replica, ev.token_id, ev.logprob, ev.top_logprobs)
-                    if ev.logprob is not None
-                    else None
-                )
-                if chat:
-                    c["delta"] = {"content": ev.text} if ev.text or ev.finish_reason is None else {}
-                    c["logprobs"] = {"content": [lp]} if lp else None
-                else:
-                    c["text"] = ev.text
-                    c["logprobs"] = self._completion_logprobs([lp]) if lp else None
-                if want_ids:
-                    c["token_ids"] = [ev.token_id] if has_tok else []
-                    if not chat and n_out == 1:
-                        c["prompt_token_ids"] = seq.prompt_ids
-                yield chunk(c)
-            if include_usage:
-                usage = {
-                    "prompt_tokens": len(seq.prompt_ids),
-                    "completion_tokens": n_out,
-                    "total_tokens": len(seq.prompt_ids) + n_out,
-                    "prompt_tokens_details": {"cached_tokens": seq.cached_tokens},
-                }
-                d = {
-                    "id": rid,
-                    "object": obj,
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                yield b"data: " + json.dumps(d).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+                if ev.finish_reason == "error":
+                    yield chunks.error()
+                    break
+                yield chunks.event(ev)
+            else:
+                if include_usage:
+                    yield chunks.usage(seq.cached_tokens)
+            yield chunks.done()
         except (asyncio.CancelledError, GeneratorExit):
             self.engine.abort(seq)
             raise
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: the next message a
+    server sends is ``http.disconnect``, at the latest once the response is complete)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 def serve(
-    replica: Replica, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"
+    replica: Replica,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    limits: Limits | None = None,
 ) -> None:
     import uvicorn
 
-    app = App(replica)
+    limits = limits or Limits()
+    app = App(replica, limits)
     replica.start()
     try:
         uvicorn.run(
-            app.app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10
+            app.app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=10,
+            http=guarded_protocol(limits),
         )
     finally:
+        app.close()
         replica.stop()
