@@ -9,32 +9,22 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 import msgspec
+from rich.markup import escape
 
 from infdebug.analyzers.base import AnalysisContext, AnalysisResult, analyze, analyzer_names
-from infdebug.cli.base import (
-    CommandFailed,
-    JsonCommand,
-    default_rejects_path,
-    exit_failed,
-    failure_reasons,
-    resolve_max_latency,
-)
+from infdebug.cli.base import CommandFailed, JsonCommand, exit_failed
 from infdebug.cli.context import CliContext, pass_cli
-from infdebug.cli.ingest import print_file_messages, print_notes, print_rejects
+from infdebug.cli.logstore import loaded_logs
 from infdebug.cli.options import json_option, load_reference, log_loading_options, reference_options
-from infdebug.console import err_console, print_json
+from infdebug.console import err_console, one_line, print_json
 from infdebug.render import print_findings
 from infdebug.schema import Finding
 from infdebug.store import Store, StoreError
-from infdebug.store.base import migrate
 
 
 def _fail(msg: str, doc: dict[str, Any] | None = None) -> NoReturn:
@@ -58,20 +48,6 @@ def parse_time(value: str | None) -> float | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return t.timestamp()
-
-
-@contextmanager
-def _temporary_store() -> Iterator[tuple[Store, str]]:
-    """A throwaway embedded chDB store (never a server, whatever the environment says)."""
-    from infdebug.store.client import open_embedded
-
-    with tempfile.TemporaryDirectory(prefix="infdebug-analyze-") as tmp:
-        st = open_embedded(os.path.join(tmp, "home"))
-        try:
-            migrate(st)
-            yield st, tmp
-        finally:
-            st.close()
 
 
 def _analyze(st: Store, ctx_kw: dict[str, Any], only: list[str]) -> AnalysisResult:
@@ -111,6 +87,8 @@ class AnalyzeArgs:
     template: str | None
     model_dir: str | None
     model_name: str | None
+    reference: str | None
+    tolerance: str | None
     only: tuple[str, ...]
     as_json: bool
     no_store: bool
@@ -133,6 +111,19 @@ class AnalyzeArgs:
     "--replica", "replicas", multiple=True, metavar="R", help="Only this replica (repeatable)."
 )
 @reference_options()
+@click.option(
+    "--reference",
+    metavar="FILE",
+    help="Train/eval reference for the skew.* analyzers: JSONL of chat conversations "
+    '({"messages": [...]}) or token IDs ({"prompt_ids": [...], "output_ids": [...]}), '
+    'optionally with "sampling"; bad lines are reported and skipped.',
+)
+@click.option(
+    "--tolerance",
+    metavar="REL",
+    help="Latency regressions and change points: flag a shift only beyond this share of "
+    "the comparison's median (10% or 0.1; default 10%).",
+)
 @click.option("--only", multiple=True, metavar="NAME", help="Run only this analyzer (repeatable).")
 @json_option(
     'Print {"findings": [...]} (and "failed", "ingest") as JSON; on failure {"error": ...}.'
@@ -161,6 +152,7 @@ def analyze_cmd(obj: CliContext, /, **params: Any) -> None:
       infdebug analyze incident.jsonl --json            a log file on its own
       infdebug analyze --since 2025-01-31T12:00Z --replica r3
       infdebug analyze --model ./Llama-3.1-8B-Instruct  with the reference tokenizer + template
+      infdebug analyze --model ./m --reference train.jsonl   train-serve skew (skew.*)
       infdebug analyze --only stop --only repetition
 
     \b
@@ -175,6 +167,8 @@ def analyze_cmd(obj: CliContext, /, **params: Any) -> None:
         _run(obj, args)
     except CommandFailed as e:
         exit_failed(e, args.as_json)
+    except StoreError as e:  # one not caught on the way (the temporary store, …): one line
+        exit_failed(CommandFailed(str(e)), args.as_json)
 
 
 def _run(obj: CliContext, args: AnalyzeArgs) -> None:
@@ -196,31 +190,32 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
     )
     if served:
         ctx_kw["options"] = {"model": served}
+    if args.model_dir:  # skew.logprobs re-scores with the checkpoint, where it is one
+        ctx_kw.setdefault("options", {})["model_dir"] = args.model_dir
+    if args.tolerance is not None:
+        from infdebug.analyzers.latency_regression import parse_tolerance
+        from infdebug.errors import InputError
+
+        try:
+            ctx_kw.setdefault("options", {})["tolerance"] = parse_tolerance(args.tolerance)
+        except InputError as e:
+            _fail(f"--tolerance: {e}")
     home, clickhouse = obj.home, obj.clickhouse
     doc: dict[str, Any] = {}
+    if args.reference:
+        ctx_kw.setdefault("options", {})["reference"] = _skew_reference(args.reference, doc)
 
     if args.logs:
-        from infdebug.collectors.ingest import ingest_paths
-
-        ceiling = resolve_max_latency(args.max_latency)
-        rejects = args.rejects_path or default_rejects_path(home, clickhouse, "analyze")
-        with _temporary_store() as (st, _tmp):
-            try:
-                report = ingest_paths(
-                    st, list(args.logs), rejects_path=rejects, max_latency=ceiling
-                )
-            except StoreError as e:
-                _fail(f"loading the logs failed: {e}")
-            doc["ingest"] = report.to_json()
-            print_file_messages(report)
-            print_notes(report)
-            print_rejects(report)
-            if report.exit_code() == 2:
-                _fail(
-                    "nothing could be loaded: "
-                    + ("; ".join(failure_reasons(report)) or "no input files"),
-                    {"findings": [], **doc},
-                )
+        with loaded_logs(
+            list(args.logs),
+            command="analyze",
+            home=home,
+            clickhouse=clickhouse,
+            rejects_path=args.rejects_path,
+            max_latency=args.max_latency,
+            doc=doc,
+            empty={"findings": []},
+        ) as (st, report):
             result = _analyze_or_fail(st, ctx_kw, list(args.only), doc)
         findings = result.findings
         if report.rejected:
@@ -228,7 +223,7 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
                 "[yellow]note:[/] rejected lines are not part of the analysis", highlight=False
             )
         if args.store_findings and not args.no_store and findings:
-            _store(obj, findings)
+            _store(obj, findings, doc)
     else:
         try:
             st = obj.open_store()
@@ -238,9 +233,7 @@ def _run(obj: CliContext, args: AnalyzeArgs) -> None:
             result = _analyze_or_fail(st, ctx_kw, list(args.only), doc)
             findings = result.findings
             if not args.no_store and findings:
-                from infdebug.store.findings import store_findings as _put
-
-                _put(st, findings)
+                _put_or_note(st, findings, doc)
         finally:
             st.close()
 
@@ -275,18 +268,66 @@ def _analyze_or_fail(
         _fail(f"analysis failed: {e}", {"findings": [], **doc})
 
 
-def _store(obj: CliContext, findings: list[Finding]) -> None:
-    from infdebug.store.findings import store_findings as _put
-
+def _store(obj: CliContext, findings: list[Finding], doc: dict[str, Any]) -> None:
     try:
         st = obj.open_store()
     except StoreError as e:
-        err_console.print(f"[yellow]note:[/] findings not stored: {e}", highlight=False)
+        _not_stored(e, doc)
         return
     try:
-        _put(st, findings)
+        _put_or_note(st, findings, doc)
     finally:
         st.close()
+
+
+def _put_or_note(st: Store, findings: list[Finding], doc: dict[str, Any]) -> None:
+    """Store the findings; a store that refuses them (read-only, full, gone) is a note (and
+    ``findings_not_stored`` in the JSON), not a failure of the analysis."""
+    from infdebug.store.findings import store_findings
+
+    try:
+        store_findings(st, findings)
+    except StoreError as e:
+        _not_stored(e, doc)
+
+
+def _not_stored(e: StoreError, doc: dict[str, Any]) -> None:
+    msg = one_line(str(e))
+    doc["findings_not_stored"] = msg
+    err_console.print(
+        f"[yellow]note:[/] findings not stored: {escape(msg)}", highlight=False, soft_wrap=True
+    )
+
+
+def _skew_reference(path: str, doc: dict[str, Any]) -> Any:
+    """``--reference FILE``, read: a file that cannot be read fails the command; its bad
+    lines are reported (file:line: field: reason) and set aside, the rest is used."""
+    from infdebug.errors import InputError
+    from infdebug.skew_reference import load_reference_file
+
+    try:
+        ref = load_reference_file(path)
+    except InputError as e:
+        _fail(str(e))
+    doc["reference"] = {**ref.summary(), "rejects": [r.to_json() for r in ref.rejects]}
+    for r in ref.rejects:
+        err_console.print(f"[yellow]reference:[/] {escape(str(r))}", highlight=False)
+    if ref.rejected > len(ref.rejects):
+        err_console.print(
+            f"[yellow]reference:[/] … and {ref.rejected - len(ref.rejects)} more lines set aside",
+            highlight=False,
+        )
+    if ref.rejected:
+        err_console.print(
+            f"[yellow]note:[/] {ref.rejected} of {ref.lines} reference lines set aside; "
+            "the rest are used",
+            highlight=False,
+        )
+    if not ref.records and not ref.sampling:
+        err_console.print(
+            f"[yellow]note:[/] {escape(path)} holds nothing usable as a reference", highlight=False
+        )
+    return ref
 
 
 def register(group: click.Group) -> None:

@@ -6,21 +6,29 @@ clearly labelled synthetic signal (``simulated=True``) that follows the engine's
 demos on machines without a GPU. :class:`GpuSampler` runs a probe on a daemon thread at
 ``hz`` and never raises into the caller: every failure is counted in ``errors`` and logged
 once per kind. :func:`make_probe` picks the probe and says once when there is no GPU.
+
+XID errors the probe reports (NVML's ``nvmlEventTypeXidCriticalError`` event set, polled
+without blocking after each sweep) are written beside the samples as contract ``event``
+records named ``gpu_xid`` with ``detail`` {xid, gpu_index, uuid, simulated}: an additive
+use of the event kind, no schema change.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
-from infdebug.schema import GpuSample
+from infdebug.schema import Event, GpuSample
 
 log = logging.getLogger(__name__)
+
+XID_EVENT = "gpu_xid"  # the name of the event records XID errors are written as
 
 NO_GPU_MESSAGE = (
     "no NVIDIA GPU/NVML here: GPU telemetry off "
@@ -59,6 +67,7 @@ class XidEvent:
     gpu_index: int | None
     uuid: str | None
     xid: int
+    simulated: bool = False  # reported by the simulated GPU (a fault injected on purpose)
 
 
 class GpuReading(TypedDict, total=False):
@@ -115,17 +124,19 @@ def make_probe(
     *,
     seed: int = 0,
     nvml: Any = None,
+    xids: Sequence[tuple[float, int]] = (),
 ) -> GpuProbe | None:
     """The probe a replica should sample, or None when it has no GPU to read.
 
     ``simulate=True``: a :class:`SimulatedProbe` following ``load_fn`` (0..1), throttling
-    when ``throttle``. Otherwise real NVML when it initialises and sees a GPU; else None,
-    after one warning per process. ``nvml`` replaces the ``pynvml`` module (tests).
+    when ``throttle`` and reporting the XID errors ``xids`` ((seconds after start, XID) on
+    GPU 0, an injected fault). Otherwise real NVML when it initialises and sees a GPU; else
+    None, after one warning per process. ``nvml`` replaces the ``pynvml`` module (tests).
     """
     if simulate:
         from infdebug.tracer.gpu_sim import SimulatedProbe
 
-        return SimulatedProbe(load_fn or (lambda: 0.0), throttle=throttle, seed=seed)
+        return SimulatedProbe(load_fn or (lambda: 0.0), throttle=throttle, seed=seed, xids=xids)
     from infdebug.tracer.gpu_nvml import NvmlProbe, NvmlUnavailable
 
     try:
@@ -208,7 +219,8 @@ class GpuSampler:
 
     Each sample becomes a :class:`GpuSample` passed to ``emit`` (which must not block: hand
     it to the JSONL writer's queue) and, when ``gauges`` (a prometheus_client registry) is
-    given, updates the ``infdebug_gpu_*`` gauges. XID errors go to ``on_xid`` and are logged.
+    given, updates the ``infdebug_gpu_*`` gauges. XID errors are logged, passed to ``emit``
+    as ``gpu_xid`` events (see the module docstring) and to ``on_xid``.
     Nothing raises into the caller: failures are counted in ``errors``. The sampler owns the
     probe: ``stop()`` joins the thread and closes the probe.
     """
@@ -217,7 +229,7 @@ class GpuSampler:
         self,
         probe: GpuProbe,
         replica: str,
-        emit: Callable[[GpuSample], None],
+        emit: Callable[[GpuSample | Event], None],
         hz: float = 4.0,
         gauges: Any = None,
         *,
@@ -325,6 +337,10 @@ class GpuSampler:
                 "XID %d on GPU %s (%s) of replica %s", ev.xid, ev.gpu_index, ev.uuid, self.replica
             )
             self.xids = [*self.xids[-99:], ev]
+            try:
+                self.emit(xid_record(ev, self.replica))
+            except Exception as e:
+                self._error("emit xid", e)
             if self.on_xid is not None:
                 try:
                     self.on_xid(ev)
@@ -343,3 +359,19 @@ class GpuSampler:
                 type(e).__name__,
                 e,
             )
+
+
+def xid_record(ev: XidEvent, replica: str) -> Event:
+    """The contract record of one XID error: an ``event`` named ``gpu_xid``."""
+    return Event(
+        t=ev.t,
+        replica=replica,
+        name=XID_EVENT,
+        pid=os.getpid(),
+        detail={
+            "xid": ev.xid,
+            "gpu_index": ev.gpu_index,
+            "uuid": ev.uuid,
+            "simulated": ev.simulated,
+        },
+    )

@@ -7,7 +7,9 @@ first-order thermal lag (time constant ``tau_s``). ``throttle=True`` (``--inject
 throttle``) models a GPU with failing cooling and a lowered power limit: under sustained
 load its temperature climbs past the slowdown threshold, the SM clock drops and the reading
 carries ``sw_thermal`` (and ``power_cap`` while demand exceeds the limit). The numbers are
-H100-like, not a model of any real board.
+H100-like, not a model of any real board. ``xids`` injects XID errors: each (seconds after
+the probe was made, XID number) is reported once on GPU 0 by the first ``poll_xids`` after
+its time, labelled simulated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from infdebug.tracer.gpu import DeviceInfo, GpuReading, XidEvent
@@ -59,6 +61,8 @@ class SimulatedProbe:
         gpus: int = 1,
         tau_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        xids: Sequence[tuple[float, int]] = (),
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.load_fn = load_fn
         self.throttle = throttle
@@ -72,6 +76,9 @@ class SimulatedProbe:
             for i in range(gpus)
         ]
         self._state = [_GpuState() for _ in range(gpus)]
+        self.wall_clock = wall_clock
+        self._t0 = clock()
+        self._xids = sorted(((float(a), int(x)) for a, x in xids), key=lambda ax: ax[0])
 
     def devices(self) -> list[DeviceInfo]:
         return list(self._devices)
@@ -136,7 +143,18 @@ class SimulatedProbe:
         )
 
     def poll_xids(self) -> list[XidEvent]:
-        return []
+        if not self._xids:
+            return []
+        elapsed = self.clock() - self._t0
+        due = [x for x in self._xids if x[0] <= elapsed]
+        self._xids = self._xids[len(due) :]
+        dev = self._devices[0]
+        return [
+            XidEvent(
+                t=self.wall_clock(), gpu_index=dev.index, uuid=dev.uuid, xid=xid, simulated=True
+            )
+            for _, xid in due
+        ]
 
     def close(self) -> None:
         return None
