@@ -15,6 +15,9 @@ RETENTION_DAYS = "INFDEBUG_RETENTION_DAYS"
 MAX_LATENCY_S = "INFDEBUG_MAX_LATENCY_S"
 DEMO_SECONDS = "INFDEBUG_DEMO_SECONDS"
 DEMO_PORT = "INFDEBUG_DEMO_PORT"
+MAX_BODY_MB = "INFDEBUG_MAX_BODY_MB"
+HEADER_TIMEOUT = "INFDEBUG_HEADER_TIMEOUT"
+BODY_TIMEOUT = "INFDEBUG_BODY_TIMEOUT"
 OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
@@ -25,6 +28,9 @@ ENV: dict[str, str] = {
     MAX_LATENCY_S: "latencies past this many seconds are dropped at ingest (default 86400)",
     DEMO_SECONDS: "how long `make demo` replays the trace (default 60)",
     DEMO_PORT: "the demo fleet's first port (default 8100)",
+    MAX_BODY_MB: "largest request body a server accepts, in MiB (default 4; 413 beyond)",
+    HEADER_TIMEOUT: "seconds a client has to send a request's headers (default 10)",
+    BODY_TIMEOUT: "seconds a client has to send a request's body (default 30; 408 beyond)",
     OTLP_TRACES_ENDPOINT: "OTLP/HTTP traces endpoint for the tracer's spans (standard OTel name)",
     OTLP_ENDPOINT: "OTLP/HTTP endpoint, when the traces-specific one is unset (standard OTel name)",
 }

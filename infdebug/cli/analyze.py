@@ -20,7 +20,13 @@ from infdebug.analyzers.base import AnalysisContext, AnalysisResult, analyze, an
 from infdebug.cli.base import CommandFailed, JsonCommand, exit_failed
 from infdebug.cli.context import CliContext, pass_cli
 from infdebug.cli.logstore import loaded_logs
-from infdebug.cli.options import json_option, load_reference, log_loading_options, reference_options
+from infdebug.cli.options import (
+    json_option,
+    load_reference,
+    log_loading_options,
+    reference_options,
+    window_options,
+)
 from infdebug.console import err_console, one_line, print_json
 from infdebug.render import print_findings
 from infdebug.schema import Finding
@@ -99,14 +105,7 @@ class AnalyzeArgs:
 
 @click.command("analyze", cls=JsonCommand)
 @click.argument("logs", nargs=-1, metavar="[LOGS]...")
-@click.option(
-    "--since",
-    metavar="T",
-    help="Only requests that arrived at or after T (unix seconds or ISO-8601).",
-)
-@click.option(
-    "--until", metavar="T", help="Only requests that arrived before T (unix seconds or ISO-8601)."
-)
+@window_options()
 @click.option(
     "--replica", "replicas", multiple=True, metavar="R", help="Only this replica (repeatable)."
 )

@@ -60,6 +60,22 @@ def store_options() -> Callable[[F], F]:
     )
 
 
+def window_options() -> Callable[[F], F]:
+    """``--since`` / ``--until``: the arrival-time window (unix seconds or ISO-8601)."""
+    return _stack(
+        click.option(
+            "--since",
+            metavar="T",
+            help="Only requests that arrived at or after T (unix seconds or ISO-8601).",
+        ),
+        click.option(
+            "--until",
+            metavar="T",
+            help="Only requests that arrived before T (unix seconds or ISO-8601).",
+        ),
+    )
+
+
 def reference_options() -> Callable[[F], F]:
     """The reference tokenizer and chat template a command compares requests with:
     ``tokenizer``, ``template``, ``model_dir``, ``model_name`` (see :func:`load_reference`)."""

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from infdebug.cli.base import CommandFailed, JsonCommand, exit_failed
 from infdebug.cli.context import CliContext, pass_cli
-from infdebug.cli.options import json_option, log_loading_options
+from infdebug.cli.options import json_option, log_loading_options, window_options
 from infdebug.console import (
     MISSING,
     err_console,
@@ -87,14 +87,7 @@ class WorkloadArgs:
     show_default=True,
     help="The --trace file's format (auto: by suffix, then by content).",
 )
-@click.option(
-    "--since",
-    metavar="T",
-    help="Only requests that arrived at or after T (unix seconds or ISO-8601).",
-)
-@click.option(
-    "--until", metavar="T", help="Only requests that arrived before T (unix seconds or ISO-8601)."
-)
+@window_options()
 @click.option(
     "--ttft", metavar="DURATION", help="SLO budget for time to first token: 1s, 500ms, 0.2 …"
 )

@@ -8,16 +8,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from infdebug import settings
 from infdebug.errors import InputError
 
 MiB = 1024 * 1024
-ENV_MAX_BODY_MB = "INFDEBUG_MAX_BODY_MB"
-ENV_HEADER_TIMEOUT = "INFDEBUG_HEADER_TIMEOUT"
-ENV_BODY_TIMEOUT = "INFDEBUG_BODY_TIMEOUT"
+# The environment variables are settings.py's, where every one infdebug reads is listed.
+ENV_MAX_BODY_MB = settings.MAX_BODY_MB
+ENV_HEADER_TIMEOUT = settings.HEADER_TIMEOUT
+ENV_BODY_TIMEOUT = settings.BODY_TIMEOUT
 ENV: dict[str, str] = {
-    ENV_MAX_BODY_MB: "largest request body a server accepts, in MiB (default 4; 413 beyond)",
-    ENV_HEADER_TIMEOUT: "seconds a client has to send a request's headers (default 10)",
-    ENV_BODY_TIMEOUT: "seconds a client has to send a request's body (default 30; 408 beyond)",
+    k: settings.ENV[k] for k in (ENV_MAX_BODY_MB, ENV_HEADER_TIMEOUT, ENV_BODY_TIMEOUT)
 }
 INT64 = (-(2**63), 2**63 - 1)
 MAX_INT_DIGITS = 20  # an unsigned 64-bit integer; longer integers are refused while decoding
