@@ -565,3 +565,62 @@ def test_sample_logs_together_name_only_the_slow_canary_replica(
     assert alarms(analyze(store)) == [
         ("replica.latency_regression", {"replica": "r2", "deployment": "canary"})
     ]
+
+
+# --- the SQL tests against the Python ones; the run's scratch table against the subquery --------
+
+
+def test_rank_sums_in_sql_are_the_van_elteren_tests_of_the_cells(
+    store: Store, tmp_path: Any
+) -> None:
+    """``q_latency.rank_sums`` (the first pass: one row per test) gives every test
+    ``comparisons`` builds from the cells, with the same z, and no other; under sampling and
+    through a run's scratch table the cells are those of the subquery."""
+    from infdebug.analyzers.latency_regression import tests_of
+
+    reps = stable(3, 3)
+    reps[1] = replace(reps[1], itl=1.4)
+    reps[4] = replace(reps[4], prompt=2.0)
+    load(store, tmp_path, fleet(reps, 200, seed=5))
+    ctx = AnalysisContext(store=store)
+    w = ctx.window()
+    sp = q.span(store, w)
+    assert sp is not None
+    tw = time_width(sp.t_min, sp.t_max)
+    for sampling in (q.ALL, q.Sampling(400_000, 20.0, sp.max_e2e_s)):
+        cells = q.strata_cells(store, w, origin=sp.t_min, tw=tw, sampling=sampling)
+        py = {(t.model, t.metric, t.level, t.name): t for t in comparisons(cells)}
+        sql = {
+            (t.model, t.metric, t.level, t.name): t
+            for t in tests_of(q.rank_sums(store, w, origin=sp.t_min, tw=tw, sampling=sampling))
+        }
+        assert len(py) >= 20 and set(sql) == set(py)
+        for key, t in sql.items():
+            assert t.z == pytest.approx(py[key].z, rel=1e-9, abs=1e-9), key
+            assert t.units == py[key].units
+        assert max(t.z for t in sql.values()) > 5  # r1's slowdown is among them
+        with ctx.run_scope():
+            inside = q.strata_cells(
+                store, w, origin=sp.t_min, tw=tw, sampling=sampling, scratch=ctx.scratch
+            )
+            assert ctx.scratch is not None and ctx.scratch._tables  # built, not skipped
+        assert inside == cells
+        # only the strata a unit served, with everyone's cells there
+        unit = cells[0].unit
+        mine = {(c.metric, c.stratum) for c in cells if c.unit == unit}
+        some = q.strata_cells(store, w, origin=sp.t_min, tw=tw, sampling=sampling, units=[unit])
+        assert some == [c for c in cells if (c.metric, c.stratum) in mine]
+
+
+def test_a_run_shares_its_scratch_table_and_drops_it(store: Store, tmp_path: Any) -> None:
+    load(store, tmp_path, fleet(stable(2, 1), 60, seed=8))
+    ctx = AnalysisContext(store=store)
+    with ctx.run_scope():
+        run_all(ctx, MINE)  # nested: the outer scope keeps its tables
+        assert ctx.scratch is not None
+        names = [n for n in ctx.scratch._tables.values() if n]
+        assert len(names) == 1  # latency and change_point read one sample
+        assert ctx.shared(("x",), lambda: 1) == ctx.shared(("x",), lambda: 2) == 1
+    _, rows = store.query("EXISTS TEMPORARY TABLE " + names[0])
+    assert rows == [(0,)]
+    assert ctx.scratch is None and ctx.shared(("x",), lambda: 2) == 2

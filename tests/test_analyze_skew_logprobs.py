@@ -3,22 +3,20 @@ served by three in-process engines, two in float32 and one in float16 (what
 ``serve --inject dtype=float16`` loads), each answering the same prompts greedily and logging
 each token's logprob; re-scoring with the checkpoint in float32 names the float16 one.
 
-The engines run synchronously (``Engine.step``), batched as the server batches them; the
-records are what the tracer would write plus ``output_logprobs`` (the engine computes them;
-the tracer does not log them yet)."""
+The engines run synchronously (``Engine.step``), batched as the server batches them, with
+``trace_logprobs`` on (``serve --trace-logprobs``): the records are the tracer's own, with
+the chosen tokens' logprobs in ``output_logprobs`` though no client asked for them."""
 
 from __future__ import annotations
 
 import os
 import random
 import shutil
-from collections import defaultdict
 from typing import Any
 
 import msgspec
 import pytest
 import torch
-from conftest import make_request
 
 from infdebug.analyzers.base import AnalysisContext, run_all
 from infdebug.analyzers.skew_numerics import FLEET_RATIO, FP32_TOL
@@ -27,8 +25,10 @@ from infdebug.schema import Finding, Request, encode_records
 from infdebug.store import Store
 from infdebug.text.tokenizer import load_tokenizer
 from infdebug.tracer.engine.checkpoint import load_checkpoint
-from infdebug.tracer.engine.engine import Engine, EngineConfig, SamplingParams, TokenEvent
+from infdebug.tracer.engine.engine import Engine, EngineConfig, SamplingParams
 from infdebug.tracer.engine.make_model import make_model
+from infdebug.tracer.exporters import InMemoryExporter
+from infdebug.tracer.tracer import ReplicaInfo, Tracer
 
 NAME = "skew.logprobs"
 DTYPES = {"r1": torch.float32, "r2": torch.float32, "r3": torch.float16}
@@ -54,37 +54,29 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def serve(
     model_dir: str, replica: str, dtype: torch.dtype, prompts: list[list[int]]
 ) -> list[Request]:
-    """The prompts through one engine of ``dtype``, greedily, with logprobs."""
+    """The prompts through one engine of ``dtype``, greedily, traced by the real tracer."""
     tok = load_tokenizer(model_dir)
     model, _ = load_checkpoint(model_dir, dtype=dtype)
+    memory = InMemoryExporter()
+    tracer = Tracer(ReplicaInfo(replica=replica, model="tiny"), [memory])
     eng = Engine(
         model,
         eos_ids=tok.eos_ids,
         decode_text=lambda ids: tok.decode(ids),
-        config=EngineConfig(max_batch=8, max_model_len=256),
+        config=EngineConfig(max_batch=8, max_model_len=256, trace_logprobs=True),
+        hooks=tracer,
     )
-    events: dict[str, list[TokenEvent]] = defaultdict(list)
-    params = SamplingParams(max_tokens=24, temperature=0.0, logprobs=0)
-    seqs = [
-        eng.submit(p, params, lambda ev: events[ev.request_id].append(ev), f"{replica}-{i}")
-        for i, p in enumerate(prompts)
-    ]
+    params = SamplingParams(max_tokens=24, temperature=0.0)  # no client asks for logprobs
+    seqs = [eng.submit(p, params, lambda ev: None, f"{replica}-{i}") for i, p in enumerate(prompts)]
     while any(s.finish_reason is None for s in seqs):
         eng.step()
-    return [
-        make_request(
-            i,
-            request_id=s.request_id,
-            replica=replica,
-            t_arrival=1_765_000_000.0 + i,
-            prompt_ids=list(s.prompt_ids),
-            output_ids=[e.token_id for e in events[s.request_id]],
-            output_logprobs=[float(e.logprob or 0.0) for e in events[s.request_id]],
-            sampling={**params.to_json(), "stop_ids": sorted(s.stop_ids)},
-            finish_reason=s.finish_reason,
-        )
-        for i, s in enumerate(seqs)
-    ]
+    assert tracer.force_flush(10_000)
+    tracer.close()
+    recs = sorted(memory.records, key=lambda r: int(r.request_id.rsplit("-", 1)[1]))
+    assert [r.request_id for r in recs] == [s.request_id for s in seqs]
+    for r in recs:
+        assert r.output_ids and r.output_logprobs and len(r.output_logprobs) == len(r.output_ids)
+    return recs
 
 
 @pytest.fixture(scope="module")

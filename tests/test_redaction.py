@@ -289,6 +289,7 @@ def test_a_role_or_stop_from_another_engine_is_redacted_too() -> None:
         output_ids: list[int] = field(default_factory=lambda: [4])
         prompt_text: str | None = secret("prompt")
         output_text: str = secret("output")
+        output_logprobs: list[float] | None = None
         messages: list[dict[str, Any]] | None = field(
             default_factory=lambda: [
                 {"role": "user", "content": secret("content")},

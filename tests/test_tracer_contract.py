@@ -34,6 +34,7 @@ class ProxiedRequest:
     prompt_text: str | None = None
     output_text: str = ""
     messages: list[dict[str, Any]] | None = None
+    output_logprobs: list[float] | None = None
     cached_tokens: int = 0
     finish_reason: str | None = "stop"
     t_arrival: float = field(default_factory=time.time)

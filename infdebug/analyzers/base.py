@@ -20,16 +20,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from infdebug.schema import Finding
 from infdebug.store.base import Store
 from infdebug.store.q_common import split_unit
 from infdebug.store.q_outputs import count_requests
+from infdebug.store.scratch import Scratch
 
 Severity = str  # info | warning | error
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,6 +44,9 @@ class AnalysisContext:
     tokenizer: Any = None  # infdebug.text.tokenizer.TokenizerBundle, the reference, when given
     template: str | None = None  # the reference chat template source, when given
     options: dict[str, Any] = field(default_factory=dict)
+    # what analyzers of one run share (``run_scope``): results by key, temporary tables
+    _shared: dict[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _scratch: Scratch | None = field(default=None, init=False, repr=False, compare=False)
 
     def window(self) -> dict[str, Any]:
         """Bound parameters every analysis query takes (see store.queries_analysis)."""
@@ -49,6 +55,37 @@ class AnalysisContext:
             "until": self.until if self.until is not None else 1e11,
             "replicas": list(self.replicas or []),
         }
+
+    @contextmanager
+    def run_scope(self) -> Iterator[None]:
+        """One run of several analyzers over a store that does not change meanwhile: inside
+        it ``shared`` computes a result once for all of them and ``scratch`` holds their
+        temporary tables (dropped on leaving). Outside it each call computes afresh."""
+        if self._shared is not None:  # nested: the outer run owns them
+            yield
+            return
+        self._shared, self._scratch = {}, Scratch(self.store)
+        try:
+            yield
+        finally:
+            scratch, self._shared, self._scratch = self._scratch, None, None
+            scratch.close()
+
+    def shared(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, once per run for ``key`` and the window (the key must name what
+        else the result depends on besides the store: options, parameters)."""
+        if self._shared is None:
+            return compute()
+        w = self.window()
+        full = (*key, w["since"], w["until"], tuple(w["replicas"]))
+        if full not in self._shared:
+            self._shared[full] = compute()
+        return cast(T, self._shared[full])
+
+    @property
+    def scratch(self) -> Scratch | None:
+        """The run's temporary tables (None outside ``run_scope``)."""
+        return self._scratch
 
 
 AnalyzerFn = Callable[[AnalysisContext], list[Finding]]
@@ -173,15 +210,16 @@ def analyze(
     out: list[Finding] = []
     failed: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    for i, (name, fn) in enumerate(todo):
-        if progress is not None:
-            progress(name, i, len(todo))
-        t = time.perf_counter()
-        try:
-            out.extend(fn(ctx))
-        except Exception as e:  # one analyzer's bug must not hide the others' findings
-            failed[name] = f"{type(e).__name__}: {e}"
-        seconds[name] = time.perf_counter() - t
+    with ctx.run_scope():
+        for i, (name, fn) in enumerate(todo):
+            if progress is not None:
+                progress(name, i, len(todo))
+            t = time.perf_counter()
+            try:
+                out.extend(fn(ctx))
+            except Exception as e:  # one analyzer's bug must not hide the others' findings
+                failed[name] = f"{type(e).__name__}: {e}"
+            seconds[name] = time.perf_counter() - t
     failed.update(broken)
     out.sort(
         key=lambda f: (

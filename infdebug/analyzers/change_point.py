@@ -65,6 +65,7 @@ from infdebug.schema import Finding
 from infdebug.store import q_change as qc
 from infdebug.store import q_latency as q
 from infdebug.store.q_common import split_unit, unit_label
+from infdebug.store.q_latency import ALL, Sampling
 
 ANALYZER = "change_point"
 KIND = "replica.change_point"
@@ -91,6 +92,7 @@ class Candidate:
     direction: int
     origin: float = 0.0
     q: float = 1.0
+    sampling: Sampling = ALL  # the requests the series counted (the split reads them)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -212,15 +214,18 @@ def _fields(c: qc.Config) -> dict[str, str]:
 def change_point_analyzer(ctx: AnalysisContext) -> list[Finding]:
     tol = parse_tolerance(ctx.options.get("tolerance"))
     w = ctx.window()
-    sp = q.span(ctx.store, w)
+    sp = ctx.shared(("latency span",), lambda: q.span(ctx.store, w))
     if sp is None or sp.t_max <= sp.t_min:
         return []
     width = (sp.t_max - sp.t_min) / BINS * (1 + 1e-9)
     sampling = q.Sampling.for_span(sp, sample_cap(ctx))
-    cands = candidates(qc.series(ctx.store, w, origin=sp.t_min, width=width, sampling=sampling))
+    series = qc.series(
+        ctx.store, w, origin=sp.t_min, width=width, sampling=sampling, scratch=ctx.scratch
+    )
+    cands = candidates(series)
     for c, qv in zip(cands, benjamini_hochberg([c.p for c in cands]), strict=True):
-        c.q, c.origin = qv, sp.t_min
-    cfgs = qc.configs(ctx.store, w)
+        c.q, c.origin, c.sampling = qv, sp.t_min, sampling
+    cfgs = ctx.shared(("configs",), lambda: qc.configs(ctx.store, w))
     events = qc.lifecycle(ctx.store, w, ["process_start", "ready"])
     kept: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
     for c in cands:
@@ -242,7 +247,17 @@ def _measure(ctx: AnalysisContext, c: Candidate, tol: float) -> bool:
     """The shift after the split against before, within strata; True when beyond the
     tolerance either way (filled into ``c.extra``)."""
     w = ctx.window()
-    cells = qc.split_cells(ctx.store, w, c.model, c.metric, c.unit, c.t_split, c.origin)
+    cells = qc.split_cells(
+        ctx.store,
+        w,
+        c.model,
+        c.metric,
+        c.unit,
+        c.t_split,
+        c.origin,
+        sampling=c.sampling,
+        scratch=ctx.scratch,
+    )
     pairs = [
         (_reps_sample(s.reps_after, s.n_after), _reps_sample(s.reps_before, s.n_before))
         for s in cells

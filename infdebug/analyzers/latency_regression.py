@@ -67,6 +67,7 @@ from infdebug.analyzers.stats import (
     aligned_shift,
     benjamini_hochberg,
     bootstrap_quantiles,
+    norm_sf,
     van_elteren,
 )
 from infdebug.errors import InputError
@@ -255,26 +256,78 @@ def shift_of(cmp: Comparison) -> Shift | None:
     return aligned_shift(pairs, CI_LEVEL)
 
 
+@dataclass
+class Test:
+    """One comparison's outcome from ``q_latency.rank_sums`` (the first pass: every test,
+    with no cell leaving ClickHouse)."""
+
+    model: str
+    metric: str
+    level: str
+    name: str
+    units: tuple[str, ...]
+    z: float
+    p: float
+    q: float = 1.0
+
+
+def tests_of(rows: list[q.RankSums]) -> list[Test]:
+    """The tests the rank sums allow, by the rules of ``comparisons``: enough compared
+    requests on each side; a deployment only of two or more units, where the model and
+    metric have two or more deployments."""
+    units: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for r in rows:
+        if r.level == "replica":
+            units[(r.model, r.metric, split_unit(r.name)[1] or "")].append(r.name)
+    deps: dict[tuple[str, str], int] = defaultdict(int)
+    for model, metric, _ in units:
+        deps[(model, metric)] += 1
+    out = []
+    for r in rows:
+        if r.level == "replica":
+            members: tuple[str, ...] = (r.name,)
+        else:
+            members = tuple(sorted(units.get((r.model, r.metric, r.name), [])))
+            if len(members) < 2 or deps[(r.model, r.metric)] < 2:
+                continue
+        if r.n1 < MIN_REQUESTS or r.n2 < MIN_REQUESTS:
+            continue
+        z = r.num / math.sqrt(r.var) if r.var > 0 else 0.0
+        p = norm_sf(z) if r.var > 0 else 1.0
+        out.append(Test(r.model, r.metric, r.level, r.name, members, z, p))
+    return out
+
+
 @analyzer(ANALYZER)
 def latency_analyzer(ctx: AnalysisContext) -> list[Finding]:
     tol = parse_tolerance(ctx.options.get("tolerance"))
     w = ctx.window()
-    sp = q.span(ctx.store, w)
+    sp = ctx.shared(("latency span",), lambda: q.span(ctx.store, w))
     if sp is None:
         return []
     tw = time_width(sp.t_min, sp.t_max)
     sampling = q.Sampling.for_span(sp, sample_cap(ctx))
-    tests = comparisons(q.strata_cells(ctx.store, w, origin=sp.t_min, tw=tw, sampling=sampling))
+    tests = tests_of(
+        q.rank_sums(ctx.store, w, origin=sp.t_min, tw=tw, sampling=sampling, scratch=ctx.scratch)
+    )
     for t, qv in zip(tests, benjamini_hochberg([t.p for t in tests]), strict=True):
         t.q = qv
     significant = [t for t in tests if t.q < ALPHA and t.z > 0]
     flagged: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     if not significant:
         return []
-    # the same cells again, for the metrics that need a shift, with their quantiles
+    # the cells of the strata the significant sides served, with their quantiles: the shift
     metrics = sorted({t.metric for t in significant}, key=q.METRICS.index)
     again = q.strata_cells(
-        ctx.store, w, origin=sp.t_min, tw=tw, sampling=sampling, metrics=metrics, reps=True
+        ctx.store,
+        w,
+        origin=sp.t_min,
+        tw=tw,
+        sampling=sampling,
+        metrics=metrics,
+        reps=True,
+        scratch=ctx.scratch,
+        units=sorted({u for t in significant for u in t.units}),
     )
     wanted = {(t.model, t.metric, t.level, t.name) for t in significant}
     with_reps = {(t.model, t.metric, t.level, t.name): t for t in comparisons(again, wanted)}

@@ -67,7 +67,7 @@ def _latest(rows: list[qc.Config]) -> qc.Config:
 
 @analyzer(ANALYZER)
 def version_skew_analyzer(ctx: AnalysisContext) -> list[Finding]:
-    cfgs = qc.configs(ctx.store, ctx.window())
+    cfgs = ctx.shared(("configs",), lambda: qc.configs(ctx.store, ctx.window()))
     by_model: dict[str, list[qc.Config]] = defaultdict(list)
     for c in cfgs:
         by_model[c.model].append(c)

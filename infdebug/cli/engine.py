@@ -237,6 +237,12 @@ def make_model_cmd(
     envvar=ENV_BODY_TIMEOUT,
     help="Answer 408 to a request whose body has not arrived within this time.",
 )
+@click.option(
+    "--trace-logprobs",
+    is_flag=True,
+    help="Log every request's chosen-token logprobs in its trace (output_logprobs), asked "
+    "for or not: what skew.logprobs compares against a float32 re-scoring (--model).",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def serve_cmd(
     model_dir: str,
@@ -259,6 +265,7 @@ def serve_cmd(
     max_body_mb: float,
     header_timeout: float,
     body_timeout: float,
+    trace_logprobs: bool,
     log_level: str,
 ) -> None:
     """Serve a checkpoint with an OpenAI-compatible API (completions, chat, streaming).
@@ -298,6 +305,7 @@ def serve_cmd(
             trace_dir=trace_dir,
             otlp_endpoint=otlp_endpoint,
             redact=redact,  # type: ignore[arg-type]
+            trace_logprobs=trace_logprobs,
             trace_max_bytes=int(trace_max_mb * 1024 * 1024) if trace_max_mb > 0 else None,
             trace_max_age_s=trace_max_age or None,
             simulate_gpu=simulate_gpu,

@@ -27,6 +27,9 @@ class TracedRequest(Protocol):
     def output_ids(self) -> cabc.Sequence[int]: ...
 
     @property
+    def output_logprobs(self) -> cabc.Sequence[float] | None: ...  # per output token, if known
+
+    @property
     def prompt_text(self) -> str | None: ...  # the rendered prompt
 
     @property

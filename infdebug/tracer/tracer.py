@@ -97,6 +97,7 @@ def build_record(seq: TracedRequest, info: ReplicaInfo, redact: Redact = "none")
         prompt_ids=list(seq.prompt_ids) if ids_ok else None,
         output_text=seq.output_text if text_ok else None,
         output_ids=list(seq.output_ids) if ids_ok else None,
+        output_logprobs=list(lps) if ids_ok and (lps := seq.output_logprobs) else None,
         cached_prompt_tokens=seq.cached_tokens,
         finish_reason=_FINISH.get(seq.finish_reason or ""),
         sampling=sampling,

@@ -97,6 +97,8 @@ class Sequence:
     t_prefill_done: float | None = None
     token_times: list[float] = field(default_factory=list)  # monotonic, one per output token
     output_ids: list[int] = field(default_factory=list)
+    # the chosen tokens' logprobs, one per output token, when computed for this request
+    logprobs: list[float] = field(default_factory=list)
     text: str = ""
     slot: int = -1
     pos: int = 0  # tokens in the KV cache
@@ -109,6 +111,11 @@ class Sequence:
     prompt_text: str | None = None  # what the server rendered, for the trace
     messages: list[dict[str, Any]] | None = None
     done: bool = False  # finished: its last event delivered and hooks.finished called
+
+    @property
+    def output_logprobs(self) -> list[float] | None:
+        """``TracedRequest.output_logprobs``: complete, or None."""
+        return self.logprobs if len(self.logprobs) == len(self.output_ids) else None
 
     @property
     def output_text(self) -> str:
@@ -147,6 +154,7 @@ class EngineConfig:
     slow_factor: float = 1.0  # --inject slow=F: each step takes F times as long
     fail_request: str | None = None  # --inject fail-request=TEXT (see faults.py)
     redact_logs: bool = False  # log a failed request's error type and stack, not its message
+    trace_logprobs: bool = False  # --trace-logprobs: every request's chosen-token logprobs
 
 
 class Engine:
@@ -345,7 +353,7 @@ class Engine:
 
     def _emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         chosen = self._sample(seqs, logits)
-        want_lp = any(s.params.logprobs is not None for s in seqs)
+        want_lp = self.cfg.trace_logprobs or any(s.params.logprobs is not None for s in seqs)
         logp = torch.log_softmax(logits, dim=-1) if want_lp else None
         now = time.perf_counter()
         done: list[tuple[Sequence, TokenEvent]] = []
@@ -388,8 +396,10 @@ class Engine:
         seq.token_times.append(now)
         lp: float | None = None
         top: list[tuple[int, float]] | None = None
+        if logp is not None and (seq.params.logprobs is not None or self.cfg.trace_logprobs):
+            seq.logprobs.append(float(logp[tok]))
         if logp is not None and seq.params.logprobs is not None:
-            lp = float(logp[tok])
+            lp = seq.logprobs[-1]
             if seq.params.logprobs > 0:
                 v, ix = torch.topk(logp, min(seq.params.logprobs, logp.shape[-1]))
                 top = list(zip(ix.tolist(), v.tolist(), strict=True))

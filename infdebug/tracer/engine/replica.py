@@ -134,6 +134,7 @@ class Replica:
         simulate_gpu: bool = False,
         gpu_hz: float = 4.0,
         hooks: EngineHooks | None = None,
+        trace_logprobs: bool = False,
     ) -> None:
         self.lifecycle = Lifecycle(name, deployment=deployment, trace_dir=trace_dir)
         self.model_dir = model_dir
@@ -203,6 +204,7 @@ class Replica:
                 slow_factor=self.inj.slow,
                 fail_request=self.inj.fail_request,
                 redact_logs=redact != "none",
+                trace_logprobs=trace_logprobs,
             ),
             hooks=hooks or self.tracer,
         )
