@@ -104,6 +104,7 @@ class GpuSample(_Record, frozen=True, tag="gpu"):
     throttle_reasons: list[str] | None = None  # DCGM names: power_cap, hw_thermal, …
     energy_j: float | None = None
     simulated: bool = False  # True for the synthetic signal of --simulate-gpu
+    deployment: str | None = None  # the replica's deployment (additive: older samples lack it)
 
 
 class MetricSample(_Record, frozen=True, tag="metrics"):

@@ -619,7 +619,7 @@ def test_a_run_shares_its_scratch_table_and_drops_it(store: Store, tmp_path: Any
         run_all(ctx, MINE)  # nested: the outer scope keeps its tables
         assert ctx.scratch is not None
         names = [n for n in ctx.scratch._tables.values() if n]
-        assert len(names) == 1  # latency and change_point read one sample
+        assert len(names) == 2  # latency and change_point read one sample (and its requests)
         assert ctx.shared(("x",), lambda: 1) == ctx.shared(("x",), lambda: 2) == 1
     _, rows = store.query("EXISTS TEMPORARY TABLE " + names[0])
     assert rows == [(0,)]

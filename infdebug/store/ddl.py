@@ -91,6 +91,7 @@ GPU_COLUMNS: tuple[Column, ...] = (
     real("energy_j"),
     boolean("simulated"),
     uint("v", 16, default=1),
+    text("deployment", lc=True),
 )
 
 METRIC_COLUMNS: tuple[Column, ...] = (
@@ -399,6 +400,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS head_hash String DEFAULT ''",
             "ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS tail_hash String DEFAULT ''",
             "ALTER TABLE ingest_state ADD COLUMN IF NOT EXISTS batches Array(UInt64)",
+        ),
+    ),
+    Migration(
+        7,
+        "gpu_samples: deployment (additive: GPU samples of one replica name in two "
+        "deployments, or of the two sides of a diff, kept apart)",
+        (
+            "ALTER TABLE gpu_samples ADD COLUMN IF NOT EXISTS deployment "
+            "LowCardinality(Nullable(String))",
         ),
     ),
 )

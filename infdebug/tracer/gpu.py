@@ -235,11 +235,13 @@ class GpuSampler:
         *,
         on_xid: Callable[[XidEvent], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        deployment: str | None = None,
     ) -> None:
         if not hz > 0:
             raise ValueError(f"GpuSampler: expected hz > 0, got {hz!r}")
         self.probe = probe
         self.replica = replica
+        self.deployment = deployment
         self.emit = emit
         self.period_s = 1.0 / hz
         self.on_xid = on_xid
@@ -308,7 +310,13 @@ class GpuSampler:
                 reading = self.probe.sample(dev.index)
                 if reading.get("uuid") is None:
                     reading["uuid"] = dev.uuid
-                rec = GpuSample(t=t, replica=self.replica, gpu_index=dev.index, **reading)
+                rec = GpuSample(
+                    t=t,
+                    replica=self.replica,
+                    gpu_index=dev.index,
+                    deployment=self.deployment,
+                    **reading,
+                )
             except Exception as e:
                 self._error(f"sample gpu {dev.index}", e)
                 continue

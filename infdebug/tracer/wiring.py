@@ -135,6 +135,11 @@ def make_tracer(
             )
         emit = out.gpu_trace.put if out.gpu_trace is not None else (lambda rec: None)
         out.gpu_sampler = GpuSampler(
-            probe, name, emit=emit, hz=config.gpu_hz, gauges=metrics.registry
+            probe,
+            name,
+            emit=emit,
+            hz=config.gpu_hz,
+            gauges=metrics.registry,
+            deployment=info.deployment,
         )
     return out
