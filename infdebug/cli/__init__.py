@@ -18,7 +18,18 @@ from infdebug import __version__
 from infdebug.cli.context import CliContext
 from infdebug.cli.options import store_options
 
-GROUPS = ("ingest", "query", "analyze", "engine", "text", "profile", "fleet", "workload", "store")
+GROUPS = (
+    "ingest",
+    "query",
+    "analyze",
+    "diff",
+    "engine",
+    "text",
+    "profile",
+    "fleet",
+    "workload",
+    "store",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
