@@ -41,6 +41,7 @@ from infdebug.schema import Finding, Request, encode_records
 from infdebug.store import Store
 from infdebug.store import q_change as qc
 from infdebug.store import q_latency as q
+from infdebug.store import q_ranks as qr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_765_000_000.0
@@ -329,7 +330,7 @@ def test_clean_fleets_raise_no_warning_and_the_tests_hold_their_level(
         w = AnalysisContext(store=store).window()
         sp = q.span(store, w)
         assert sp is not None
-        cells = q.strata_cells(store, w, origin=sp.t_min, tw=time_width(sp.t_min, sp.t_max))
+        cells = qr.strata_cells(store, w, origin=sp.t_min, tw=time_width(sp.t_min, sp.t_max))
         p_lat += [t.p for t in comparisons(cells)]
         width = (sp.t_max - sp.t_min) / 64 * (1 + 1e-9)
         p_cp += [c.p for c in candidates(qc.series(store, w, origin=sp.t_min, width=width))]
@@ -588,11 +589,11 @@ def test_rank_sums_in_sql_are_the_van_elteren_tests_of_the_cells(
     assert sp is not None
     tw = time_width(sp.t_min, sp.t_max)
     for sampling in (q.ALL, q.Sampling(400_000, 20.0, sp.max_e2e_s)):
-        cells = q.strata_cells(store, w, origin=sp.t_min, tw=tw, sampling=sampling)
+        cells = qr.strata_cells(store, w, origin=sp.t_min, tw=tw, sampling=sampling)
         py = {(t.model, t.metric, t.level, t.name): t for t in comparisons(cells)}
         sql = {
             (t.model, t.metric, t.level, t.name): t
-            for t in tests_of(q.rank_sums(store, w, origin=sp.t_min, tw=tw, sampling=sampling))
+            for t in tests_of(qr.rank_sums(store, w, origin=sp.t_min, tw=tw, sampling=sampling))
         }
         assert len(py) >= 20 and set(sql) == set(py)
         for key, t in sql.items():
@@ -600,7 +601,7 @@ def test_rank_sums_in_sql_are_the_van_elteren_tests_of_the_cells(
             assert t.units == py[key].units
         assert max(t.z for t in sql.values()) > 5  # r1's slowdown is among them
         with ctx.run_scope():
-            inside = q.strata_cells(
+            inside = qr.strata_cells(
                 store, w, origin=sp.t_min, tw=tw, sampling=sampling, scratch=ctx.scratch
             )
             assert ctx.scratch is not None and ctx.scratch._tables  # built, not skipped
@@ -608,7 +609,7 @@ def test_rank_sums_in_sql_are_the_van_elteren_tests_of_the_cells(
         # only the strata a unit served, with everyone's cells there
         unit = cells[0].unit
         mine = {(c.metric, c.stratum) for c in cells if c.unit == unit}
-        some = q.strata_cells(store, w, origin=sp.t_min, tw=tw, sampling=sampling, units=[unit])
+        some = qr.strata_cells(store, w, origin=sp.t_min, tw=tw, sampling=sampling, units=[unit])
         assert some == [c for c in cells if (c.metric, c.stratum) in mine]
 
 

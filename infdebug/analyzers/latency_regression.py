@@ -73,8 +73,9 @@ from infdebug.analyzers.stats import (
 from infdebug.errors import InputError
 from infdebug.schema import Finding
 from infdebug.store import q_latency as q
+from infdebug.store import q_ranks as qr
 from infdebug.store.q_common import split_unit, unit_label
-from infdebug.store.q_latency import Cell
+from infdebug.store.q_ranks import Cell
 
 ANALYZER = "latency"
 KIND = "replica.latency_regression"
@@ -271,7 +272,7 @@ class Test:
     q: float = 1.0
 
 
-def tests_of(rows: list[q.RankSums]) -> list[Test]:
+def tests_of(rows: list[qr.RankSums]) -> list[Test]:
     """The tests the rank sums allow, by the rules of ``comparisons``: enough compared
     requests on each side; a deployment only of two or more units, where the model and
     metric have two or more deployments."""
@@ -308,7 +309,7 @@ def latency_analyzer(ctx: AnalysisContext) -> list[Finding]:
     tw = time_width(sp.t_min, sp.t_max)
     sampling = q.Sampling.for_span(sp, sample_cap(ctx))
     tests = tests_of(
-        q.rank_sums(ctx.store, w, origin=sp.t_min, tw=tw, sampling=sampling, scratch=ctx.scratch)
+        qr.rank_sums(ctx.store, w, origin=sp.t_min, tw=tw, sampling=sampling, scratch=ctx.scratch)
     )
     for t, qv in zip(tests, benjamini_hochberg([t.p for t in tests]), strict=True):
         t.q = qv
@@ -318,7 +319,7 @@ def latency_analyzer(ctx: AnalysisContext) -> list[Finding]:
         return []
     # the cells of the strata the significant sides served, with their quantiles: the shift
     metrics = sorted({t.metric for t in significant}, key=q.METRICS.index)
-    again = q.strata_cells(
+    again = qr.strata_cells(
         ctx.store,
         w,
         origin=sp.t_min,

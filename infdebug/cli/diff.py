@@ -3,6 +3,7 @@ out; a CI gate (``--fail-on``) with diff(1)'s exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -222,18 +223,14 @@ def _diff(
                     doc,
                 )
         read_s = time.perf_counter() - t0
-        if err_console.is_terminal:
-            with err_console.status("diffing …") as status:
-                res = diff_store(
-                    st,
-                    labels,
-                    tokenizer=tok,
-                    template=tpl,
-                    options=options,
-                    deployments={ld.label: ld.deployments for ld in loads},
-                    progress=lambda name, i, n: status.update(f"analyzing: {name} ({i + 1}/{n})"),
-                )
-        else:
+        with contextlib.ExitStack() as stack:
+            progress = None
+            if err_console.is_terminal:  # a status line naming the analyzer running
+                status = stack.enter_context(err_console.status("diffing …"))
+
+                def progress(name: str, i: int, n: int) -> None:
+                    status.update(f"analyzing: {name} ({i + 1}/{n})")
+
             res = diff_store(
                 st,
                 labels,
@@ -241,6 +238,7 @@ def _diff(
                 template=tpl,
                 options=options,
                 deployments={ld.label: ld.deployments for ld in loads},
+                progress=progress,
             )
     res.seconds = {"read": read_s, **res.seconds}
     t = time.perf_counter()

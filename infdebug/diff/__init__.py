@@ -129,16 +129,18 @@ def diff_store(
         sides.setdefault(label, {"requests": 0})
         if deployments and label in deployments:
             sides[label]["deployments"] = deployments[label]
-    pairing = pairing_of(store, labels, sides)
-    seconds["pair"] = time.perf_counter() - t
-    t = time.perf_counter()
     ctx = AnalysisContext(
         store=store, tokenizer=tokenizer, template=template, options=dict(options or {})
     )
-    res = analyze(ctx, None, progress, count=False)
-    changed, unchanged = classify(res.findings, labels)
-    seconds["analyze"] = time.perf_counter() - t
-    t = time.perf_counter()
-    sections = build_sections(store, labels, sides, pairing, tokenizer, ctx)
-    seconds["sections"] = time.perf_counter() - t
+    with ctx.run_scope():  # the pairs and the latency sample built once, read by all
+        src = q_diff.paired_source(store, *labels, ctx.scratch)
+        pairing = pairing_of(store, labels, sides, src)
+        seconds["pair"] = time.perf_counter() - t
+        t = time.perf_counter()
+        res = analyze(ctx, None, progress, count=False)
+        changed, unchanged = classify(res.findings, labels)
+        seconds["analyze"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sections = build_sections(store, labels, sides, pairing, tokenizer, ctx)
+        seconds["sections"] = time.perf_counter() - t
     return DiffResult(labels, changed, unchanged, pairing, sections, sides, res.failed, seconds)

@@ -28,7 +28,7 @@ from infdebug.analyzers.stats import (
     norm_sf,
     van_elteren,
 )
-from infdebug.store import Store, q_diff
+from infdebug.store import Store, q_diff, q_ranks
 from infdebug.store import q_latency as q
 from infdebug.store.q_common import split_unit
 
@@ -61,12 +61,12 @@ def ks(x: list[int], y: list[int]) -> tuple[float, float]:
 
 
 def pairing_of(
-    store: Store, labels: tuple[str, str], sides: dict[str, dict[str, Any]]
+    store: Store, labels: tuple[str, str], sides: dict[str, dict[str, Any]], src: str = ""
 ) -> dict[str, Any]:
     """How the sides pair, and whether their workloads are comparable at all (prompt and
     output length distributions, mean QPS)."""
     a, b = labels
-    ps = q_diff.pair_stats(store, a, b)
+    ps = q_diff.pair_stats(store, a, b, src)
     pa, oa = q_diff.length_samples(store, a)
     pb, ob = q_diff.length_samples(store, b)
     d_p, p_p = ks(pa, pb)
@@ -92,6 +92,7 @@ def pairing_of(
         "output_length_ks": {"d": d_o, "p": p_o},
         "qps_ratio": qps_ratio,
         "_stats": ps,
+        "_source": src,
     }
 
 
@@ -121,11 +122,11 @@ def _around(ids: list[int], at: int, tok: Any) -> list[dict[str, Any]]:
 
 
 def _token_section(
-    store: Store, labels: tuple[str, str], tok: Any, n: int, pairs: int, what: str
+    store: Store, labels: tuple[str, str], tok: Any, n: int, pairs: int, what: str, src: str
 ) -> dict[str, Any]:
     a_col, b_col = ("a_pids", "b_pids") if what == "ids" else ("a_out", "b_out")
     examples = []
-    for row in q_diff.differing_pairs(store, *labels, what, EXAMPLES):
+    for row in q_diff.differing_pairs(store, *labels, what, EXAMPLES, src):
         x, y = list(row[a_col]), list(row[b_col])
         at = _first_diff(x, y)
         ex: dict[str, Any] = {
@@ -147,9 +148,11 @@ def _token_section(
     return {"count": n, "of_pairs": pairs, "share": share, "examples": examples}
 
 
-def _text_section(store: Store, labels: tuple[str, str], n: int, pairs: int) -> dict[str, Any]:
+def _text_section(
+    store: Store, labels: tuple[str, str], n: int, pairs: int, src: str
+) -> dict[str, Any]:
     examples = []
-    for row in q_diff.differing_pairs(store, *labels, "text", EXAMPLES):
+    for row in q_diff.differing_pairs(store, *labels, "text", EXAMPLES, src):
         x, y = str(row["a_text"]), str(row["b_text"])
         at = next((i for i, (u, v) in enumerate(zip(x, y, strict=False)) if u != v), None)
         at = min(len(x), len(y)) if at is None else at
@@ -182,7 +185,7 @@ def _two_proportions(k1: int, n1: int, k2: int, n2: int) -> float:
 
 
 def stop_section(
-    store: Store, labels: tuple[str, str], sides: dict[str, dict[str, Any]]
+    store: Store, labels: tuple[str, str], sides: dict[str, dict[str, Any]], src: str
 ) -> dict[str, Any] | None:
     a, b = labels
     fa, fb = sides[a].get("finish_reasons", {}), sides[b].get("finish_reasons", {})
@@ -205,7 +208,7 @@ def stop_section(
             sev = _worse(sev, "warning")
     changes = [
         {"baseline": x, "candidate": y, "pairs": n}
-        for x, y, n in q_diff.finish_changes(store, a, b)
+        for x, y, n in q_diff.finish_changes(store, a, b, src)
     ]
     if sev == "info":
         return None
@@ -225,7 +228,7 @@ def latency_section(
         return None
     tol = float(ctx.options.get("tolerance") or DEFAULT_TOLERANCE)
     sampling = q.Sampling.for_span(sp, sample_cap(ctx))
-    cells = q.strata_cells(
+    cells = q_ranks.strata_cells(
         store, w, origin=sp.t_min, tw=1e12, sampling=sampling, reps=True, scratch=ctx.scratch
     )
     by: dict[tuple[str, str], dict[tuple[int, ...], dict[str, list[Any]]]] = defaultdict(
@@ -341,6 +344,7 @@ def build_sections(
 ) -> dict[str, dict[str, Any]]:
     a, b = labels
     ps: q_diff.PairStats = pairing.pop("_stats")
+    src: str = pairing.pop("_source")
     out: dict[str, dict[str, Any]] = {}
     fp = {}
     for k in FINGERPRINT_FIELDS:
@@ -352,18 +356,18 @@ def build_sections(
         out["fingerprints"] = {"severity": sev, "changed": fp}
     pairs = ps.by_request_id + ps.by_prompt
     if ps.prompt_ids_differ:
-        sec = _token_section(store, labels, tok, ps.prompt_ids_differ, pairs, "ids")
+        sec = _token_section(store, labels, tok, ps.prompt_ids_differ, pairs, "ids", src)
         sec["severity"] = "error" if sec["share"] >= 0.01 else "warning"
         out["tokenization"] = sec
     if ps.prompt_text_differ:
-        sec = _text_section(store, labels, ps.prompt_text_differ, pairs)
+        sec = _text_section(store, labels, ps.prompt_text_differ, pairs, src)
         sec["severity"] = "error" if sec["share"] >= 0.01 else "warning"
         out["templates"] = sec
-    stop = stop_section(store, labels, sides)
+    stop = stop_section(store, labels, sides, src)
     if stop:
         out["stop"] = stop
     if ps.outputs_differ:
-        sec = _token_section(store, labels, tok, ps.outputs_differ, ps.greedy_pairs, "out")
+        sec = _token_section(store, labels, tok, ps.outputs_differ, ps.greedy_pairs, "out", src)
         sec["severity"] = "warning" if sec["share"] >= 0.1 and ps.outputs_differ >= 3 else "info"
         out["outputs"] = sec
     lat = latency_section(store, labels, ctx)

@@ -22,12 +22,11 @@ from infdebug.store.q_latency import (
     OUT_UNIT,
     Sampling,
     Side,
-    ranked,
     rep_levels,
-    sample_source,
     side_pair,
     unpack,
 )
+from infdebug.store.q_ranks import ranked, sample_source
 from infdebug.store.scratch import Scratch
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infdebug.store.base import Store
+from infdebug.store.scratch import Scratch
 
 SIDE_TABLES = ("requests", "gpu_samples", "events")
 _TIME = {"requests": "t_arrival", "gpu_samples": "t", "events": "t"}
@@ -185,7 +186,14 @@ _PAIRED = f"""
 """
 
 
-def pair_stats(store: Store, a: str, b: str) -> PairStats:
+def paired_source(store: Store, a: str, b: str, scratch: Scratch | None) -> str:
+    """The paired requests of sides ``a`` and ``b`` (``_PAIRED``) as a table expression:
+    built once into ``scratch`` (every section reads them), else the subquery."""
+    name = scratch.table(_PAIRED, {"a": a, "b": b}) if scratch is not None else None
+    return name or f"({_PAIRED})"
+
+
+def pair_stats(store: Store, a: str, b: str, src: str = "") -> PairStats:
     sql = f"""
         SELECT countIf(how = 'request_id'), countIf(how = 'prompt'),
                (SELECT countIf(deployment = {{a:String}}) FROM requests),
@@ -193,7 +201,7 @@ def pair_stats(store: Store, a: str, b: str) -> PairStats:
                countIf(ids_differ), countIf(text_differ), countIf(greedy AND NOT ids_differ),
                countIf(out_differ),
                countIf(a_fin != b_fin)
-        FROM ({_PAIRED})
+        FROM {src or f"({_PAIRED})"}
     """
     _, rows = store.query(sql, {"a": a, "b": b})
     r = rows[0]
@@ -211,14 +219,16 @@ def pair_stats(store: Store, a: str, b: str) -> PairStats:
     )
 
 
-def differing_pairs(store: Store, a: str, b: str, what: str, limit: int) -> list[dict[str, Any]]:
+def differing_pairs(
+    store: Store, a: str, b: str, what: str, limit: int, src: str = ""
+) -> list[dict[str, Any]]:
     """The first ``limit`` pairs (by request ID) whose ``what`` (``ids``, ``text``, ``out``)
     differ, with both sides' sequences."""
     cond = {"ids": "ids_differ", "text": "text_differ", "out": "out_differ"}[what]
     cols = ["a_id", "b_id", "how", "a_pids", "b_pids", "a_text", "b_text"]
     cols += ["a_out", "b_out", "a_lp", "b_lp", "a_fin", "b_fin"]
     sql = f"""
-        SELECT {", ".join(cols)} FROM ({_PAIRED})
+        SELECT {", ".join(cols)} FROM {src or f"({_PAIRED})"}
         WHERE {cond}
         ORDER BY a_id, b_id
         LIMIT {{limit:UInt32}}
@@ -227,10 +237,10 @@ def differing_pairs(store: Store, a: str, b: str, what: str, limit: int) -> list
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
-def finish_changes(store: Store, a: str, b: str) -> list[tuple[str, str, int]]:
+def finish_changes(store: Store, a: str, b: str, src: str = "") -> list[tuple[str, str, int]]:
     """Paired requests whose finish reason changed: (side a's, side b's, count)."""
     sql = f"""
-        SELECT a_fin, b_fin, count() AS n FROM ({_PAIRED})
+        SELECT a_fin, b_fin, count() AS n FROM {src or f"({_PAIRED})"}
         WHERE a_fin != b_fin GROUP BY a_fin, b_fin ORDER BY n DESC, a_fin, b_fin
     """
     _, rows = store.query(sql, {"a": a, "b": b})

@@ -1,5 +1,5 @@
 """Temporary tables one analysis run shares: an intermediate result several analyzers read
-(the sampled requests' latency rows with their load, ``q_latency.sample_source``) is built
+(the sampled requests' latency rows with their load, ``q_ranks.sample_source``) is built
 once as a session ``TEMPORARY`` Memory table and dropped when the run ends.
 
 A store that refuses to create one (read-only, or a server without a session) gets
