@@ -231,15 +231,24 @@ def test_a_failed_load_is_rolled_back_on_the_next_run(store: Any, tmp_path: Any)
 
 
 def test_fast_path_doubts_send_files_down_the_careful_path(store: Any, tmp_path: Any) -> None:
-    # Text that looks like JSON, a quoted number: the fast path's checks doubt or accept
-    # them; either way the result is what the contract says.
+    # Text that looks like JSON (a Llama-2 ``[INST]`` prompt, a JSON prompt) is text: the
+    # line check sees a JSON string, so the file stays on the fast path and loads as it is.
     a = make_request(1, prompt_text='{"looks": "like json"}', output_text="[1, 2]")
+    b = make_request(2, prompt_text="[INST] hello [/INST]")
     p = tmp_path / "a.jsonl"
-    p.write_bytes(encode_records([make_request(0), a]))
+    p.write_bytes(encode_records([make_request(0), a, b]))
     rep = _ingest(store, tmp_path, str(p))
+    assert rep.rows["request"] == 3 and rep.rejected == 0 and rep.files[0].path_taken == "fast"
+    got = {r.request_id: r for r in fetch_records(store, "request")}
+    assert got["req-1"] == a and got["req-2"] == b
+    # a quoted number of 19 digits may be a number past 64 bits: doubted, judged exactly
+    c = make_request(3, prompt_text="1234567890123456789012")
+    p2 = tmp_path / "c.jsonl"
+    p2.write_bytes(encode_records([make_request(4), c]))
+    rep = _ingest(store, tmp_path, str(p2))
     assert rep.rows["request"] == 2 and rep.rejected == 0 and rep.files[0].path_taken == "careful"
     got = {r.request_id: r for r in fetch_records(store, "request")}
-    assert got["req-1"] == a
+    assert got["req-3"] == c
     # an object where text belongs is a wrong type, not text
     q = tmp_path / "b.jsonl"
     q.write_bytes(
@@ -336,3 +345,38 @@ def test_a_file_that_starts_with_blank_lines_or_an_array_line_still_loads(
     )
     rep = _ingest(store, tmp_path, str(q))
     assert rep.rows["request"] == 3 and rep.rejected == 1 and _rejects(rep)[0]["line"] == 1
+
+
+def test_assigned_columns_are_stored_on_both_paths(store: Any, tmp_path: Any) -> None:
+    # What infdebug diff labels each side with as it loads: a column stored as given
+    # (a bound parameter), and one the store added holding the line's own value.
+    from infdebug.store import q_diff
+
+    q_diff.prepare(store)
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(encode_records([make_request(i, deployment="stable") for i in range(3)]))
+    bad = tmp_path / "bad.jsonl"  # one bad line: the careful path
+    bad.write_bytes(
+        encode_record(make_request(7, deployment=None)) + b"not json\n" + encode_record(make_gpu(0))
+    )
+    rep = ingest_paths(
+        store,
+        [str(good), str(bad)],
+        rejects_path=str(tmp_path / "rejects.jsonl"),
+        assign=q_diff.side_assign(),
+        assign_params={"side": "A"},
+    )
+    first = "fast" if getattr(store, "home", None) else "careful"  # a server: always careful
+    assert [f.path_taken for f in rep.files] == [first, "careful"] and rep.rejected == 1
+    _, rows = store.query(
+        "SELECT request_id, deployment, own_deployment FROM requests ORDER BY request_id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("req-0", "A", "stable"),
+        ("req-1", "A", "stable"),
+        ("req-2", "A", "stable"),
+        ("req-7", "A", None),
+    ]
+    _, rows = store.query("SELECT deployment, own_deployment FROM gpu_samples")
+    assert [tuple(r) for r in rows] == [("A", None)]
+    assert q_diff.side_deployments(store, "A") == ["", "stable"]

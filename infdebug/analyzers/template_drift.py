@@ -105,7 +105,12 @@ def _render_findings(ctx: AnalysisContext) -> list[Finding]:
         return []
     cap = int(ctx.options.get("template_sample", 200))
     rows = q_template.prompt_sample(
-        ctx.store, ctx.window(), cap, need_messages=True, model=served_model(ctx)
+        ctx.store,
+        ctx.window(),
+        cap,
+        need_messages=True,
+        model=served_model(ctx),
+        ids_without_text=True,
     )
     population = q_template.replica_request_counts(ctx.store, ctx.window())
     checked: Counter[Unit] = Counter()
@@ -381,7 +386,7 @@ def _whole_deployment(
 def _skeleton_findings(ctx: AnalysisContext) -> list[Finding]:
     cap = int(ctx.options.get("template_sample", 2000))
     min_n = int(ctx.options.get("template_min_requests", 10))
-    rows = q_template.prompt_sample(ctx.store, ctx.window(), cap)
+    rows = q_template.prompt_sample(ctx.store, ctx.window(), cap, ids_without_text=True)
     # unit -> family -> skeleton -> seen, and the same per deployment
     dist: dict[Unit, dict[str, dict[str, _Seen]]] = defaultdict(lambda: defaultdict(dict))
     by_dep: dict[str | None, dict[str, dict[str, _Seen]]] = defaultdict(lambda: defaultdict(dict))

@@ -242,6 +242,8 @@ def ingest_paths(
     fmt: str = "auto",
     replica: str | None = None,
     max_latency: float | None = None,
+    assign: dict[str, dict[str, str]] | None = None,
+    assign_params: dict[str, Any] | None = None,
 ) -> IngestReport:
     """Ingest files of contract JSONL, engine logs (vLLM, SGLang, OpenAI request/response
     JSONL, OpenAI Batch API files) or Prometheus exposition snapshots — any registered format
@@ -249,13 +251,22 @@ def ingest_paths(
 
     A file that cannot be read or loaded is a ``status="error"`` result with its reason;
     the other files still load. ``max_latency`` (seconds) overrides the latency ceiling;
-    an invalid ``INFDEBUG_MAX_LATENCY_S`` raises ``timing.LatencyConfigError``."""
+    an invalid ``INFDEBUG_MAX_LATENCY_S`` raises ``timing.LatencyConfigError``. ``assign``
+    and ``assign_params``: columns stored as given, not as read (``Ingestor``)."""
     t0 = time.perf_counter()
     ceiling = max_latency_s(max_latency)
     scanned = scan_paths(paths)
     files, errors = scanned.files, scanned.errors
     sink = RejectSink(rejects_path)
-    ing = Ingestor(store, strict=strict, rejects=sink, progress=progress, max_latency=ceiling)
+    ing = Ingestor(
+        store,
+        strict=strict,
+        rejects=sink,
+        progress=progress,
+        max_latency=ceiling,
+        assign=assign,
+        assign_params=assign_params,
+    )
     results: list[FileResult] = []
     try:
         with (

@@ -15,7 +15,7 @@ How a file is loaded:
    type the contract says (``Table.line_guard``, store/line_check.py); then it parses and
    loads the original file itself (``file()``) with strict JSON settings and a check on
    every row (``Table.guard``: the kind, required fields, enums, token IDs in UInt32,
-   finite numbers, valid UTF-8, text that does not look like an object), and must store
+   finite numbers, valid UTF-8), and must store
    exactly one row per non-blank line. The checks may doubt a good line, never pass a bad
    one; one doubtful line sends the file down the careful path (a load already done is
    rolled back). Python never touches the rows here: on two cores, a Python validation
@@ -50,7 +50,7 @@ import os
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -67,7 +67,7 @@ from infdebug.collectors.timing import (
 from infdebug.lineblocks import line_blocks
 from infdebug.schema import LineError, RecordDecoder, encode_record, kind_of, open_bytes
 from infdebug.store.base import Store, StoreError, StoreFull, StoreUnwritable, disk_full
-from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES, request_latency_guard
+from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES, Table, request_latency_guard
 from infdebug.store.ingest_state import (
     MARK_BYTES,
     IngestState,
@@ -271,8 +271,13 @@ class Ingestor:
         tmp_dir: str | None = None,
         max_latency: float | None = None,
         fast_path: bool = True,
+        assign: Mapping[str, Mapping[str, str]] | None = None,
+        assign_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        # table name -> {column: SQL expression} stored instead of the lines' (Table.assign)
+        self.assign = {t: tuple(a.items()) for t, a in (assign or {}).items()}
+        self.assign_params = dict(assign_params or {})
         self.fast_path = fast_path  # False: every file down the careful path (tests, doubt)
         self.max_latency_s = max_latency_s(max_latency)  # read now: flag, ingest, env, default
         self.strict = strict
@@ -285,6 +290,18 @@ class Ingestor:
         self._settings["input_format_skip_unknown_fields"] = 1
         self._label = ""
         self._tail = bytearray()  # the last MARK_BYTES the latest load read (ingest_state)
+
+    def _table(self, kind: str) -> Table:
+        table = TABLES[kind]
+        given = self.assign.get(table.name)
+        return dataclasses.replace(table, assign=given) if given else table
+
+    def _insert(
+        self, table: Table, path: str, batch: int, settings: Mapping[str, Any], *, guarded: bool
+    ) -> None:
+        self.store.insert_jsonl(
+            table, path, self._label, batch, settings, guarded=guarded, params=self.assign_params
+        )
 
     # -- one file ------------------------------------------------------------------------
     def ingest_file(self, path: str, label: str | None = None) -> FileResult:
@@ -358,7 +375,7 @@ class Ingestor:
         """Let ClickHouse check the raw lines (``Table.line_guard``), then parse and load the
         whole file with the checks of ``Table.guard`` on every row, one row per non-blank
         line. False when any line is in doubt, with whatever was loaded rolled back."""
-        table = TABLES[kind]
+        table = self._table(kind)
         if kind == "request":
             guard = request_latency_guard(self.max_latency_s, SPAN_TOLERANCE_S, SPAN_TOLERANCE_REL)
             table = dataclasses.replace(table, extra_guard=guard)
@@ -375,7 +392,7 @@ class Ingestor:
         if check is None or check.doubtful:
             return False  # no line check here, or a line in doubt: nothing loaded, careful path
         try:
-            self.store.insert_jsonl(table, path, self._label, batch, settings, guarded=True)
+            self._insert(table, path, batch, settings, guarded=True)
             after = os.stat(path)
             loaded = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
             # not written to while ClickHouse read it, and one row a line, not otherwise split
@@ -488,9 +505,9 @@ class Ingestor:
     def _load_spill(
         self, path: str, kind: str, spill: str, line_nos: list[int], batch: int, res: FileResult
     ) -> None:
-        table = TABLES[kind]
+        table = self._table(kind)
         try:
-            self.store.insert_jsonl(table, spill, self._label, batch, self._settings, guarded=False)
+            self._insert(table, spill, batch, self._settings, guarded=False)
             return
         except StoreUnwritable:
             raise  # the disk is full (or read-only), not a line refused
@@ -522,9 +539,7 @@ class Ingestor:
                 f.write(line + b"\n")
         try:
             try:
-                self.store.insert_jsonl(
-                    TABLES[kind], f.name, self._label, batch, self._settings, guarded=False
-                )
+                self._insert(self._table(kind), f.name, batch, self._settings, guarded=False)
                 return
             except StoreUnwritable:
                 raise  # the disk is full (or read-only), not a line refused

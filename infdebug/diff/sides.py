@@ -3,10 +3,9 @@
 Each side is ingested as ``infdebug ingest`` would (every reader, ``.gz``, the fast path
 through ClickHouse's own parsers, bad lines set aside with file:line); the ingest state is
 cleared between the sides so a file given on both (a log diffed against itself) loads twice.
-Then one mutation per table puts each row's side into ``deployment``: the rows of side A's
-load batches get its label, the rest side B's. Each side's own deployments are kept for the
-report. A side from a store (``--store``) is exported as contract JSONL by ClickHouse and
-loaded the same way.
+Each row is labelled with its side as it loads (its ``deployment`` is the side's label; its
+own deployment is kept beside it for the report, store/q_diff.py). A side from a store
+(``--store``) is exported as contract JSONL by ClickHouse and loaded the same way.
 """
 
 from __future__ import annotations
@@ -48,18 +47,24 @@ def load_side(
     rejects_path: str,
     max_latency: float | None = None,
 ) -> SideLoad:
-    """Ingest one side's files (the other side's ingest state cleared first)."""
+    """Ingest one side's files, each row labelled ``label`` as it loads (the other side's
+    ingest state cleared first)."""
     check_paths(label, paths)
     store.command("TRUNCATE TABLE IF EXISTS ingest_state")
-    before = _requests(store)
-    report = ingest_paths(store, paths, rejects_path=rejects_path, max_latency=max_latency)
-    n = _requests(store) - before
-    return SideLoad(label, paths, report, requests=n)
-
-
-def _requests(store: Store) -> int:
-    _, rows = store.query("SELECT count() FROM requests")
-    return int(rows[0][0])
+    report = ingest_paths(
+        store,
+        paths,
+        rejects_path=rejects_path,
+        max_latency=max_latency,
+        assign=q_diff.side_assign(),
+        assign_params={"side": label},
+    )
+    _, rows = store.query(
+        "SELECT count() FROM requests WHERE deployment = {label:String}", {"label": label}
+    )
+    side = SideLoad(label, paths, report, requests=int(rows[0][0]))
+    side.deployments = q_diff.side_deployments(store, label)
+    return side
 
 
 def load_sides(
@@ -70,19 +75,11 @@ def load_sides(
     max_latency: float | None = None,
 ) -> list[SideLoad]:
     """Both sides into ``store``, labelled; each side's own deployments noted."""
-    (la, pa), (lb, pb) = sides
-    a = load_side(store, la, pa, rejects_path=rejects_path(la), max_latency=max_latency)
-    a.deployments = q_diff.side_deployments(store)
-    a_batches = q_diff.batches(store)
-    b = load_side(store, lb, pb, rejects_path=rejects_path(lb), max_latency=max_latency)
-    _, rows = store.query(
-        "SELECT DISTINCT ifNull(deployment, '') AS d FROM requests "
-        "WHERE NOT has({a:Array(UInt64)}, _batch) ORDER BY d",
-        {"a": a_batches},
-    )
-    b.deployments = [str(r[0]) for r in rows]
-    q_diff.label_sides(store, a_batches, la, lb)
-    return [a, b]
+    q_diff.prepare(store)
+    return [
+        load_side(store, label, paths, rejects_path=rejects_path(label), max_latency=max_latency)
+        for label, paths in sides
+    ]
 
 
 def export_selection(

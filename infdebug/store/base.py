@@ -97,9 +97,11 @@ class Store(Protocol):
         settings: Mapping[str, Any],
         *,
         guarded: bool,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         """Load a JSONL file of one record kind into ``table`` through ClickHouse's own parser
-        (``guarded``: with the fast-path checks of ``Table.guard``)."""
+        (``guarded``: with the fast-path checks of ``Table.guard``; ``params``: those of the
+        table's ``assign`` expressions)."""
         ...
 
     def close(self) -> None: ...

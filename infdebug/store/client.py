@@ -188,8 +188,14 @@ class ClickHouseStore:
         settings: Mapping[str, Any],
         *,
         guarded: bool,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
-        params = {"structure": table.structure(), "file_tag": file_tag, "batch": batch}
+        params = {
+            **(params or {}),
+            "structure": table.structure(),
+            "file_tag": file_tag,
+            "batch": batch,
+        }
         if self.read_only:
             raise self._read_only_error()
         if self.home is not None:

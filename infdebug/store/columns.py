@@ -26,7 +26,7 @@ class Column:
     text in the original line (``{v}``, as ``JSONExtractKeysAndValuesRaw`` gives it, see
     ``Table.line_guard``): it tells ``"0.5"`` from ``0.5`` and ``[1,null]`` from ``[1,0]``,
     which the parsed value cannot. A column without one doubts every line that has the
-    field. Checks may be stricter than the contract (a text that starts with ``{`` is
+    field. Checks may be stricter than the contract (a string of 19 digits or more is
     doubted), never looser.
     """
 
@@ -90,14 +90,14 @@ def _raw_all(item: str, items: str) -> str:
     return f"arrayAll(raw_item -> {item.replace('{v}', 'raw_item')}, {items})"
 
 
-_PLAIN_TEXT = (
-    "({c} IS NULL OR (isValidUTF8({c}) AND NOT startsWith({c}, '{{') AND NOT startsWith({c}, '[')))"
-)
+_PLAIN_TEXT = "({c} IS NULL OR isValidUTF8({c}))"
 
 
 def text(name: str, *, required: bool = False, lc: bool = False) -> Column:
     # Objects and arrays are read as their JSON text (for the JSON columns), so a text field
-    # that starts like one is doubted and judged by the contract decoder.
+    # given an object or an array would load as that JSON's text: ``raw`` (the line check,
+    # which the fast path always runs first) makes sure the field's JSON is a string. A text
+    # that merely starts with ``[`` or ``{`` (``[INST] …``, a JSON prompt) is no doubt.
     storage = "String" if required else "Nullable(String)"
     if lc:
         storage = f"LowCardinality({storage})"

@@ -161,6 +161,10 @@ class Table:
     order_by: str
     time_expr: str  # a DateTime expression for partitioning
     extra_guard: str = ""  # a fast-path condition beyond the columns' own (request_latency_guard)
+    # What a load stores instead of the line's field, or in a column the contract lacks (that
+    # the store added): (column, SQL expression of the read row, bound parameters only).
+    # ``infdebug diff`` labels each row with its side this way as it loads.
+    assign: tuple[tuple[str, str], ...] = ()
 
     def ddl(self) -> str:
         cols = ",\n  ".join(f"`{c.name}` {c.type}" for c in self.columns)
@@ -187,7 +191,9 @@ class Table:
         return ", ".join(cols)
 
     def select_list(self) -> str:
-        return ", ".join(c.select for c in self.columns)
+        given = dict(self.assign)
+        own = [given.pop(c.name, c.select) for c in self.columns]
+        return ", ".join([*own, *given.values()])
 
     def guard(self) -> str:
         """One condition every row must meet on the fast path (see ``Column``)."""
@@ -228,7 +234,11 @@ class Table:
         )
 
     def insert_columns(self) -> str:
-        return ", ".join(f"`{c.name}`" for c in self.columns) + ", `_file`, `_batch`"
+        names = {c.name for c in self.columns}
+        extra = [n for n, _ in self.assign if n not in names]
+        return ", ".join(f"`{n}`" for n in [*(c.name for c in self.columns), *extra]) + (
+            ", `_file`, `_batch`"
+        )
 
     @property
     def json_columns(self) -> frozenset[str]:

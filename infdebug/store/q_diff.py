@@ -1,15 +1,15 @@
 """Queries behind ``infdebug diff``: labelling the two sides of a store, pairing their
 requests, and the per-side aggregates of the diff's sections.
 
-A diff store holds two sides; after ``label_sides`` every request, GPU sample and event
-carries its side's label in ``deployment`` (the side's own deployments are read before, by
-``side_deployments``). Labels, selectors and thresholds are bound parameters; the only text
+A diff store holds two sides: every request, GPU sample and event carries its side's label
+in ``deployment``, set as it is loaded (``side_assign``), and its own deployment beside it
+(``side_deployments``). Labels, selectors and thresholds are bound parameters; the only text
 formatted into SQL is fixed here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,29 +20,46 @@ SIDE_TABLES = ("requests", "gpu_samples", "events")
 _TIME = {"requests": "t_arrival", "gpu_samples": "t", "events": "t"}
 
 
-def batches(store: Store) -> list[int]:
-    """The load batches the store's rows came from (a side's rows, after loading it)."""
-    parts = " UNION ALL ".join(f"SELECT DISTINCT _batch AS b FROM {t}" for t in SIDE_TABLES)
-    _, rows = store.query(f"SELECT DISTINCT b FROM ({parts}) ORDER BY b")
-    return [int(r[0]) for r in rows]
+# The side's own deployment, kept beside the label for the report: a column only a diff's
+# temporary store has (``prepare``).
+OWN_DEPLOYMENT = "own_deployment"
+COMPACT_BELOW = 1 << 50  # parts smaller than this are compact: all of them
 
 
-def side_deployments(store: Store) -> list[str]:
-    """The deployments the requests name (before labelling), '' for none."""
-    _, rows = store.query("SELECT DISTINCT ifNull(deployment, '') AS d FROM requests ORDER BY d")
-    return [str(r[0]) for r in rows]
-
-
-def label_sides(store: Store, first: Sequence[int], a: str, b: str) -> None:
-    """Rows of the batches ``first`` become side ``a``, every other row side ``b`` (one
-    mutation per table, waited for: it rewrites the deployment column only)."""
+def prepare(store: Store) -> None:
+    """Give a (temporary) diff store the column each row's own deployment is kept in, and
+    parts written as one file each and never merged: a diff's store lives for one run;
+    creating a wide part's hundred-odd files was a third of loading a 1 GB log (6.2 s
+    against 4.5 s, with less memory), and background merges competed with the analyzers."""
     for t in SIDE_TABLES:
         store.command(
-            f"ALTER TABLE {t} UPDATE deployment = if(has({{first:Array(UInt64)}}, _batch), "
-            "{a:String}, {b:String}) WHERE 1",
-            {"first": [int(x) for x in first], "a": a, "b": b},
-            settings={"mutations_sync": 2},
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {OWN_DEPLOYMENT} "
+            "LowCardinality(Nullable(String))"
         )
+        store.command(
+            f"ALTER TABLE {t} MODIFY SETTING min_bytes_for_wide_part = {COMPACT_BELOW}, "
+            f"min_rows_for_wide_part = {COMPACT_BELOW}"
+        )
+        # nor merged: merges of the parts just loaded took the CPU the analyzers then wanted
+        store.command(f"SYSTEM STOP MERGES {t}")
+
+
+def side_assign() -> dict[str, dict[str, str]]:
+    """What a side's load stores (``Ingestor(assign=…)``): its label (the bound parameter
+    ``side``) in ``deployment``, the line's own deployment in ``own_deployment``. Labelling
+    at load costs nothing; a mutation afterwards rewrote the column of every part (3 s on
+    two 200 MB logs)."""
+    return {t: {"deployment": "{side:String}", OWN_DEPLOYMENT: "`deployment`"} for t in SIDE_TABLES}
+
+
+def side_deployments(store: Store, label: str) -> list[str]:
+    """The deployments side ``label``'s requests named in its logs, '' for none."""
+    _, rows = store.query(
+        f"SELECT DISTINCT ifNull({OWN_DEPLOYMENT}, '') AS d FROM requests "
+        "WHERE deployment = {label:String} ORDER BY d",
+        {"label": label},
+    )
+    return [str(r[0]) for r in rows]
 
 
 # --- selecting a side of a store --------------------------------------------------------------
@@ -100,10 +117,11 @@ def export_side(store: Store, sel: Mapping[str, Any], table: str) -> str:
 # --- pairing ----------------------------------------------------------------------------------
 
 # What a prompt is when pairing without request IDs: its messages, else its rendered text,
-# else its token IDs; with the sampling parameters that change an answer.
+# else its token IDs (by the stored hashes of the last two); with the sampling parameters
+# that change an answer.
 _CONTENT = (
-    "multiIf(notEmpty(ifNull(messages, '')), ifNull(messages, ''), "
-    "notEmpty(ifNull(prompt_text, '')), ifNull(prompt_text, ''), toString(prompt_ids))"
+    "multiIf(notEmpty(ifNull(messages, '')), cityHash64(ifNull(messages, '')), "
+    "notEmpty(ifNull(prompt_text, '')), prompt_text_hash, prompt_ids_hash)"
 )
 _SAMPLING = (
     "tuple(JSONExtractRaw(ifNull(sampling, '{}'), 'temperature'), "
@@ -118,35 +136,39 @@ _GREEDY = (
     "'seed') = 'Null')"
 )
 
-# One row per request of a side: its pairing keys (the k-th request of a content key on one
-# side meets the k-th on the other, by arrival).
+# One row per request of either side with its content key: built once per diff (the JSON
+# of the sampling parameters is read here only).
 _KEYED = f"""
     SELECT request_id, deployment AS side, t_arrival,
-           cityHash64({_CONTENT}, {_SAMPLING}) AS ckey,
-           row_number() OVER (PARTITION BY deployment, ckey ORDER BY t_arrival, request_id) AS k
-    FROM requests
+           cityHash64({_CONTENT}, {_SAMPLING}) AS ckey
+    FROM requests WHERE deployment IN ({{a:String}}, {{b:String}})
 """
 
-PAIRS = f"""
-    WITH ids AS (
-        SELECT request_id FROM requests
-        WHERE deployment IN ({{a:String}}, {{b:String}})
-        GROUP BY request_id
-        HAVING countIf(deployment = {{a:String}}) = 1 AND countIf(deployment = {{b:String}}) = 1
+
+def _pairs(keyed: str) -> str:
+    """The pairs from ``keyed`` (``_KEYED``'s rows): by request ID where it is on each side
+    once, else the k-th unpaired request of a content key on one side meets the k-th on the
+    other, by arrival."""
+    side = (
+        "SELECT request_id, ckey, row_number() OVER (PARTITION BY ckey "
+        "ORDER BY t_arrival, request_id) AS k FROM {keyed} WHERE side = {{{s}:String}} "
+        "AND request_id NOT IN (SELECT request_id FROM ids)"
     )
-    SELECT x.request_id AS a_id, y.request_id AS b_id, 'request_id' AS how
-    FROM (SELECT request_id FROM requests WHERE deployment = {{a:String}}
-          AND request_id IN (SELECT request_id FROM ids)) AS x
-    JOIN (SELECT request_id FROM requests WHERE deployment = {{b:String}}
-          AND request_id IN (SELECT request_id FROM ids)) AS y ON x.request_id = y.request_id
+    return f"""
+    WITH ids AS (
+        SELECT request_id FROM {keyed}
+        GROUP BY request_id
+        HAVING countIf(side = {{a:String}}) = 1 AND countIf(side = {{b:String}}) = 1
+    )
+    SELECT request_id AS a_id, request_id AS b_id, 'request_id' AS how FROM ids
     UNION ALL
     SELECT x.request_id, y.request_id, 'prompt'
-    FROM (SELECT * FROM ({_KEYED}) WHERE side = {{a:String}}
-          AND request_id NOT IN (SELECT request_id FROM ids)) AS x
-    JOIN (SELECT * FROM ({_KEYED}) WHERE side = {{b:String}}
-          AND request_id NOT IN (SELECT request_id FROM ids)) AS y
-      ON x.ckey = y.ckey AND x.k = y.k
-"""
+    FROM ({side.format(keyed=keyed, s="a")}) AS x
+    JOIN ({side.format(keyed=keyed, s="b")}) AS y ON x.ckey = y.ckey AND x.k = y.k
+    """
+
+
+PAIRS = _pairs(f"({_KEYED})")
 
 
 @dataclass(frozen=True)
@@ -162,35 +184,46 @@ class PairStats:
     finish_changed: int
 
 
-_PAIRED = f"""
-    SELECT p.how AS how, p.a_id AS a_id, p.b_id AS b_id,
-           ra.prompt_ids AS a_pids, rb.prompt_ids AS b_pids,
-           ifNull(ra.prompt_text, '') AS a_text, ifNull(rb.prompt_text, '') AS b_text,
-           ra.output_ids AS a_out, rb.output_ids AS b_out,
-           ra.output_logprobs AS a_lp, rb.output_logprobs AS b_lp,
-           ifNull(toString(ra.finish_reason), '') AS a_fin,
-           ifNull(toString(rb.finish_reason), '') AS b_fin,
-           ra.greedy AND rb.greedy AS greedy,
-           notEmpty(a_pids) AND notEmpty(b_pids) AND a_pids != b_pids AS ids_differ,
-           notEmpty(a_text) AND notEmpty(b_text) AND a_text != b_text AS text_differ,
-           greedy AND NOT ids_differ AND notEmpty(a_out) AND notEmpty(b_out)
-               AND arraySlice(a_out, 1, least(length(a_out), length(b_out)))
-                   != arraySlice(b_out, 1, least(length(a_out), length(b_out))) AS out_differ
-    FROM ({PAIRS}) AS p
-    JOIN (SELECT request_id, prompt_ids, prompt_text, output_ids, output_logprobs,
-                 finish_reason, {_GREEDY} AS greedy
-          FROM requests WHERE deployment = {{a:String}}) AS ra ON p.a_id = ra.request_id
-    JOIN (SELECT request_id, prompt_ids, prompt_text, output_ids, output_logprobs,
-                 finish_reason, {_GREEDY} AS greedy
-          FROM requests WHERE deployment = {{b:String}}) AS rb ON p.b_id = rb.request_id
+# The pairs, with what differs between the two requests of each: only keys and flags, so
+# that the table a diff builds once stays small (the sequences of the few pairs a section
+# shows are fetched by ``differing_pairs``). Prompts compare by their stored hashes.
+_SIDE_ROWS = f"""
+    SELECT request_id, notEmpty(prompt_ids) AS has_ids, prompt_ids_hash AS ih,
+           notEmpty(ifNull(prompt_text, '')) AS has_text, prompt_text_hash AS th,
+           output_ids, ifNull(toString(finish_reason), '') AS fin, {_GREEDY} AS greedy
+    FROM requests WHERE deployment = {{side:String}}
 """
+
+
+def _paired(pairs: str) -> str:
+    return f"""
+    SELECT p.how AS how, p.a_id AS a_id, p.b_id AS b_id,
+           ra.fin AS a_fin, rb.fin AS b_fin,
+           ra.greedy AND rb.greedy AS greedy,
+           ra.has_ids AND rb.has_ids AND ra.ih != rb.ih AS ids_differ,
+           ra.has_text AND rb.has_text AND ra.th != rb.th AS text_differ,
+           greedy AND NOT ids_differ AND notEmpty(ra.output_ids) AND notEmpty(rb.output_ids)
+               AND arraySlice(ra.output_ids, 1, least(length(ra.output_ids),
+                                                      length(rb.output_ids)))
+                   != arraySlice(rb.output_ids, 1, least(length(ra.output_ids),
+                                                         length(rb.output_ids))) AS out_differ
+    FROM ({pairs}) AS p
+    JOIN ({_SIDE_ROWS.replace("{side:String}", "{a:String}")}) AS ra ON p.a_id = ra.request_id
+    JOIN ({_SIDE_ROWS.replace("{side:String}", "{b:String}")}) AS rb ON p.b_id = rb.request_id
+    """
+
+
+_PAIRED = _paired(PAIRS)
 
 
 def paired_source(store: Store, a: str, b: str, scratch: Scratch | None) -> str:
     """The paired requests of sides ``a`` and ``b`` (``_PAIRED``) as a table expression:
     built once into ``scratch`` (every section reads them), else the subquery."""
-    name = scratch.table(_PAIRED, {"a": a, "b": b}) if scratch is not None else None
-    return name or f"({_PAIRED})"
+    params = {"a": a, "b": b}
+    keyed = scratch.table(_KEYED, params) if scratch is not None else None
+    if scratch is None or keyed is None:
+        return f"({_PAIRED})"
+    return scratch.table(_paired(_pairs(keyed)), params) or f"({_PAIRED})"
 
 
 def pair_stats(store: Store, a: str, b: str, src: str = "") -> PairStats:
@@ -223,15 +256,27 @@ def differing_pairs(
     store: Store, a: str, b: str, what: str, limit: int, src: str = ""
 ) -> list[dict[str, Any]]:
     """The first ``limit`` pairs (by request ID) whose ``what`` (``ids``, ``text``, ``out``)
-    differ, with both sides' sequences."""
+    differ, with both sides' sequences (read for just those pairs)."""
     cond = {"ids": "ids_differ", "text": "text_differ", "out": "out_differ"}[what]
     cols = ["a_id", "b_id", "how", "a_pids", "b_pids", "a_text", "b_text"]
     cols += ["a_out", "b_out", "a_lp", "b_lp", "a_fin", "b_fin"]
+    seq = (
+        "SELECT request_id, prompt_ids, ifNull(prompt_text, '') AS text, output_ids, "
+        "output_logprobs FROM requests WHERE deployment = {{{side}:String}} "
+        "AND request_id IN (SELECT {key} FROM picked)"
+    )
     sql = f"""
-        SELECT {", ".join(cols)} FROM {src or f"({_PAIRED})"}
-        WHERE {cond}
-        ORDER BY a_id, b_id
-        LIMIT {{limit:UInt32}}
+        WITH picked AS (
+            SELECT a_id, b_id, how, a_fin, b_fin FROM {src or f"({_PAIRED})"}
+            WHERE {cond} ORDER BY a_id, b_id LIMIT {{limit:UInt32}}
+        )
+        SELECT d.a_id, d.b_id, d.how, ra.prompt_ids, rb.prompt_ids, ra.text, rb.text,
+               ra.output_ids, rb.output_ids, ra.output_logprobs, rb.output_logprobs,
+               d.a_fin, d.b_fin
+        FROM picked AS d
+        JOIN ({seq.format(side="a", key="a_id")}) AS ra ON d.a_id = ra.request_id
+        JOIN ({seq.format(side="b", key="b_id")}) AS rb ON d.b_id = rb.request_id
+        ORDER BY d.a_id, d.b_id
     """
     _, rows = store.query(sql, {"a": a, "b": b, "limit": limit})
     return [dict(zip(cols, r, strict=True)) for r in rows]
@@ -314,12 +359,17 @@ def gpu_by_side(store: Store) -> dict[str, dict[str, Any]]:
     """Per side: GPU samples, mean SM clock, power, temperature, utilisation, the share of
     samples under each throttle reason, energy used (counter deltas per GPU), simulated."""
     sql = """
-        SELECT side, sum(n), sum(clk_s) / sum(n), sum(pw_s) / sum(n), sum(tc_s) / sum(n),
-               sum(ut_s) / sum(n), sumMap(reasons) AS rs, sum(energy), max(sim), rs.1, rs.2
+        SELECT side, sum(n), toFloat64(sum(clk_s)) / sum(n), toFloat64(sum(pw_s)) / sum(n),
+               toFloat64(sum(tc_s)) / sum(n), toFloat64(sum(ut_s)) / sum(n),
+               sumMap(reasons) AS rs, toFloat64(sum(toDecimal128(energy, 6))), max(sim), rs.1,
+               rs.2
         FROM (
+            -- summed as decimals: a float sum's last digits follow the order parts are read in
             SELECT ifNull(deployment, '') AS side, replica, gpu_index, count() AS n,
-                   sum(ifNull(sm_clock_mhz, 0)) AS clk_s, sum(ifNull(power_w, 0)) AS pw_s,
-                   sum(ifNull(temp_c, 0)) AS tc_s, sum(ifNull(util_pct, 0)) AS ut_s,
+                   sum(toDecimal128(ifNull(sm_clock_mhz, 0), 6)) AS clk_s,
+                   sum(toDecimal128(ifNull(power_w, 0), 6)) AS pw_s,
+                   sum(toDecimal128(ifNull(temp_c, 0), 6)) AS tc_s,
+                   sum(toDecimal128(ifNull(util_pct, 0), 6)) AS ut_s,
                    sumMap(arrayMap(x -> x, throttle_reasons),
                           arrayMap(x -> toUInt64(1), throttle_reasons)) AS reasons,
                    max(ifNull(energy_j, 0)) - min(ifNull(energy_j, 0)) AS energy,

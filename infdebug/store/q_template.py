@@ -210,13 +210,16 @@ def prompt_sample(
     *,
     need_messages: bool = False,
     model: str = "",
+    ids_without_text: bool = False,
 ) -> list[PromptRow]:
     """Up to ``per_replica`` requests of each replica (and deployment), chosen by a hash of the
     request ID (the same requests whatever order they were ingested in), with their messages and
-    prompt."""
+    prompt. ``ids_without_text``: prompt IDs only of the rows with no prompt text (a caller
+    that decodes them only then: converting every sampled row's IDs was most of its time)."""
     _, rows = store.query(
         f"""
-        SELECT request_id, replica, deployment, model, t_arrival, messages, prompt_text, prompt_ids,
+        SELECT request_id, replica, deployment, model, t_arrival, messages, prompt_text,
+               if({{ids_without_text:Bool}} AND prompt_text IS NOT NULL, [], prompt_ids),
                template_fp
         FROM requests
         WHERE (replica, ifNull(deployment, ''), request_id) IN (
@@ -230,7 +233,13 @@ def prompt_sample(
           AND {_WINDOW} AND {_MODEL}
         ORDER BY replica, deployment, cityHash64(request_id), request_id
         """,
-        dict(window, per_replica=per_replica, need_messages=need_messages, model=model),
+        dict(
+            window,
+            per_replica=per_replica,
+            need_messages=need_messages,
+            model=model,
+            ids_without_text=ids_without_text,
+        ),
     )
     return [
         PromptRow(
