@@ -85,6 +85,11 @@ class Request(_Record, frozen=True, tag="request"):
     prompt_tokens: UInt32 | None = None  # counts as the engine reported them (usage, meta_info);
     output_tokens: UInt32 | None = None  # they survive ``--redact all``, which drops the IDs
     abort_message: str | None = None  # why the engine aborted the request (SGLang's abort message)
+    # Additive (v2): the fields this record's tracer computed itself rather than got from the
+    # engine (a sidecar in front of an engine it cannot change re-encodes with the model
+    # directory's tokenizer and chat template: ``prompt_text``, ``prompt_ids``,
+    # ``output_ids``, ``token_times_s``); None or empty: every field is the engine's.
+    derived: list[str] | None = None
 
 
 class GpuSample(_Record, frozen=True, tag="gpu"):

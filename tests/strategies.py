@@ -59,6 +59,11 @@ requests = st.builds(
     finish_reason=st.none() | st.sampled_from(["stop", "length", "abort", "error"]),
     sampling=st.none() | json_object,
     error=opt_text,
+    derived=st.lists(
+        st.sampled_from(["prompt_text", "prompt_ids", "output_ids", "token_times_s"]),
+        max_size=3,
+        unique=True,
+    ),
 )
 
 gpus = st.builds(

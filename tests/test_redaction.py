@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 torch = pytest.importorskip("torch", reason="the engine needs torch (pip install -e '.[engine]')")
@@ -313,6 +314,9 @@ def test_a_role_or_stop_from_another_engine_is_redacted_too() -> None:
                 "stop_ids": [2],
             }
 
+        def extra(self) -> dict[str, Any]:
+            return {"error": secret("error"), "output_tokens": 1, "derived": ["prompt_text"]}
+
     mem = InMemoryExporter()
     tr = Tracer(ReplicaInfo(replica="px", model="m"), [mem], redact="prompts")
     tr.finished(Proxied())
@@ -324,6 +328,9 @@ def test_a_role_or_stop_from_another_engine_is_redacted_too() -> None:
     assert rec.sampling is not None
     assert rec.sampling["temperature"] == 0.5 and rec.sampling["stop_ids"] == [2]
     assert rec.sampling["stop"] == ["[redacted]"] and rec.prompt_ids == [1, 2, 3]
+    # what a proxy adds: the engine's error text redacted, counts and provenance kept
+    assert rec.error == "[redacted]" and rec.output_tokens == 1
+    assert rec.derived == ["prompt_text"] and S not in json.dumps(msgspec.to_builtins(rec))
 
 
 class RawOtlp:

@@ -53,6 +53,9 @@ class ProxiedRequest:
     def sampling(self) -> dict[str, Any]:
         return {"temperature": 0.5, "top_p": 0.9, "max_tokens": 8, "stop_ids": [2]}
 
+    def extra(self) -> dict[str, Any]:
+        return {}
+
 
 def _proxied(i: int = 0) -> ProxiedRequest:
     return ProxiedRequest(

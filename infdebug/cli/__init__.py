@@ -24,6 +24,7 @@ GROUPS = (
     "analyze",
     "diff",
     "engine",
+    "sidecar",
     "text",
     "profile",
     "fleet",

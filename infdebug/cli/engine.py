@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from infdebug.cli.options import json_option
+from infdebug.cli.options import json_option, tracing_options
 from infdebug.console import err_console, fail, fmt_seconds, print_json
 from infdebug.limits import ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT, ENV_MAX_BODY_MB
 from infdebug.render import training_progress
@@ -146,46 +146,7 @@ def make_model_cmd(
     default=None,
     help="The model name clients use (default: the directory name).",
 )
-@click.option(
-    "--trace-dir",
-    default=None,
-    metavar="DIR",
-    envvar="INFDEBUG_TRACE_DIR",
-    help="Write one contract `request` record per finished request as JSONL here.",
-)
-@click.option(
-    "--otlp-endpoint",
-    default=None,
-    metavar="URL",
-    envvar="INFDEBUG_OTLP_ENDPOINT",
-    help="Send one OpenTelemetry span per request over OTLP/HTTP here "
-    "(a base URL gets /v1/traces). "
-    "Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT when set, else off.",
-)
-@click.option(
-    "--redact",
-    type=click.Choice(["none", "prompts", "all"]),
-    default="none",
-    show_default=True,
-    envvar="INFDEBUG_REDACT",
-    help="prompts: no prompt/message/output text in any trace (token IDs stay); "
-    "all: no token IDs either.",
-)
-@click.option(
-    "--trace-max-mb",
-    default=256.0,
-    show_default=True,
-    envvar="INFDEBUG_TRACE_MAX_MB",
-    help="Rotate the JSONL trace (and gzip the old file) past this size.",
-)
-@click.option(
-    "--trace-max-age",
-    default=0.0,
-    show_default=True,
-    metavar="SECONDS",
-    envvar="INFDEBUG_TRACE_MAX_AGE",
-    help="Rotate the JSONL trace after this many seconds (0: never by age).",
-)
+@tracing_options()
 @click.option(
     "--inject",
     "injects",
@@ -199,17 +160,6 @@ def make_model_cmd(
 )
 @click.option(
     "--max-model-len", default=2048, show_default=True, help="Context length (prompt + output)."
-)
-@click.option(
-    "--simulate-gpu",
-    is_flag=True,
-    envvar="INFDEBUG_SIMULATE_GPU",
-    help="Without a GPU: emit a synthetic GPU signal (labelled simulated) "
-    "that follows the engine's load; "
-    "--inject throttle makes it overheat and throttle.",
-)
-@click.option(
-    "--gpu-hz", default=4.0, show_default=True, help="GPU samples per second (NVML or simulated)."
 )
 @click.option(
     "--max-body-mb",

@@ -159,3 +159,66 @@ def load_reference(
     if tpl is None and tok is not None and getattr(tok, "chat_template", None):
         tpl = tok.chat_template
     return tok, tpl
+
+
+def tracing_options() -> Callable[[F], F]:
+    """Where a traced server sends its traces: ``--trace-dir``, ``--otlp-endpoint``,
+    ``--redact``, ``--trace-max-mb``, ``--trace-max-age``, ``--simulate-gpu``, ``--gpu-hz``
+    (``infdebug serve`` and ``infdebug sidecar``: one tracer, one set of flags)."""
+    return _stack(
+        click.option(
+            "--trace-dir",
+            default=None,
+            metavar="DIR",
+            envvar="INFDEBUG_TRACE_DIR",
+            help="Write one contract `request` record per finished request as JSONL here.",
+        ),
+        click.option(
+            "--otlp-endpoint",
+            default=None,
+            metavar="URL",
+            envvar="INFDEBUG_OTLP_ENDPOINT",
+            help="Send one OpenTelemetry span per request over OTLP/HTTP here "
+            "(a base URL gets /v1/traces). "
+            "Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT when "
+            "set, else off.",
+        ),
+        click.option(
+            "--redact",
+            type=click.Choice(["none", "prompts", "all"]),
+            default="none",
+            show_default=True,
+            envvar="INFDEBUG_REDACT",
+            help="prompts: no prompt/message/output text in any trace (token IDs stay); "
+            "all: no token IDs either.",
+        ),
+        click.option(
+            "--trace-max-mb",
+            default=256.0,
+            show_default=True,
+            envvar="INFDEBUG_TRACE_MAX_MB",
+            help="Rotate the JSONL trace (and gzip the old file) past this size.",
+        ),
+        click.option(
+            "--trace-max-age",
+            default=0.0,
+            show_default=True,
+            metavar="SECONDS",
+            envvar="INFDEBUG_TRACE_MAX_AGE",
+            help="Rotate the JSONL trace after this many seconds (0: never by age).",
+        ),
+        click.option(
+            "--simulate-gpu",
+            is_flag=True,
+            envvar="INFDEBUG_SIMULATE_GPU",
+            help="Without a GPU: emit a synthetic GPU signal (labelled simulated) "
+            "that follows the engine's load; "
+            "--inject throttle makes it overheat and throttle.",
+        ),
+        click.option(
+            "--gpu-hz",
+            default=4.0,
+            show_default=True,
+            help="GPU samples per second (NVML or simulated).",
+        ),
+    )

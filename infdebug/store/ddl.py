@@ -73,6 +73,7 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     uint("prompt_tokens", 32),
     uint("output_tokens", 32),
     text("abort_message"),
+    texts("derived"),
 )
 
 GPU_COLUMNS: tuple[Column, ...] = (
@@ -420,6 +421,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE gpu_samples ADD COLUMN IF NOT EXISTS deployment "
             "LowCardinality(Nullable(String))",
         ),
+    ),
+    Migration(
+        8,
+        "requests: derived (additive: the fields a sidecar tracer computed itself, not the "
+        "engine's)",
+        ("ALTER TABLE requests ADD COLUMN IF NOT EXISTS derived Array(LowCardinality(String))",),
     ),
 )
 

@@ -55,6 +55,12 @@ class TracedRequest(Protocol):
         (temperature, top_p, top_k, max_tokens, seed, stop, ignore_eos, stop_ids)."""
         ...
 
+    def extra(self) -> dict[str, Any]:
+        """Contract fields the request's source knows beyond the members above (a proxy:
+        the engine's ``prompt_tokens`` / ``output_tokens``, ``finish_reason_raw``, ``error``,
+        ``abort_message``, ``derived``); ``{}`` for an engine of its own."""
+        ...
+
 
 class EngineHooks(Protocol):
     """The narrow interface a tracer attaches to (every call on the engine thread, so each

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from infdebug.schema import FinishReason, Request
 from infdebug.tracer.exporters import DropOldestQueue, Exporter, Progress
 from infdebug.tracer.hooks import NoHooks, TracedRequest
@@ -50,6 +52,11 @@ _FINISH: dict[str, FinishReason] = {
 }
 _log = logging.getLogger(__name__)
 REDACTED = "[redacted]"
+# what ``TracedRequest.extra`` may set, and which of it is free text
+_EXTRA = frozenset(
+    {"prompt_tokens", "output_tokens", "finish_reason_raw", "error", "abort_message", "derived"}
+)
+_EXTRA_TEXT = frozenset({"error", "abort_message"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function", "ipython"})
 
 
@@ -77,7 +84,7 @@ def build_record(seq: TracedRequest, info: ReplicaInfo, redact: Redact = "none")
         if messages is not None:
             messages = [{"role": _role(m.get("role"))} for m in messages]
         sampling = {k: _no_text(v) for k, v in sampling.items()}
-    return Request(
+    rec = Request(
         request_id=seq.request_id,
         replica=info.replica,
         t_arrival=t["t_arrival"],
@@ -105,6 +112,10 @@ def build_record(seq: TracedRequest, info: ReplicaInfo, redact: Redact = "none")
         prompt_tokens=len(seq.prompt_ids),
         output_tokens=len(seq.output_ids),
     )
+    extra = {k: v for k, v in seq.extra().items() if v is not None and k in _EXTRA}
+    if not text_ok:  # an engine's error or abort message may quote the prompt
+        extra = {k: REDACTED if k in _EXTRA_TEXT else v for k, v in extra.items()}
+    return msgspec.structs.replace(rec, **extra) if extra else rec
 
 
 def _role(role: Any) -> str | None:

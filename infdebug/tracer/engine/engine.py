@@ -121,6 +121,10 @@ class Sequence:
     def output_text(self) -> str:
         return self.text
 
+    def extra(self) -> dict[str, Any]:
+        """``TracedRequest.extra``: nothing beyond the engine's own view."""
+        return {}
+
     def sampling(self) -> dict[str, Any]:
         """The sampling parameters and the stop IDs in force (``TracedRequest.sampling``)."""
         out = self.params.to_json()
