@@ -249,6 +249,7 @@ def test_hop_by_hop_headers_stay_and_others_pass(script: Any) -> None:
             "authorization": "Bearer k",
             "connection": "keep-alive, x-hop",
             "x-hop": "gone",
+            "accept-encoding": "identity",
         },  # fmt: skip
     )
     seen = s.seen_headers[-1]
