@@ -192,7 +192,7 @@ class Sidecar:
             {
                 "status": "ok",
                 "upstream": self.cfg.upstream,
-                "engine": u.engine,
+                "engine": u.name,
                 "engine_version": u.engine_version,
                 "tokenize": u.has_tokenize,
                 "inflight": self.inflight,

@@ -101,17 +101,21 @@ class UpstreamInfo:
         except ValueError:
             return None
 
-    def _stamp(self) -> None:
-        """The tracer's replica info with what is known of the engine now."""
+    @property
+    def name(self) -> str:
+        """The engine's name: ``--engine-name``, else what the upstream said, else
+        ``openai-compatible``."""
         engine = self.given_name or self.engine
         if engine is None and self.server_header:
             low = self.server_header.lower()
             engine = next((e for e in KNOWN_ENGINES if e in low), None)
+        return engine or UNKNOWN_ENGINE
+
+    def _stamp(self) -> None:
+        """The tracer's replica info with what is known of the engine now."""
         tracer = self.telemetry.tracer
         tracer.info = dataclasses.replace(
-            tracer.info,
-            engine=engine or UNKNOWN_ENGINE,
-            engine_version=self.engine_version,
+            tracer.info, engine=self.name, engine_version=self.engine_version
         )
 
     async def tokenize(self, ex: Exchange) -> list[int] | None:
