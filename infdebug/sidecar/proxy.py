@@ -35,7 +35,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+POOL_SIZE = 8  # connections per upstream pool
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -121,20 +122,14 @@ class Sidecar:
         self.model_text = model_text
         self.inflight = 0
         base = config.upstream.rstrip("/")
-        self.client = httpx.AsyncClient(
-            base_url=base,
-            timeout=httpx.Timeout(
-                config.upstream_timeout_s, connect=config.connect_timeout_s, pool=None
-            ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        for h in ("accept", "accept-encoding", "user-agent", "connection"):  # add nothing
-            self.client.headers.pop(h, None)
+        # Several small connection pools, not one large one: httpcore scans every connection
+        # of a pool (a readability syscall each) to place each request, which at 64
+        # concurrent streams was half the sidecar's CPU (py-spy).
+        self.pools = [
+            self._pool(base, config) for _ in range(max(1, config.max_connections // POOL_SIZE))
+        ]
+        self._busy = [0] * len(self.pools)
+        self.client = self.pools[0]
         self.upstream = UpstreamInfo(self.client, telemetry, model_text, engine_name)
         r = telemetry.metrics.registry
         labels = (telemetry.metrics.replica,)
@@ -171,7 +166,23 @@ class Sidecar:
         for t in list(self._tasks):  # the /tokenize calls still out: their records wait on them
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(t), timeout=5)
-        await self.client.aclose()
+        for c in self.pools:
+            await c.aclose()
+
+    @staticmethod
+    def _pool(base: str, config: SidecarConfig) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            base_url=base,
+            timeout=httpx.Timeout(
+                config.upstream_timeout_s, connect=config.connect_timeout_s, pool=None
+            ),
+            limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        for h in ("accept", "accept-encoding", "user-agent", "connection"):  # add nothing
+            client.headers.pop(h, None)
+        return client
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -237,12 +248,40 @@ class Sidecar:
 
     async def _forward(self, request: Request, raw: bytes, ex: Exchange | None) -> Response:
         url = httpx.URL(path=request.url.path, query=request.url.query.encode())
-        req = self.client.build_request(
+        i = min(range(len(self.pools)), key=self._busy.__getitem__)  # the least busy pool
+        self._busy[i] += 1
+        released = False
+
+        def release() -> None:  # once the answer is over (a stream: when its relay ends)
+            nonlocal released
+            if not released:
+                released = True
+                self._busy[i] -= 1
+
+        try:
+            resp = await self._send(self.pools[i], request, url, raw, ex, release)
+        except BaseException:
+            release()
+            raise
+        if not isinstance(resp, _Relay):
+            release()
+        return resp
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        request: Request,
+        url: httpx.URL,
+        raw: bytes,
+        ex: Exchange | None,
+        release: Callable[[], None],
+    ) -> Response:
+        req = client.build_request(
             request.method, url, headers=forward_headers(request.headers, response=False),
             content=raw,
         )  # fmt: skip
         try:
-            resp = await self.client.send(req, stream=True)
+            resp = await client.send(req, stream=True)
         except httpx.TimeoutException as e:
             return self._failed(ex, 504, f"the upstream did not answer in time: {e!r}")
         except httpx.HTTPError as e:
@@ -255,7 +294,12 @@ class Sidecar:
         sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if ex is None:  # untraced: streamed through both ways
             return _with_headers(
-                StreamingResponse(self._relay(resp, None), status_code=resp.status_code), headers
+                _Relay(
+                    self._relay(resp, None, release),
+                    self._close(resp, None, release),
+                    resp.status_code,
+                ),
+                headers,
             )
         if not (ex.stream and sse):  # a whole JSON answer (or an error): read, then answered
             try:
@@ -273,7 +317,10 @@ class Sidecar:
                 Response(content, status_code=resp.status_code), headers, len(content)
             )
         return _with_headers(
-            StreamingResponse(self._relay(resp, ex), status_code=resp.status_code), headers
+            _Relay(
+                self._relay(resp, ex, release), self._close(resp, ex, release), resp.status_code
+            ),
+            headers,
         )
 
     def _read_response(self, ex: Exchange, content: bytes, resp: httpx.Response) -> None:
@@ -289,7 +336,9 @@ class Sidecar:
             msg = err.get("message") if isinstance(err, dict) else err
             ex.error = f"upstream {resp.status_code}: {msg or content[:200]!r}"
 
-    async def _relay(self, resp: httpx.Response, ex: Exchange | None) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, resp: httpx.Response, ex: Exchange | None, release: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
         """The upstream's body as it arrives; an exchange's SSE events tapped beside it."""
         reader = SseReader() if ex is not None else None
         if ex is not None and resp.headers.get("content-encoding", "identity") != "identity":
@@ -318,10 +367,24 @@ class Sidecar:
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                await resp.aclose()  # a client gone: closing the connection aborts upstream
-                if ex is not None:
-                    ex.end()
-                    self._finish(ex)
+                await self._close(resp, ex, release)
+
+    async def _close(
+        self, resp: httpx.Response, ex: Exchange | None, release: Callable[[], None]
+    ) -> None:
+        """Once per streamed answer, however it ended (also a client gone before the body
+        began, when the relay never ran): the upstream connection closed (that aborts the
+        engine's request), the pool's slot freed, the exchange traced."""
+        if resp.extensions.get("infdebug_closed"):
+            return
+        resp.extensions["infdebug_closed"] = True
+        release()
+        await resp.aclose()
+        if ex is not None:
+            if ex.t_end is None and not ex.complete and ex.error is None:
+                ex.aborted = True
+            ex.end()
+            self._finish(ex)
 
     def _tap(self, reader: SseReader, ex: Exchange, chunk: bytes) -> None:
         t = time.perf_counter()
@@ -371,6 +434,21 @@ class Sidecar:
 def _error_event(status: int, message: str) -> bytes:
     code = "upstream_timeout" if status == 504 else "upstream_unavailable"
     return b"data: " + json.dumps(error_body(status, message, code)).encode() + b"\n\n"
+
+
+class _Relay(StreamingResponse):
+    """A streamed answer that runs its ``close`` coroutine however the response ends."""
+
+    def __init__(self, body: AsyncIterator[bytes], close: Any, status: int) -> None:
+        super().__init__(body, status_code=status)
+        self._on_close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close
 
 
 def _with_headers(
