@@ -11,7 +11,7 @@ LOCK   := constraints.txt
 PIP    := $(BIN)/python -m pip install -q -c $(LOCK)
 export INFDEBUG_HOME ?= $(CURDIR)/.infdebug
 
-.PHONY: demo test lint typecheck unit deps-check bench sample-logs clean upgrade-deps
+.PHONY: demo demo-sidecar test lint typecheck unit deps-check bench sample-logs clean upgrade-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ $(VENV)/.engine: pyproject.toml $(LOCK) | $(BIN)/python
 # for about a minute (INFDEBUG_DEMO_SECONDS), ingest the traces into chDB, print stats.
 demo: $(VENV)/.engine
 	$(BIN)/python -m infdebug.demo
+
+# the same fleet with each replica behind an `infdebug sidecar` that writes the traces
+demo-sidecar: $(VENV)/.engine
+	$(BIN)/python -m infdebug.demo --sidecars
 
 test: $(VENV)/.test deps-check lint typecheck unit
 

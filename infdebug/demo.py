@@ -67,6 +67,7 @@ def run_fleet(
     injections: list[str],
     deployments: list[str],
     base_port: int,
+    sidecars: bool = False,
 ) -> dict[str, Any]:
     from infdebug.fleet.loadgen import Target, run_load, summarize
     from infdebug.fleet.replicas import Fleet
@@ -82,6 +83,7 @@ def run_fleet(
         trace_dir=trace_dir,
         max_model_len=1024,
         extra_args=["--simulate-gpu"],
+        sidecars=sidecars,
     ) as fleet:
         urls = fleet.urls
         err_console.print(
@@ -156,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", action="store_true", help="inject no fault (a baseline fleet)")
     ap.add_argument("--base-port", type=int, default=settings.demo_port())
     ap.add_argument("--no-ingest", action="store_true")
+    ap.add_argument(
+        "--sidecars",
+        action="store_true",
+        help="run each replica behind an infdebug sidecar, which writes the traces (as on an "
+        "engine pod running an engine infdebug cannot change)",
+    )
     args = ap.parse_args(argv)
 
     from infdebug.fleet.traces import read_trace
@@ -228,6 +236,7 @@ def _fleet_ingest_analyze(
         else (args.inject if args.inject is not None else ["r3:slow=1.5", "r3:double-bos"]),
         deployments=args.deployment_of or ["r1=stable", "r2=stable", "r3=canary"],
         base_port=args.base_port,
+        sidecars=args.sidecars,
     )
     tot: dict[str, Any] = summary.get("total") or {}
     kept = "" if args.out else " (temporary: removed when the demo ends; --out DIR keeps them)"

@@ -102,6 +102,14 @@ class ReplicaProcess:
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
     ready_s: float | None = None
+    # with Fleet(sidecars=True): the infdebug sidecar in front of this replica
+    side_port: int | None = None
+    side_proc: subprocess.Popen[bytes] | None = None
+    _side_log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def side_url(self) -> str | None:
+        return None if self.side_port is None else f"http://{self.host}:{self.side_port}"
 
     @property
     def url(self) -> str:
@@ -129,6 +137,7 @@ class ReplicaProcess:
             "log": self.log_path,
             "ready_s": self.ready_s,
             "returncode": self.proc.returncode if self.proc else None,
+            "sidecar": self.side_url,
         }
 
 
@@ -152,6 +161,7 @@ class Fleet:
         extra_args: list[str] | tuple[str, ...] = (),
         startup_timeout_s: float = 180.0,
         env: dict[str, str] | None = None,
+        sidecars: bool = False,
     ) -> None:
         if replicas < 1:
             raise FleetError(f"--replicas: expected at least 1, found {replicas}")
@@ -188,10 +198,29 @@ class Fleet:
             )
             for i, n in enumerate(names, 1)
         ]
+        # Behind sidecars: each replica traces nothing itself (metrics only); an infdebug
+        # sidecar on base_port + 50 + i proxies it and writes the traces, as on an engine pod.
+        self.sidecars = sidecars
+        if sidecars:
+            for i, r in enumerate(self.replicas, 1):
+                r.side_port = base_port + 50 + i
 
     @property
     def urls(self) -> list[str]:
-        return [r.url for r in self.replicas]
+        """Where clients go: each replica, or its sidecar."""
+        return [r.side_url or r.url for r in self.replicas]
+
+    def sidecar_command(self, r: ReplicaProcess) -> list[str]:
+        cmd = [sys.executable, "-c", _SERVE, "sidecar", "--upstream", r.url,
+               "--listen", f"{self.host}:{r.side_port}", "--replica", r.name,
+               "--model-dir", self.model_dir]  # fmt: skip
+        if self.trace_dir:
+            cmd += ["--trace-dir", self.trace_dir]
+        if r.deployment:
+            cmd += ["--deployment", r.deployment]
+        if "--simulate-gpu" in self._common:
+            cmd += ["--simulate-gpu"]
+        return cmd
 
     def command(self, r: ReplicaProcess) -> list[str]:
         cmd = [
@@ -208,7 +237,7 @@ class Fleet:
             "--port",
             str(r.port),
         ]
-        if self.trace_dir:
+        if self.trace_dir and not self.sidecars:
             cmd += ["--trace-dir", self.trace_dir]
         if r.deployment:
             cmd += ["--deployment", r.deployment]
@@ -217,7 +246,8 @@ class Fleet:
         return cmd + self._common
 
     def start(self) -> Fleet:
-        busy = [f"{r.name} ({r.port})" for r in self.replicas if not port_free(self.host, r.port)]
+        ports = [(r.name, p) for r in self.replicas for p in (r.port, r.side_port) if p]
+        busy = [f"{n} ({p})" for n, p in ports if not port_free(self.host, p)]
         if busy:
             raise FleetError(
                 f"ports in use on {self.host}: {', '.join(busy)}; choose another --base-port"
@@ -241,6 +271,8 @@ class Fleet:
                     preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )
             self._wait_ready(t0)
+            if self.sidecars:
+                self._start_sidecars(env, t0)
         except BaseException:
             self.stop()
             raise
@@ -273,6 +305,35 @@ class Fleet:
                 if pending:
                     time.sleep(0.2)
 
+    def _start_sidecars(self, env: dict[str, str], t0: float) -> None:
+        for r in self.replicas:
+            r._side_log = open(r.log_path + ".sidecar", "wb")  # noqa: SIM115 - closed in stop()
+            r.side_proc = subprocess.Popen(
+                self.sidecar_command(r),
+                stdin=subprocess.DEVNULL,
+                stdout=r._side_log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            for r in self.replicas:
+                assert r.side_proc is not None
+                while True:
+                    if r.side_proc.poll() is not None:
+                        raise FleetError(
+                            f"the sidecar of {r.name} exited (log {r.log_path}.sidecar)"
+                        )
+                    try:
+                        if client.get(f"{r.side_url}/infdebug/health").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() - t0 > self.startup_timeout_s:
+                        raise FleetError(f"the sidecar of {r.name} did not start")
+                    time.sleep(0.2)
+
     def dead(self) -> list[ReplicaProcess]:
         """Replicas whose process has exited."""
         return [r for r in self.replicas if r.proc is not None and r.proc.poll() is not None]
@@ -280,6 +341,20 @@ class Fleet:
     def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
         """SIGTERM every replica, wait up to ``timeout_s`` for all (they flush their traces),
         SIGKILL what is left; returns each replica's exit code."""
+        sides = [r.side_proc for r in self.replicas if r.side_proc and r.side_proc.poll() is None]
+        for sp in sides:  # the sidecars first: they flush the traces of what they proxied
+            with contextlib.suppress(ProcessLookupError):
+                sp.send_signal(signal.SIGTERM)
+        for sp in sides:
+            try:
+                sp.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                sp.kill()
+                sp.wait(10)
+        for r in self.replicas:
+            if r._side_log is not None:
+                r._side_log.close()
+                r._side_log = None
         live = [r for r in self.replicas if r.proc is not None and r.proc.poll() is None]
         for r in live:
             assert r.proc is not None
