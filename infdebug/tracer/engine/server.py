@@ -5,6 +5,11 @@
 returns prompt and output token IDs as vLLM does; ``logprobs`` as OpenAI does. Binds
 127.0.0.1 unless told otherwise.
 
+``POST /tokenize`` and ``POST /detokenize`` in vLLM's shapes (``{"prompt"}`` or
+``{"messages"}`` → ``{"count", "max_model_len", "tokens", "token_strs"}``; ``{"tokens"}`` →
+``{"prompt"}``): a chat body is rendered and encoded by the very code ``/v1/chat/completions``
+uses, so its IDs are that completion's ``prompt_token_ids``; neither leaves a trace record.
+
 No request can hurt another:
 
 - Every request is checked whole before it reaches the engine (:mod:`infdebug.limits`: the
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 import traceback
@@ -55,6 +61,7 @@ from infdebug.limits import (
     completion_prompt,
     generation,
     json_object,
+    obj,
     tools,
 )
 from infdebug.tracer.engine import responses as out
@@ -153,6 +160,8 @@ class App:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/completions", self._guarded(self.completions), methods=["POST"]),
             Route("/v1/chat/completions", self._guarded(self.chat), methods=["POST"]),
+            Route("/tokenize", self._guarded(self.tokenize), methods=["POST"]),
+            Route("/detokenize", self._guarded(self.detokenize), methods=["POST"]),
         ]
         self.app = Starlette(
             routes=routes,
@@ -262,6 +271,12 @@ class App:
     async def chat(self, request: Request) -> Response:
         return await self._serve(request, self.prepare_chat)
 
+    async def tokenize(self, request: Request) -> Response:
+        return await self._answer(request, self.tokenize_body)
+
+    async def detokenize(self, request: Request) -> Response:
+        return await self._answer(request, self.detokenize_body)
+
     # -- preparing (worker threads) ------------------------------------------------------
     def _body(self, raw: bytes) -> dict[str, Any]:
         body = json_object(raw, self.limits)
@@ -282,7 +297,7 @@ class App:
         gen = generation(body, chat=False, limits=self.limits)
         prompt = completion_prompt(body)
         if isinstance(prompt, str):
-            ids = self.replica.encode_completion(prompt)
+            ids = self.encode_completion_text(body, prompt)
         else:
             ids = prompt
             bad = [i for i in ids if not 0 <= i < self.replica.vocab_size]
@@ -300,18 +315,104 @@ class App:
         """A ``/v1/chat/completions`` body, checked, rendered and tokenized."""
         body = self._body(raw)
         gen = generation(body, chat=True, limits=self.limits)
+        messages, text, ids = self.chat_prompt(body)
+        params = sampling_params(gen, ids, chat=True, replica=self.replica)
+        return _Prepared(gen, ids, params, chat=True, prompt_text=text, messages=messages)
+
+    # -- text to IDs: one path for the generating routes and /tokenize -------------------
+    def chat_prompt(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[int]]:
+        """A chat body's messages, its rendered prompt and the prompt's IDs, as vLLM's chat
+        fields say: ``add_generation_prompt`` (default true), ``continue_final_message``
+        (the rendering cut after the final message's text, as transformers does; not with
+        ``add_generation_prompt``), ``add_special_tokens`` (default false: the template writes
+        them), ``tools``. ``/v1/chat/completions`` and ``/tokenize`` both come here, so their
+        IDs agree for every body.
+
+        ``chat_template_kwargs`` must be an object and is not passed to the template
+        (:meth:`Replica.render` takes no template variables): both routes render without it.
+        A per-request ``chat_template`` is refused, as vLLM refuses it by default."""
         messages = chat_messages(body)
         tool_list = tools(body)
         add_generation_prompt = boolean(body, "add_generation_prompt", True)
+        continue_final = boolean(body, "continue_final_message")
+        add_special = boolean(body, "add_special_tokens", False)
+        obj(body, "chat_template_kwargs")
+        if body.get("chat_template") is not None:
+            raise ApiError(
+                400, "this server does not take a chat template per request", "chat_template"
+            )
+        if continue_final and add_generation_prompt:
+            raise ApiError(
+                400,
+                "'continue_final_message' and 'add_generation_prompt' cannot both be true "
+                "(add_generation_prompt defaults to true: set it to false)",
+                "continue_final_message",
+            )
         try:
             text = self.replica.render(
                 messages, tools=tool_list, add_generation_prompt=add_generation_prompt
             )
+            if continue_final:
+                text = _open_final_message(text, messages)
         except ValueError as e:
             raise ApiError(400, f"the chat template failed: {e}", "messages") from None
-        ids = self.replica.encode_chat(text)
-        params = sampling_params(gen, ids, chat=True, replica=self.replica)
-        return _Prepared(gen, ids, params, chat=True, prompt_text=text, messages=messages)
+        if add_special:  # on top of what the template wrote, as vLLM does
+            ids = self.replica.tokenizer.encode(text, add_special_tokens=True)
+        else:
+            ids = self.replica.encode_chat(text)
+        return messages, text, ids
+
+    def encode_completion_text(self, body: dict[str, Any], prompt: str) -> list[int]:
+        """A completion prompt's IDs: ``add_special_tokens`` (default true, as vLLM) adds BOS
+        as the server's completions always have; false encodes the text alone."""
+        if boolean(body, "add_special_tokens", True):
+            return self.replica.encode_completion(prompt)
+        return self.replica.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def tokenize_body(self, raw: bytes) -> dict[str, Any]:
+        """A ``/tokenize`` body (vLLM's ``TokenizeCompletionRequest`` or
+        ``TokenizeChatRequest``), answered as vLLM's ``TokenizeResponse``."""
+        body = self._body(raw)
+        want_strs = boolean(body, "return_token_strs")
+        has_prompt, has_messages = body.get("prompt") is not None, "messages" in body
+        if has_prompt and has_messages:
+            raise ApiError(400, "give either 'prompt' or 'messages', not both", "messages")
+        if has_messages:
+            _, _, ids = self.chat_prompt(body)
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise ApiError(
+                    400, "'prompt' must be a string (or give 'messages' to render a chat)", "prompt"
+                )
+            ids = self.encode_completion_text(body, prompt)
+        tok = self.replica.tokenizer
+        return {
+            "count": len(ids),
+            "max_model_len": self.engine.cfg.max_model_len,
+            "tokens": ids,
+            "token_strs": [tok.piece(i) or "" for i in ids] if want_strs else None,
+        }
+
+    def detokenize_body(self, raw: bytes) -> dict[str, Any]:
+        """A ``/detokenize`` body (``{"tokens": [ids]}``): the text, special tokens kept (as
+        vLLM decodes); an ID the tokenizer does not have is refused."""
+        body = self._body(raw)
+        ids = body.get("tokens")
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+        ):
+            raise ApiError(400, "'tokens' must be a list of token IDs (integers >= 0)", "tokens")
+        tok = self.replica.tokenizer
+        size = tok.vocab_size
+        bad = [i for i in ids if i >= size or tok.piece(i) is None]  # a gap in the IDs too
+        if bad:
+            raise ApiError(
+                400,
+                f"token IDs out of the vocabulary (size {size}): {bad[:5]}",
+                "tokens",
+            )
+        return {"prompt": tok.decode(ids, skip_special_tokens=False)}
 
     async def _off_loop(self, size: int, fn: Callable[[], T]) -> T:
         big = size > BIG_BODY
@@ -330,9 +431,26 @@ class App:
             del raw
             return await self._generate(request, prep)
         finally:
-            if size > BIG_BODY:  # what parsing and tokenizing it held goes back to the OS
-                with contextlib.suppress(RuntimeError):  # the pool is shut down
-                    self._big_pool.submit(release_memory)
+            self._release_after(size)
+
+    async def _answer(self, request: Request, answer: Callable[[bytes], Any]) -> Response:
+        """A route that only reads and answers (no engine, no trace record): the body is
+        parsed, worked on and its JSON answer encoded off the event loop."""
+        raw = await read_body(request, self.limits)
+        size = len(raw)
+
+        def work() -> bytes:
+            return _json_bytes(answer(raw))
+
+        try:
+            return Response(await self._off_loop(size, work), media_type="application/json")
+        finally:
+            self._release_after(size)
+
+    def _release_after(self, size: int) -> None:
+        if size > BIG_BODY:  # what parsing and tokenizing it held goes back to the OS
+            with contextlib.suppress(RuntimeError):  # the pool is shut down
+                self._big_pool.submit(release_memory)
 
     # -- generating ----------------------------------------------------------------------
     async def _generate(self, request: Request, prep: _Prepared) -> Response:
@@ -411,6 +529,36 @@ class App:
         except (asyncio.CancelledError, GeneratorExit):
             self.engine.abort(seq)
             raise
+
+
+def _json_bytes(payload: Any) -> bytes:
+    """As Starlette's ``JSONResponse`` renders."""
+    return json.dumps(
+        payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def _open_final_message(rendered: str, messages: list[dict[str, Any]]) -> str:
+    """``continue_final_message`` as transformers' ``apply_chat_template`` does it: the
+    rendering cut right after the final message's text (its last text part), so the model
+    continues that message instead of closing it. Raises ``ValueError``."""
+    final: Any = messages[-1].get("content")
+    if isinstance(final, list):
+        texts = [p["text"] for p in final if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        if not texts:
+            raise ValueError("continue_final_message: the final message has no text to continue")
+        final = texts[-1]
+    if not isinstance(final, str):
+        raise ValueError("continue_final_message: the final message has no text to continue")
+    if final.strip() not in rendered:
+        raise ValueError(
+            "continue_final_message: the final message does not appear in the rendered chat "
+            "(the template changes it)"
+        )
+    at = rendered.rindex(final.strip())
+    if rendered[at : at + len(final.lstrip())] == final:  # the template kept its spacing
+        return rendered[: at + len(final.lstrip())]
+    return rendered[: at + len(final.strip())]
 
 
 async def _disconnected(request: Request) -> None:
