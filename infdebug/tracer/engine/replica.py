@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from infdebug import __version__
-from infdebug.text.template import load_template, render_chat, template_fingerprint
+from infdebug.text.model_text import ModelText
+from infdebug.text.template import load_template, template_fingerprint
 from infdebug.text.tokenizer import TokenizerBundle, encode_prompt, load_tokenizer
 from infdebug.tracer.engine.checkpoint import load_checkpoint
 from infdebug.tracer.engine.engine import Engine, EngineConfig, SamplingParams, Sequence, TokenEvent
@@ -228,26 +229,14 @@ class Replica:
         *,
         tools: Any = None,
         add_generation_prompt: bool = True,
+        **kwargs: Any,
     ) -> str:
-        if not self.template:
-            raise ValueError(f"the model at {self.model_dir} has no chat template")
-        # As transformers: special tokens the config names, and nothing for those it lacks
-        # (a template may test `bos_token is defined`).
-        special = dict(self.tokenizer.special_tokens)
-        if self.tokenizer.bos_token is not None:
-            special.setdefault("bos_token", self.tokenizer.bos_token)
-        if self.tokenizer.eos_token is not None:
-            special.setdefault("eos_token", self.tokenizer.eos_token)
-        try:
-            return render_chat(
-                self.template,
-                messages,
-                add_generation_prompt=add_generation_prompt,
-                tools=tools,
-                **special,
-            )
-        except Exception as e:  # template errors are the client's (bad messages) or the template's
-            raise ValueError(str(e)) from None
+        """``messages`` rendered as transformers renders them (``ModelText.render``: the one
+        rendering path, the sidecar's derivations included); ``kwargs`` are template
+        variables (``chat_template_kwargs``)."""
+        return ModelText(self.tokenizer, self.template, self.model_dir).render(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs
+        )
 
     def encode_chat(self, text: str) -> list[int]:
         if self.inj.double_bos:

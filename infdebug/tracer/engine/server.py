@@ -328,15 +328,15 @@ class App:
         them), ``tools``. ``/v1/chat/completions`` and ``/tokenize`` both come here, so their
         IDs agree for every body.
 
-        ``chat_template_kwargs`` must be an object and is not passed to the template
-        (:meth:`Replica.render` takes no template variables): both routes render without it.
-        A per-request ``chat_template`` is refused, as vLLM refuses it by default."""
+        ``chat_template_kwargs`` (an object) are template variables (``enable_thinking``),
+        as vLLM passes them. A per-request ``chat_template`` is refused, as vLLM refuses it
+        by default."""
         messages = chat_messages(body)
         tool_list = tools(body)
         add_generation_prompt = boolean(body, "add_generation_prompt", True)
         continue_final = boolean(body, "continue_final_message")
         add_special = boolean(body, "add_special_tokens", False)
-        obj(body, "chat_template_kwargs")
+        kwargs = obj(body, "chat_template_kwargs") or {}
         if body.get("chat_template") is not None:
             raise ApiError(
                 400, "this server does not take a chat template per request", "chat_template"
@@ -350,7 +350,7 @@ class App:
             )
         try:
             text = self.replica.render(
-                messages, tools=tool_list, add_generation_prompt=add_generation_prompt
+                messages, tools=tool_list, add_generation_prompt=add_generation_prompt, **kwargs
             )
             if continue_final:
                 text = _open_final_message(text, messages)
