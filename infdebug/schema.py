@@ -88,7 +88,7 @@ class Request(_Record, frozen=True, tag="request"):
     # Additive (v2): the fields this record's tracer computed itself rather than got from the
     # engine (a sidecar in front of an engine it cannot change re-encodes with the model
     # directory's tokenizer and chat template: ``prompt_text``, ``prompt_ids``,
-    # ``output_ids``, ``token_times_s``); None or empty: every field is the engine's.
+    # ``output_ids``, ``token_times_s``); empty (null reads as []): every field is the engine's.
     derived: list[str] | None = None
 
 
@@ -175,7 +175,7 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
 
 
 _ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
-    "Request": ("token_times_s", "prompt_ids", "output_ids", "output_logprobs"),
+    "Request": ("token_times_s", "prompt_ids", "output_ids", "output_logprobs", "derived"),
     "GpuSample": ("throttle_reasons",),
 }
 
