@@ -23,29 +23,14 @@ from infdebug.cli.base import (
     resolve_max_latency,
 )
 from infdebug.cli.context import CliContext, pass_cli
-from infdebug.cli.options import json_option, log_loading_options
-from infdebug.collectors.readers import format_names
+from infdebug.cli.options import input_options, json_option
 from infdebug.console import err_console, fail, out_console, print_json
 from infdebug.store import StoreError
 
 
 @click.command("ingest", cls=JsonCommand)
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
-@click.option("--strict", is_flag=True, help="Reject lines with fields the contract does not know.")
-@log_loading_options("ingest")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", *format_names()]),
-    default="auto",
-    show_default=True,
-    help="Input format (the log-format registry's); auto-detected per file.",
-)
-@click.option(
-    "--replica",
-    default=None,
-    help="Replica name for engine logs that do not carry one (default: file name).",
-)
+@input_options("ingest")
 @json_option('Print a JSON summary instead of tables (on failure too: {"error": …}).')
 @pass_cli
 def ingest(

@@ -222,3 +222,29 @@ def tracing_options() -> Callable[[F], F]:
             help="GPU samples per second (NVML or simulated).",
         ),
     )
+
+
+def input_options(command: str) -> Callable[[F], F]:
+    """How log files are read (``ingest`` and ``collect logs``): ``--strict``, the rejects
+    and latency options, ``--format`` (the log-format registry's names) and ``--replica``."""
+    from infdebug.collectors.readers import format_names
+
+    return _stack(
+        click.option(
+            "--strict", is_flag=True, help="Reject lines with fields the contract does not know."
+        ),
+        log_loading_options(command),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["auto", *format_names()]),
+            default="auto",
+            show_default=True,
+            help="Input format (the log-format registry's); auto-detected per file.",
+        ),
+        click.option(
+            "--replica",
+            default=None,
+            help="Replica name for engine logs that do not carry one (default: file name).",
+        ),
+    )
