@@ -11,7 +11,8 @@ from typing import Any
 from conftest import make_gpu, make_metric, make_request
 
 from infdebug.collectors.ingest import ingest_paths
-from infdebug.collectors.ingestor import Ingestor, RejectSink
+from infdebug.collectors.ingestor import Ingestor
+from infdebug.collectors.rejects import RejectSink
 from infdebug.schema import Finding, encode_record, encode_records
 from infdebug.store.ddl import TABLES
 from infdebug.store.ingest_state import IngestState, save_state

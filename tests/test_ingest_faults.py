@@ -21,8 +21,9 @@ import pytest
 from conftest import REPO, make_gpu, make_request
 
 from infdebug.collectors.ingest import ingest_paths
-from infdebug.collectors.ingestor import Ingestor, RejectSink
+from infdebug.collectors.ingestor import Ingestor
 from infdebug.collectors.readers import convert_to_contract, detect_format
+from infdebug.collectors.rejects import RejectSink
 from infdebug.schema import encode_record, encode_records
 from infdebug.store import open_store
 from infdebug.store.queries import fetch_records

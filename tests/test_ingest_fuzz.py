@@ -24,7 +24,8 @@ import msgspec
 import pytest
 from conftest import make_gpu, make_metric, make_request
 
-from infdebug.collectors.ingestor import Ingestor, RejectSink
+from infdebug.collectors.ingestor import Ingestor
+from infdebug.collectors.rejects import RejectSink
 from infdebug.schema import (
     Event,
     Finding,

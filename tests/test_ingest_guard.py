@@ -17,8 +17,9 @@ import pytest
 from conftest import make_gpu, make_metric, make_request
 
 from infdebug.collectors.ingest import ingest_paths
-from infdebug.collectors.ingestor import Ingestor, RejectSink
+from infdebug.collectors.ingestor import Ingestor
 from infdebug.collectors.json_where import field_at
+from infdebug.collectors.rejects import RejectSink
 from infdebug.schema import Event, Finding, ProfileSample, encode_record, encode_records
 from infdebug.store.columns import Column
 from infdebug.store.ddl import TABLES

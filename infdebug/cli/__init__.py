@@ -20,6 +20,7 @@ from infdebug.cli.options import store_options
 
 GROUPS = (
     "ingest",
+    "collect",
     "query",
     "analyze",
     "diff",

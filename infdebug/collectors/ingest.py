@@ -25,7 +25,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,7 @@ from infdebug.collectors.ingestor import (
     FileResult,
     Ingestor,
     Progress,
-    Reject,
-    RejectSink,
+    Rotation,
 )
 from infdebug.collectors.readers import (
     UNKNOWN,
@@ -45,6 +44,7 @@ from infdebug.collectors.readers import (
     reader,
     specs,
 )
+from infdebug.collectors.rejects import Reject, RejectSink
 from infdebug.collectors.sniff import sniff, unrotated
 from infdebug.collectors.timing import latency_ceiling, max_latency_s
 from infdebug.schema import KINDS
@@ -244,6 +244,10 @@ def ingest_paths(
     max_latency: float | None = None,
     assign: dict[str, dict[str, str]] | None = None,
     assign_params: dict[str, Any] | None = None,
+    hold_partial: bool = False,
+    rotation: Rotation | None = None,
+    named: Collection[str] | None = None,
+    fast_tail: bool = False,
 ) -> IngestReport:
     """Ingest files of contract JSONL, engine logs (vLLM, SGLang, OpenAI request/response
     JSONL, OpenAI Batch API files) or Prometheus exposition snapshots — any registered format
@@ -252,7 +256,10 @@ def ingest_paths(
     A file that cannot be read or loaded is a ``status="error"`` result with its reason;
     the other files still load. ``max_latency`` (seconds) overrides the latency ceiling;
     an invalid ``INFDEBUG_MAX_LATENCY_S`` raises ``timing.LatencyConfigError``. ``assign``
-    and ``assign_params``: columns stored as given, not as read (``Ingestor``)."""
+    and ``assign_params``: columns stored as given, not as read (``Ingestor``);
+    ``hold_partial``, ``rotation`` and ``fast_tail``, for files still being written, are the
+    ``Ingestor``'s too. ``named``: the paths the user named, when ``paths`` are files found
+    for them (a ``.log`` not named, in an unknown format, is skipped, not an error)."""
     t0 = time.perf_counter()
     ceiling = max_latency_s(max_latency)
     scanned = scan_paths(paths)
@@ -266,7 +273,11 @@ def ingest_paths(
         max_latency=ceiling,
         assign=assign,
         assign_params=assign_params,
+        hold_partial=hold_partial,
+        rotation=rotation,
+        fast_tail=fast_tail,
     )
+    named = paths if named is None else named
     results: list[FileResult] = []
     try:
         with (
@@ -278,7 +289,7 @@ def ingest_paths(
                     with contextlib.suppress(OSError):
                         on_file(f, os.path.getsize(f))
                 # a .log found in a directory (not named on the command line)
-                found = f not in paths and unrotated(f).endswith(LOG_SUFFIXES)
+                found = f not in named and unrotated(f).endswith(LOG_SUFFIXES)
                 try:
                     res = _ingest_one(
                         ing, f, fmt, replica, sink, os.path.join(tmp, f"{i}.jsonl"), found

@@ -37,36 +37,48 @@ Each load is tagged with a batch number, recorded as pending before it starts, s
 that fails or a process that dies half way is rolled back instead of leaving duplicates.
 The bookkeeping's SQL (``ingest_state``, batches) is the store's: store/ingest_state.py.
 
+Following growing files (``infdebug collect logs --follow``, collectors/tail.py) asks two
+things more: ``hold_partial`` holds back a last line without its newline silently (it is
+still being written; it is read once it ends), where ``ingest`` rejects it with a note; and
+``rotation`` (a ``Rotation``: the files a log rotation made of the same log) mends what a
+rotation cut. A first line that is the end of a line begun at the end of a rotated copy
+(copytruncate copies a half-written line, then the writer finishes it in the truncated
+file) is loaded joined to that beginning, and that unterminated beginning, at the end of the
+copy, is passed over without a reject; a rotated copy that is shorter than what was already
+read of the file it was copied from (read before the truncation) adds nothing. And
+``fast_tail`` takes a plain file that is being written, and what it grew by, down the fast
+path too (its complete lines copied to a temporary file first), where ``ingest`` reads a
+grown file on the careful path.
+
 Not to be confused with tracer/jsonl.py, the exporter that writes these files.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import json
 import os
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import msgspec
 
-from infdebug.collectors.file_identity import REWRITTEN, identify, set_marks
+from infdebug.collectors.file_identity import REWRITTEN, identify, marks_at, set_marks
 from infdebug.collectors.json_where import malformed_field
+from infdebug.collectors.rejects import Reject, RejectSink
 from infdebug.collectors.timing import (
     SPAN_TOLERANCE_REL,
     SPAN_TOLERANCE_S,
     max_latency_s,
     sanitize_timing,
 )
+from infdebug.errors import InputError
 from infdebug.lineblocks import line_blocks
 from infdebug.schema import LineError, RecordDecoder, encode_record, kind_of, open_bytes
-from infdebug.store.base import Store, StoreError, StoreFull, StoreUnwritable, disk_full
+from infdebug.store.base import Store, StoreError, StoreUnwritable
 from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES, Table, request_latency_guard
 from infdebug.store.ingest_state import (
     MARK_BYTES,
@@ -110,80 +122,8 @@ _FULL = _FieldNamingDecoder()
 _FULL_STRICT = _FieldNamingDecoder(strict=True)
 
 
-@dataclass
-class Reject:
-    file: str
-    line: int
-    reason: str
-    field: str | None
-    raw: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "file": self.file,
-            "line": self.line,
-            "field": self.field,
-            "reason": self.reason,
-        }
-        raw = self.raw.rstrip(b"\r\n")
-        try:
-            d["raw"] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            d["raw"] = None
-            d["raw_base64"] = base64.b64encode(raw).decode("ascii")
-        return d
-
-
-class RejectSink:
-    """Writes rejected lines, one JSON object each, to a file opened on first use."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.count = 0
-        self.first: list[Reject] = []  # the first few, for the terminal
-        self._fh: IO[str] | None = None
-        self._lock = threading.Lock()
-
-    def add(self, r: Reject) -> None:
-        """Write ``r``; a rejects file that cannot be written stops the run
-        (``RejectsUnwritable``, ``StoreFull`` when the disk is full): a line set aside
-        where nobody can find it would be a line lost."""
-        with self._lock:
-            try:
-                if self._fh is None:
-                    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                    self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across adds
-                self._fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-                self._fh.flush()
-            except OSError as e:
-                if self._fh is not None:
-                    with contextlib.suppress(OSError):
-                        self._fh.close()  # what it still buffers cannot be written either
-                    self._fh = None
-                raise self._unwritable(e) from None
-            self.count += 1
-            if len(self.first) < 20:
-                self.first.append(r)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            fh, self._fh = self._fh, None
-            try:
-                fh.close()
-            except OSError as e:
-                raise self._unwritable(e) from None
-
-    def _unwritable(self, e: OSError) -> StoreUnwritable:
-        if disk_full(e):
-            return StoreFull(f"no space left on device for the rejects file {self.path}")
-        return RejectsUnwritable(
-            f"cannot write the rejects file {self.path}: {e.strerror or e}; "
-            "pass --rejects FILE where it can be written"
-        )
-
-
-class RejectsUnwritable(StoreUnwritable):
-    """The rejects file cannot be written (it lives under the store's home by default)."""
+class FileChanged(InputError):
+    """A file was truncated or rewritten while it was read: nothing of it is loaded then."""
 
 
 @dataclass
@@ -197,9 +137,32 @@ class FileResult:
     path_taken: str = ""  # fast | careful | ""
     notes: Counter[str] = field(default_factory=Counter)  # fields dropped, counted per reason
     warnings: list[str] = field(default_factory=list)  # about the file as a whole
+    held: int = 0  # bytes of an unterminated last line held back (``hold_partial``)
 
 
 Progress = Callable[[int], None]  # called with bytes just processed
+
+
+class Rotation(Protocol):
+    """What a log rotation made of a file: the other files of the same log (see the module;
+    ``collectors/tail.py`` has the one there is). ``decodes`` tells a good line."""
+
+    def joined(
+        self, path: str, line: bytes, decodes: Callable[[bytes], bool]
+    ) -> tuple[str, bytes] | None:
+        """``(other file, whole line)``: ``line``, the first of ``path``, after the bytes at
+        the end of another file of the log that it finishes; None if there are none."""
+        ...
+
+    def continued(self, path: str, line: bytes, decodes: Callable[[bytes], bool]) -> str | None:
+        """The other file of the log whose first line finishes ``line``, the unterminated
+        last line of ``path``; None if there is none."""
+        ...
+
+    def copy_of(self, path: str, label: str, states: list[IngestState]) -> IngestState | None:
+        """The state, among ``states`` (same first line), of another file of the log that
+        ``path`` is a shorter copy of the start of (a copytruncate copy); None if none."""
+        ...
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -273,8 +236,14 @@ class Ingestor:
         fast_path: bool = True,
         assign: Mapping[str, Mapping[str, str]] | None = None,
         assign_params: Mapping[str, Any] | None = None,
+        hold_partial: bool = False,
+        rotation: Rotation | None = None,
+        fast_tail: bool = False,
     ) -> None:
         self.store = store
+        self.fast_tail = fast_tail  # what a file grew by: the fast path too (``_fast_tail``)
+        self.hold_partial = hold_partial  # an unterminated last line: wait for its newline
+        self.rotation = rotation  # mend lines cut by log rotation (see the module)
         # table name -> {column: SQL expression} stored instead of the lines' (Table.assign)
         self.assign = {t: tuple(a.items()) for t, a in (assign or {}).items()}
         self.assign_params = dict(assign_params or {})
@@ -316,6 +285,10 @@ class Ingestor:
         except (OSError, EOFError) as e:
             res.status, res.message = "error", f"cannot read {path}: {e}"
             return res
+        partial = not head.endswith(b"\n") and len(head) < 1 << 24  # (a line read whole)
+        if self.hold_partial and partial and not path.endswith(".gz"):
+            res.status, res.message = "unchanged", "its first line is still being written"
+            return res
         if not head.strip():
             empty = not st_os.st_size or _measure(path, 1)[0] == 0
             res.status = "empty"
@@ -337,18 +310,24 @@ class Ingestor:
         if unchanged:
             res.status, res.message = "unchanged", "already ingested"
             return res
+        copied = None
+        if state.offset == 0 and self.rotation is not None:
+            copied = self.rotation.copy_of(path, self._label, states)
+        if copied is not None:
+            res.status = "unchanged"
+            res.message = f"a copy of the start of {copied.path}, already ingested (copytruncate)"
+            return res
         batch = next_batch()
         prev = dataclasses.replace(state, batches=list(state.batches))
         save_state(self.store, dataclasses.replace(prev, pending_batch=batch), self._label)
         state.size, state.mtime = st_os.st_size, st_os.st_mtime
         try:
-            if state.offset == 0:
+            done = self._fast_tail(path, batch, state, res)
+            if not done and state.offset == 0 and (not self.fast_tail or path.endswith(".gz")):
                 kind = self._peek_kind(head) if self.fast_path else None
                 done = kind is not None and self._fast(path, kind, batch, state, res)
-                if not done:  # (``_fast`` rolled back what it loaded)
-                    res.rows.clear()
-                    self._careful(path, batch, state, res)
-            else:
+            if not done:  # (``_fast`` rolled back what it loaded)
+                res.rows.clear()
                 self._careful(path, batch, state, res)
             set_marks(path, state, prev.offset, self._tail)
         except BaseException:
@@ -364,6 +343,43 @@ class Ingestor:
             state.add_batch(batch)
         save_state(self.store, state, self._label)
         return res
+
+    def _decodes(self, dec: RecordDecoder) -> Callable[[bytes], bool]:
+        def decodes(line: bytes) -> bool:
+            try:
+                _decode(dec, line)
+            except LineError:
+                return False
+            return True
+
+        return decodes
+
+    def _joined(
+        self, dec: RecordDecoder, path: str, line: bytes, res: FileResult
+    ) -> tuple[bytes, Any] | None:
+        """``line``, this file's first, joined to the line it ends (cut by log rotation at
+        the end of another file of the same log), with its record; None if it ends none."""
+        assert self.rotation is not None
+        found = self.rotation.joined(path, line, self._decodes(dec))
+        if found is None:
+            return None
+        other, joined = found
+        res.warnings.append(
+            f"its first line ends a line begun at the end of {other} (cut by "
+            "log rotation): loaded joined"
+        )
+        return joined, _decode(dec, joined)
+
+    def _continued(self, dec: RecordDecoder, path: str, line: bytes, res: FileResult) -> bool:
+        """Whether ``line``, this file's unterminated last line, goes on as the first line
+        of another file of the same log (it is loaded from there, joined)."""
+        other = self.rotation.continued(path, line, self._decodes(dec)) if self.rotation else None
+        if other is not None:
+            res.warnings.append(
+                f"its last line was cut by log rotation and goes on in {other}: "
+                "loaded from there, joined"
+            )
+        return other is not None
 
     def _peek_kind(self, head: bytes) -> str | None:
         try:
@@ -416,6 +432,47 @@ class Ingestor:
         self.progress(size)
         return True
 
+    def _fast_tail(self, path: str, batch: int, state: IngestState, res: FileResult) -> bool:
+        """The fast path for a plain file still being written, or what it grew by
+        (``fast_tail``): its complete lines past the offset, copied to a temporary file (a
+        snapshot: ClickHouse reading the file itself as it grows would see it change),
+        loaded as a new file is. False, with nothing loaded, where a line is in doubt or a
+        last line without its newline is to be judged (``hold_partial`` holds it back)."""
+        if not (self.fast_tail and self.fast_path) or path.endswith(".gz"):
+            return False
+        with tempfile.NamedTemporaryFile(suffix=".jsonl", dir=self.tmp_dir, delete=False) as tmp:
+            try:
+                size, newlines, last = 0, 0, -1
+                with open(path, "rb") as fh:
+                    fh.seek(state.offset)
+                    while block := fh.read(CHUNK_BYTES):
+                        tmp.write(block)
+                        cut = block.rfind(b"\n")
+                        last = size + cut if cut >= 0 else last
+                        newlines += block.count(b"\n")
+                        size += len(block)
+                rest = size - (last + 1)
+                marks = (state.head_hash, state.tail_hash)  # still the file identify found?
+                if state.offset and state.head_hash and marks_at(path, state.offset) != marks:
+                    raise FileChanged(
+                        "changed while it was read (truncated or rewritten, as by a "
+                        "copytruncate rotation): not loaded this time"
+                    )
+                if last < 0 or (rest and not self.hold_partial):
+                    return False
+                tmp.truncate(last + 1)
+                tmp.close()
+                kind = self._peek_kind(_first_line(tmp.name))
+                lines = state.lines
+                if kind is None or not self._fast(tmp.name, kind, batch, state, res):
+                    return False
+                state.lines = lines + newlines if lines else 0  # (0: counted when needed)
+                res.held = rest
+                return True
+            finally:
+                tmp.close()
+                os.unlink(tmp.name)
+
     def _careful(self, path: str, batch: int, state: IngestState, res: FileResult) -> None:
         res.path_taken = "careful"
         dec = _FULL_STRICT if self.strict else _FULL
@@ -426,6 +483,7 @@ class Ingestor:
             state.lines = _count_lines(path, state.offset)  # loaded by the fast path
         line_no = state.lines
         consumed = 0
+        first = state.offset == 0  # the next non-blank line is the file's first
         self._tail.clear()
         try:
             with open_bytes(path) as fh:
@@ -441,9 +499,25 @@ class Ingestor:
                         last_partial = not complete and i == len(lines) - 1
                         if not line.strip():
                             continue
+                        opening, first = first, False
                         try:
-                            obj = _decode(dec, line)
+                            try:
+                                obj = _decode(dec, line)
+                            except LineError:
+                                joined = None
+                                if opening and self.rotation is not None:
+                                    joined = self._joined(dec, path, line, res)
+                                if joined is None:
+                                    raise
+                                line, obj = joined
                         except LineError as e:
+                            if last_partial and self._continued(dec, path, line, res):
+                                continue  # consumed here, loaded with the file it goes on in
+                            if last_partial and not gz and self.hold_partial:
+                                line_no -= 1  # still being written: read once it ends
+                                res.held = len(line)
+                                block = block[: len(block) - len(line)]
+                                break
                             if last_partial and not gz:
                                 # Maybe still being written: report it, leave it to be re-read.
                                 self.rejects.add(

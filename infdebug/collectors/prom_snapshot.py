@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from infdebug.collectors.ingestor import Reject, RejectSink
 from infdebug.collectors.readers_base import replica_from_path
+from infdebug.collectors.rejects import Reject, RejectSink
 from infdebug.schema import MetricSample, MetricType, encode_record, open_bytes
 
 INSTALL_HINT = "pip install 'infdebug[engine]'  (or: pip install prometheus-client)"

@@ -35,7 +35,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from infdebug.collectors.ingestor import Reject, RejectSink
 from infdebug.collectors.readers_base import (
     Context,
     ReaderSpec,
@@ -45,6 +44,7 @@ from infdebug.collectors.readers_base import (
     replica_from_path,
 )
 from infdebug.collectors.readers_shipper import frames
+from infdebug.collectors.rejects import Reject, RejectSink
 from infdebug.collectors.sniff import unrotated
 from infdebug.schema import LineError, Request, encode_record
 

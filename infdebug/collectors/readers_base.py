@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from infdebug.collectors.ingestor import Reject
 from infdebug.collectors.pyrepr import Call, Truncated
 from infdebug.collectors.readers_fields import check_sampling
 from infdebug.collectors.readers_shipper import frames, year_anchors
+from infdebug.collectors.rejects import Reject
 from infdebug.collectors.timing import sanitize_timing
 from infdebug.schema import LineError, Request, decode_record, encode_record
 
