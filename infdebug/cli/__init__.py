@@ -31,6 +31,7 @@ GROUPS = (
     "fleet",
     "workload",
     "store",
+    "dashboard",
 )
 
 

@@ -72,6 +72,7 @@ _GU = f"""(
         ASOF LEFT JOIN {_STARTS} AS s ON g.replica = s.replica AND g.t >= s.start
     )
 )"""
+GPU_UNITS = _GU  # the same attributed samples, for the dashboard's GPU charts
 
 
 def _q(store: Store, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
