@@ -95,7 +95,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[runtime.Runtime]:
 def _run(page: str, params: dict[str, str] | None = None, wait: float = 90.0) -> AppTest:
     """Run a page as the navigation app does, until its background analysis is done."""
     at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"views/{page}.py")
     for k, v in (params or {}).items():
         at.query_params[k] = v
     at.run()
@@ -140,7 +140,7 @@ def test_overview_shows_the_canary_findings(dash: runtime.Runtime) -> None:
     assert "SIMULATED" in text  # the sample fleet's GPU samples are simulated, and say so
     # the feed is most severe first: the first finding is an error
     first = next(m.value for m in _run("overview").markdown if "·" in m.value)
-    assert first.startswith("🔴")
+    assert first.startswith(":red-badge[error]")
 
 
 def _finding_id(rt: runtime.Runtime, kind: str, replica: str) -> str:

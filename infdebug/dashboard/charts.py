@@ -14,11 +14,16 @@ ALT_WIDTH = "container"
 SIM = " [SIMULATED]"
 
 
+def _size(width: int | None, height: Any) -> dict[str, Any]:
+    """Height always; width only when given (a PNG), else the page's column decides."""
+    return {"height": height, **({"width": width} if width else {})}
+
+
 def _x(title: str = "time (UTC)", shared: bool = False) -> Any:
     return alt.X("t:T", title=title, axis=alt.Axis(format="%H:%M:%S"))
 
 
-def heatmap(df: pd.DataFrame, value: str, title: str, width: int) -> Any:
+def heatmap(df: pd.DataFrame, value: str, title: str, width: int | None = None) -> Any:
     """Replica × time, colour = ``value`` (seconds, log scale)."""
     d = df.dropna(subset=[value]).copy()
     d["ms"] = d[value] * 1000
@@ -37,32 +42,47 @@ def heatmap(df: pd.DataFrame, value: str, title: str, width: int) -> Any:
                 alt.Tooltip("requests:Q"),
             ],
         )
-        .properties(height=max(80, 22 * d["replica_label"].nunique()), width=width)
+        .properties(**_size(width, alt.Step(30)))
     )
 
 
-def qps_slo(df: pd.DataFrame, width: int, budgets: bool) -> Any:
-    """Fleet requests/s per bucket, and the share meeting the SLO (when budgets are set)."""
-    base = alt.Chart(df).encode(x=_x())
-    qps = base.mark_line(point=False).encode(y=alt.Y("qps:Q", title="requests/s"))
-    if not budgets:
-        return qps.properties(height=160, width=width, title="QPS")
-    slo = base.mark_line(color="#2ca02c", strokeDash=[4, 2]).encode(
-        y=alt.Y(
-            "attainment:Q",
-            title="SLO attainment",
-            scale=alt.Scale(domain=[0, 1]),
-            axis=alt.Axis(format="%"),
-        )
-    )
+def qps(df: pd.DataFrame, width: int | None = None) -> Any:
+    """Fleet requests/s per bucket."""
     return (
-        alt.layer(qps, slo)
-        .resolve_scale(y="independent")
-        .properties(height=160, width=width, title="QPS and SLO attainment")
+        alt.Chart(df, title="QPS")
+        .mark_line()
+        .encode(
+            x=_x(),
+            y=alt.Y("qps:Q", title="requests/s"),
+            tooltip=[alt.Tooltip("t:T", format="%H:%M:%S"), alt.Tooltip("qps:Q", format=".2f")],
+        )
+        .properties(**_size(width, 200))
     )
 
 
-def gpu_sparklines(df: pd.DataFrame, width: int) -> Any:
+def attainment(df: pd.DataFrame, width: int | None = None) -> Any:
+    """The share of each bucket's requests meeting the SLO."""
+    return (
+        alt.Chart(df, title="SLO attainment")
+        .mark_line(color="#2ca02c")
+        .encode(
+            x=_x(),
+            y=alt.Y(
+                "attainment:Q",
+                title=None,
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%"),
+            ),
+            tooltip=[
+                alt.Tooltip("t:T", format="%H:%M:%S"),
+                alt.Tooltip("attainment:Q", format=".1%"),
+            ],
+        )
+        .properties(**_size(width, 140))
+    )
+
+
+def gpu_sparklines(df: pd.DataFrame, width: int | None = None) -> Any:
     """Per replica (rows) power, temperature and SM clock (columns) over time."""
     d = df.copy()
     d["label"] = d["replica_label"] + d["simulated"].map(lambda s: SIM if s else "")
@@ -86,7 +106,7 @@ def gpu_sparklines(df: pd.DataFrame, width: int) -> Any:
                 alt.Tooltip("t:T", format="%H:%M:%S"),
             ],
         )
-        .properties(height=40, width=max(120, width // 3 - 40))
+        .properties(height=40, width=max(120, (width or 900) // 3 - 40))
         .facet(
             row=alt.Row("label:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
             column=alt.Column("metric:N", title=None),
@@ -95,7 +115,7 @@ def gpu_sparklines(df: pd.DataFrame, width: int) -> Any:
     )
 
 
-def compare_hist(df: pd.DataFrame, title: str, unit_label: str, width: int) -> Any:
+def compare_hist(df: pd.DataFrame, title: str, unit_label: str, width: int | None = None) -> Any:
     """A log-binned distribution of one replica against the rest of its fleet, each as
     shares of its own count."""
     d = df.copy()
@@ -118,11 +138,11 @@ def compare_hist(df: pd.DataFrame, title: str, unit_label: str, width: int) -> A
                 alt.Tooltip("share:Q", format=".1%"),
             ],
         )
-        .properties(height=180, width=width)
+        .properties(**_size(width, 240))
     )
 
 
-def timeline(lat: pd.DataFrame, gpu: pd.DataFrame, width: int) -> Any:
+def timeline(lat: pd.DataFrame, gpu: pd.DataFrame, width: int | None = None) -> Any:
     """Latency (p50, p99 of TTFT and TPOT) above GPU power, temperature and SM clock, on
     one shared time axis: throttling is seen against latency."""
     lat_long = lat.melt(
@@ -146,7 +166,7 @@ def timeline(lat: pd.DataFrame, gpu: pd.DataFrame, width: int) -> Any:
                 alt.Tooltip("t:T", format="%H:%M:%S"),
             ],
         )
-        .properties(height=160, width=width)
+        .properties(**_size(width, 220))
     )
     charts: list[Any] = [top]
     sim = bool(len(gpu) and gpu["simulated"].any())
@@ -169,11 +189,11 @@ def timeline(lat: pd.DataFrame, gpu: pd.DataFrame, width: int) -> Any:
             .mark_tick(color="red", thickness=2)
             .encode(x=x, tooltip=[alt.Tooltip("t:T", format="%H:%M:%S", title="throttled at")])
         )
-        charts.append(alt.layer(g, thr).properties(height=70, width=width))
+        charts.append(alt.layer(g, thr).properties(**_size(width, 140)))
     return alt.vconcat(*charts).resolve_scale(x="shared")
 
 
-def gaps(times_s: list[float], width: int) -> Any:
+def gaps(times_s: list[float], width: int | None = None) -> Any:
     """A request's inter-token gaps by output position (the first bar is TTFT)."""
     rows = [{"token": 0, "ms": times_s[0] * 1000, "what": "TTFT"}] if times_s else []
     rows += [
@@ -189,11 +209,11 @@ def gaps(times_s: list[float], width: int) -> Any:
             color=alt.Color("what:N", title=None),
             tooltip=["token:Q", alt.Tooltip("ms:Q", format=".2f")],
         )
-        .properties(height=160, width=width)
+        .properties(**_size(width, 220))
     )
 
 
-def per_minute(per_minute: list[int], t0: float, width: int) -> Any:
+def per_minute(per_minute: list[int], t0: float, width: int | None = None) -> Any:
     d = pd.DataFrame(
         {
             "t": pd.to_datetime([t0 + 60 * i for i in range(len(per_minute))], unit="s", utc=True),
@@ -208,11 +228,11 @@ def per_minute(per_minute: list[int], t0: float, width: int) -> Any:
             y=alt.Y("requests:Q", title="requests/min"),
             tooltip=[alt.Tooltip("t:T", format="%H:%M"), "requests:Q"],
         )
-        .properties(height=160, width=width)
+        .properties(**_size(width, 220))
     )
 
 
-def lengths(df: pd.DataFrame, width: int) -> Any:
+def lengths(df: pd.DataFrame, width: int | None = None) -> Any:
     return (
         alt.Chart(df, title="prompt and output lengths")
         .mark_line(interpolate="step-after")
@@ -222,5 +242,5 @@ def lengths(df: pd.DataFrame, width: int) -> Any:
             color=alt.Color("kind:N", title=None),
             tooltip=["kind:N", alt.Tooltip("lo:Q", format=".0f"), "requests:Q"],
         )
-        .properties(height=180, width=width)
+        .properties(**_size(width, 240))
     )

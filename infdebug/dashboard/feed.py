@@ -41,7 +41,7 @@ def _poll(window: dict[str, Any]) -> None:
     a = runtime.get().analysis(window)
     if a is None or a.done:
         st.rerun(scope="app")
-    st.caption("⏳ analysers running over this window …")
+    st.caption("analysers running over this window …")
 
 
 def unit_of(f: Finding) -> str | None:
@@ -80,17 +80,25 @@ def show(page: ui.Page, *, limit: int = 50, key: str = "feed") -> list[Finding]:
     for f in found[:limit]:
         fid = runtime.finding_id(f)
         with st.container(border=True):
-            c1, c2 = st.columns([5, 1])
-            c1.markdown(
-                f"{ui.SEVERITY_ICON.get(f.severity, '⚪')} **{ui.md(f.kind)}** · "
+            st.markdown(
+                f"{ui.SEVERITY_ICON.get(f.severity, f.severity)} **{ui.md(f.kind)}** · "
                 f"{ui.md(scope_label(f))}"
             )
-            c1.text(f.summary if len(f.summary) < 600 else f.summary[:600] + " …")
-            c2.page_link(ui.PAGES["finding"], label="details", icon="🔍", query_params={"id": fid})
+            st.text(f.summary if len(f.summary) < 600 else f.summary[:600] + " …")
+            c1, c2 = st.columns(2)
+            c1.page_link(
+                ui.PAGES["finding"],
+                label="details",
+                icon=":material/search:",
+                query_params={"id": fid},
+            )
             unit = unit_of(f)
             if unit:
                 c2.page_link(
-                    ui.PAGES["replica"], label="replica", icon="🔬", query_params={"unit": unit}
+                    ui.PAGES["replica"],
+                    label="replica",
+                    icon=":material/biotech:",
+                    query_params={"unit": unit},
                 )
     if len(found) > limit:
         st.caption(f"… and {len(found) - limit} more (the incident report lists all)")

@@ -25,12 +25,12 @@ RANGES = {  # label → seconds back from the newest request (None: everything)
 }
 REFRESH_S = 5
 PAGES = {  # where the pages are, relative to app.py
-    "overview": "pages/overview.py",
-    "replica": "pages/replica.py",
-    "finding": "pages/finding.py",
-    "requests": "pages/requests.py",
-    "workload": "pages/workload.py",
-    "report": "pages/report.py",
+    "overview": "views/overview.py",
+    "replica": "views/replica.py",
+    "finding": "views/finding.py",
+    "requests": "views/requests.py",
+    "workload": "views/workload.py",
+    "report": "views/report.py",
 }
 TRUNCATE_CHARS = 20_000  # a longer text is cut, with a "show all" toggle
 TRUNCATE_TOKENS = 2_000
@@ -171,6 +171,14 @@ def _refresher(seen: data.Epoch) -> None:
         st.rerun(scope="app")
 
 
+def run_marker() -> None:
+    """An invisible element numbering this session's full runs, drawn last: a browser
+    knows a run is over (and which) when the number it shows changes."""
+    n = int(st.session_state.get("_infdebug_runs", 0)) + 1
+    st.session_state["_infdebug_runs"] = n
+    st.html(f'<div id="infdebug-run" data-run="{n}" style="display:none"></div>')
+
+
 def window_dict(page: Page) -> dict[str, Any]:
     return data.win(page.window)
 
@@ -214,7 +222,11 @@ def unit_picker(page: Page, key: str = "unit") -> str | None:
     return str(st.selectbox("replica", units, format_func=unit_label, key=key))
 
 
-SEVERITY_ICON = {"error": "🔴", "warning": "🟠", "info": "🔵"}
+SEVERITY_ICON = {
+    "error": ":red-badge[error]",
+    "warning": ":orange-badge[warning]",
+    "info": ":blue-badge[info]",
+}
 
 
 def esc(text: Any) -> str:

@@ -21,7 +21,7 @@ def build(page: ui.Page, findings: list[Any]) -> tuple[str, list[tuple[str, str,
     shown: list[tuple[str, str, Any]] = []
     if len(bins):
         bins = bins.assign(t_end=bins["t"] + pd.Timedelta(seconds=width))
-        shown.append(("QPS", "qps.png", charts.qps_slo(fleet_series(bins, width), W, False)))
+        shown.append(("QPS", "qps.png", charts.qps(fleet_series(bins, width), W)))
         shown.append(
             ("TTFT p99 by replica", "ttft_p99.png", charts.heatmap(bins, "ttft_p99", "TTFT p99", W))
         )
@@ -76,7 +76,7 @@ def main() -> None:
         return report.bundle(md, [(name, report.png(ch)) for _, name, ch in shown])
 
     st.download_button(
-        "⬇️ Download the incident report (Markdown + PNG charts, .zip)",
+        "Download the incident report (Markdown + PNG charts, .zip)",
         zipped,
         file_name="infdebug-incident-report.zip",
         mime="application/zip",

@@ -9,7 +9,7 @@ import streamlit as st
 from infdebug.dashboard import charts, data, feed, ui
 from infdebug.dashboard.tables import fleet_series, unit_table_view
 
-W = 900
+W = None  # charts take the width of their column
 
 
 def budgets() -> tuple[float | None, float | None]:
@@ -48,12 +48,17 @@ def main() -> None:
         help=f"TTFT ≤ {ui.fmt_s(ttft)}, TPOT ≤ {ui.fmt_s(tpot)}, not failed",
     )
     c[4].metric(
-        "errors", f"{errors:,}", f"{errors / total:.2%}" if total else None, delta_color="inverse"
+        "errors",
+        f"{errors:,}",
+        f"{errors / total:.2%}" if total and errors else None,
+        delta_color="inverse",
     )
 
     left, right = st.columns([3, 2])
     with left:
-        st.altair_chart(charts.qps_slo(series, W, bool(ttft or tpot)), width="stretch")
+        st.altair_chart(charts.qps(series, W), width="stretch")
+        if ttft or tpot:
+            st.altair_chart(charts.attainment(series, W), width="stretch")
         st.altair_chart(charts.heatmap(bins, "ttft_p99", "TTFT p99", W), width="stretch")
         st.altair_chart(
             charts.heatmap(bins, "tpot_p99", "TPOT p99 (mean inter-token gap)", W),

@@ -15,7 +15,7 @@ from infdebug.dashboard import charts, data, evidence, feed, runtime, tokens, ui
 from infdebug.schema import Finding
 from infdebug.store.q_common import unit_label
 
-W = 900
+W = None  # charts take the width of their column
 
 
 def pick(page: ui.Page) -> Finding | None:
@@ -107,12 +107,15 @@ def token_view(page: ui.Page, f: Finding) -> None:
             st.caption(f"identical ({len(ia)} tokens)")
             continue
         st.caption(f"first divergence at token {d} · {len(ia)} vs {len(ib)} tokens")
-        st.markdown(f"A: `{ui.md(p.this)}` on {ui.md(_where(a))}")
+        st.markdown(f"A: {ui.md(p.this)} on {ui.md(_where(a))}")
         st.markdown(ra, unsafe_allow_html=True)
-        st.markdown(f"B: `{ui.md(other)}` on {ui.md(_where(b))}")
+        st.markdown(f"B: {ui.md(other)} on {ui.md(_where(b))}")
         st.markdown(rb, unsafe_allow_html=True)
     st.page_link(
-        ui.PAGES["requests"], label=f"open request {p.this}", icon="📜", query_params={"id": p.this}
+        ui.PAGES["requests"],
+        label=f"open request {p.this}",
+        icon=":material/receipt_long:",
+        query_params={"id": p.this},
     )
 
 
@@ -190,7 +193,7 @@ def main() -> None:
         st.page_link(
             ui.PAGES["replica"],
             label=f"drill down into {unit_label(unit)}",
-            icon="🔬",
+            icon=":material/biotech:",
             query_params={"unit": unit},
         )
 

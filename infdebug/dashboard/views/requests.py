@@ -14,7 +14,7 @@ from infdebug.dashboard import charts, data, tokens, ui
 from infdebug.store import q_dashboard as q
 from infdebug.store.q_common import unit_label
 
-W = 900
+W = None  # charts take the width of their column
 
 
 def filters(page: ui.Page) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def show(page: ui.Page, rid: str) -> None:
     if r is None:
         st.warning(f"Request {ui.md(rid)} is not in the store.")
         return
-    st.markdown(f"### `{ui.md(rid)}`")
+    st.markdown(f"### {ui.md(rid)}")
     c = st.columns(5)
     dep = r.get("deployment")
     c[0].metric("replica", f"{r['replica']}" + (f" ({dep})" if dep else ""))

@@ -7,7 +7,7 @@ import streamlit as st
 
 from infdebug.dashboard import charts, data, ui
 
-W = 900
+W = None  # charts take the width of their column
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 from infdebug.dashboard import charts, data, ui
 from infdebug.store.q_common import unit_label
 
-W = 900
+W = None  # charts take the width of their column
 HISTS = (
     ("ttft_s", "TTFT"),
     ("itl_s", "inter-token gaps (every token)"),
@@ -50,7 +50,7 @@ def main() -> None:
         h = data.histogram(page.epoch, page.window, metric, unit)
         with cols[i % 2]:
             if len(h) and h["unit"].sum():
-                st.altair_chart(charts.compare_hist(h, title, label, W // 2), width="stretch")
+                st.altair_chart(charts.compare_hist(h, title, label, W), width="stretch")
             else:
                 st.caption(f"{title}: not logged by {label} in this window")
 
@@ -87,7 +87,10 @@ def main() -> None:
     else:
         st.caption("No lifecycle events logged for this replica.")
     st.page_link(
-        ui.PAGES["requests"], label=f"requests of {label}", icon="📜", query_params={"unit": unit}
+        ui.PAGES["requests"],
+        label=f"requests of {label}",
+        icon=":material/receipt_long:",
+        query_params={"unit": unit},
     )
 
 

@@ -1,1 +1,0 @@
-"""The dashboard's pages: each a Streamlit script that ``app.py`` lists."""
