@@ -33,7 +33,7 @@ $(VENV)/.bench: pyproject.toml $(LOCK) | $(BIN)/python
 
 $(VENV)/.engine: pyproject.toml $(LOCK) | $(BIN)/python
 	$(PIP) '$(TORCH)'
-	$(PIP) -e '.[engine]'
+	$(PIP) -e '.[engine,dashboard]'
 	@touch $@ $(VENV)/.core
 
 # make a model, start a 3-replica fleet with one injected fault, replay the Azure LLM trace

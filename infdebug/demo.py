@@ -225,6 +225,14 @@ def _fleet_ingest_analyze(
 ) -> int:
     """Steps 2–4: the fleet under load, then ingest, stats and the analyzers' findings."""
     t0 = time.time()
+    err_console.print(
+        "watch it live, from another terminal (a store of its own: the demo ingests into "
+        f"{home} when the load is done):\n"
+        f"  .venv/bin/infdebug --home {os.path.join(home, 'live')} dashboard "
+        f"--follow {trace_dir} --model {model_dir}\n"
+        "  then open http://127.0.0.1:8501",
+        highlight=False,
+    )
     summary = run_fleet(
         model_dir,
         trace_dir,
@@ -273,6 +281,7 @@ def _fleet_ingest_analyze(
         st.close()
     out_console.print(
         "\nNext:\n"
+        "  .venv/bin/infdebug dashboard --model " + model_dir + "   (http://127.0.0.1:8501)\n"
         "  .venv/bin/infdebug stats --deployment canary\n"
         "  .venv/bin/infdebug analyze --json --model " + model_dir + "\n"
         '  .venv/bin/infdebug query "SELECT replica, max(temp_c), '
