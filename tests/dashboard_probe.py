@@ -206,7 +206,8 @@ def type_into(driver: Any, label: str, text: str) -> None:
     if not fields:
         raise AssertionError(f"no text input labelled {label!r}")
     field = fields[0]
-    field.clear()
+    field.send_keys(Keys.CONTROL, "a")  # clear() leaves React's value behind
+    field.send_keys(Keys.DELETE)
     field.send_keys(text)
     field.send_keys(Keys.ENTER)
 

@@ -119,6 +119,7 @@ def dashboard_cmd(
     )
     if rt.store is None:
         fail(f"cannot open the store: {rt.error}")
+    rt.warm()
     from streamlit.web import bootstrap
 
     opts = streamlit_options(host, port)

@@ -13,7 +13,7 @@ from infdebug.dashboard import runtime, ui
 from infdebug.schema import Finding
 from infdebug.store.q_common import make_unit
 
-POLL_S = 1.0
+POLL_S = 0.3  # how often a page waiting for its analysis looks
 
 
 def findings(page: ui.Page) -> tuple[list[Finding], Any]:

@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 FOLLOW_ENV = "INFDEBUG_DASHBOARD_FOLLOW"  # directories, os.pathsep between them
 TOKENIZER_ENV = "INFDEBUG_DASHBOARD_TOKENIZER"  # a tokenizer or model directory
 SERVER_EPOCH_S = 30.0
-_SERIALS = itertools.count(1)  # a shared server changes under us: its data counts as new this often
+_SERIALS = itertools.count(1)
+ALL: dict[str, Any] = {
+    "since": 0.0,
+    "until": 1e11,
+    "replicas": [],
+}  # the default window  # a shared server changes under us: its data counts as new this often
 
 
 class SharedStore:
@@ -248,6 +253,24 @@ class Runtime:
                 self._findings[finding_id(f)] = f
         res.seconds["(total)"] = time.perf_counter() - t
         return res
+
+    def warm(self) -> None:
+        """In the background: import what the first page needs (charts, frames, the
+        analyzers) and analyse the whole store, so the first visitor finds it done."""
+
+        def run() -> None:
+            try:
+                import altair  # noqa: F401
+                import pandas  # noqa: F401
+
+                from infdebug.analyzers.base import discover
+
+                discover()
+                self.analysis(ALL)
+            except Exception:  # warming is an optimisation: the page does it again
+                log.debug("warming the dashboard failed", exc_info=True)
+
+        threading.Thread(target=run, name="infdebug-warm", daemon=True).start()
 
     def finding(self, fid: str) -> Finding | None:
         with self._lock:
