@@ -34,7 +34,7 @@ BIG_PROMPT = "lorem ipsum " * 900_000  # ~10 MB
 LONG_IDS = list(range(100_000))
 
 
-def _hostile_records(path: Path) -> None:
+def hostile_records(path: Path) -> None:
     recs = [
         make_request(
             1,
@@ -71,7 +71,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[runtime.Runtime]:
     """The dashboard's runtime on a store holding sample_logs/ and three hostile records."""
     home = tmp_path_factory.mktemp("dash") / "home"
     extra = tmp_path_factory.mktemp("hostile") / "hostile.requests.jsonl"
-    _hostile_records(extra)
+    hostile_records(extra)
     st = open_store(home=str(home))
     try:
         rep = ingest_paths(

@@ -24,6 +24,7 @@ import pytest
 
 from tests import dashboard_probe as probe
 from tests.conftest import REPO
+from tests.test_dashboard import BIG_PROMPT, HOSTILE_ID, hostile_records
 
 ARTIFACTS = os.environ.get("INFDEBUG_ARTIFACTS", os.path.join(REPO, "test-artifacts", "dashboard"))
 _missing = probe.browser_missing()
@@ -46,11 +47,17 @@ def _infdebug(home: Path, *args: str) -> None:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """The dashboard on a store loaded from sample_logs/, and a browser."""
     home = tmp_path_factory.mktemp("browser") / "home"
-    _infdebug(home, "ingest", os.path.join(REPO, "sample_logs"))
+    hostile = tmp_path_factory.mktemp("hostile") / "hostile.requests.jsonl"
+    hostile_records(hostile)  # a quoted replica and ID, a 10 MB prompt, a 100k-token request
+    _infdebug(home, "ingest", os.path.join(REPO, "sample_logs"), str(hostile))
+    # the sample fleet's tokenizer: the small preset's (the same fingerprint), for the pieces
+    model = tmp_path_factory.mktemp("model") / "small"
+    _infdebug(home, "make-model", str(model), "--preset", "small", "--chat-format", "llama3")
     log = str(tmp_path_factory.mktemp("log") / "dashboard.log")
-    with probe.dashboard(str(home), log=log) as url, probe.chromium() as driver:
+    with probe.dashboard(str(home), "--model", str(model), log=log) as url, \
+            probe.chromium() as driver:
         yield url, driver
-    TIMINGS["store_requests"] = 320
+    TIMINGS["store_requests"] = 323
     os.makedirs(ARTIFACTS, exist_ok=True)
     with open(os.path.join(ARTIFACTS, "timings.json"), "w") as f:
         json.dump(TIMINGS, f, indent=1)
@@ -122,7 +129,9 @@ def test_click_finding_through_to_token_diff(site: tuple[str, Any]) -> None:
     from selenium.webdriver.common.by import By
 
     chips = d.find_elements(By.CSS_SELECTOR, "span.tk.first")
-    assert chips and "5072" in chips[0].text  # the second BOS, outlined as the divergence
+    # the second BOS, outlined as the divergence, with its piece (a special token)
+    assert chips and "5072" in chips[0].text and "<|begin_of_text|>" in chips[0].text
+    assert "sp" in (chips[0].get_attribute("class") or "").split()
     probe.shot(d, ARTIFACTS, "finding-token-diff")
 
 
@@ -168,6 +177,19 @@ def test_search_request_by_id(site: tuple[str, Any]) -> None:
     TIMINGS["search_by_id_s"] = round(time.perf_counter() - t0, 3)
     assert "r3 (canary)" in probe.body(d)
     probe.shot(d, ARTIFACTS, "request")
+
+
+def test_huge_and_hostile_requests_render(site: tuple[str, Any]) -> None:
+    url, d = site
+    for rid, name in (("big-prompt", "big_prompt"), ("long-ids", "long_ids")):
+        t = probe.open_page(d, f"{url}/requests?id={rid}", probe.has(rid, "show all"), rid)
+        TIMINGS[f"{name}_render_s"] = round(t, 3)
+        assert len(probe.body(d)) < len(BIG_PROMPT) // 10  # cut, not 10 MB into the page
+        probe.shot(d, ARTIFACTS, f"request-{name}")
+    from urllib.parse import quote
+
+    probe.open_page(d, f"{url}/requests?id={quote(HOSTILE_ID)}", probe.has(HOSTILE_ID), "hostile ID")
+    assert "r9'\"; DROP TABLE requests;" in probe.body(d)  # the replica, shown as it is
 
 
 def test_time_range_filter_change(site: tuple[str, Any]) -> None:

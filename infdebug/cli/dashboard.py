@@ -74,6 +74,13 @@ def _port_free(host: str, port: int) -> bool:
     help="A tokenizer (or model) directory: token chips show each ID's piece. Without it "
     "they show IDs only.",
 )
+@click.option(
+    "--clickhouse",
+    "clickhouse",
+    metavar="URL",
+    help="A ClickHouse server to read (and --follow into) instead of the embedded store; "
+    "the same as `infdebug --clickhouse URL dashboard`.",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option(
     "--host",
@@ -88,6 +95,7 @@ def dashboard_cmd(
     follow: tuple[str, ...],
     interval: float,
     tokenizer: str | None,
+    clickhouse: str | None,
     port: int,
     host: str,
 ) -> None:
@@ -110,7 +118,7 @@ def dashboard_cmd(
 
     rt = runtime.configure(
         runtime.Config(
-            clickhouse=obj.clickhouse,
+            clickhouse=clickhouse or obj.clickhouse,
             home=obj.home,
             follow=list(follow),
             interval=interval,

@@ -5,6 +5,7 @@ every piece of logged text is escaped before it reaches the page."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import html
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ def pieces(tokenizer: Any, ids: Sequence[int]) -> list[tuple[str, bool]] | None:
         v = getattr(tokenizer, name, None)
         if v:
             special.add(v)
+    inner = getattr(tokenizer, "tok", None)  # a TokenizerBundle's tokenizers.Tokenizer
+    with contextlib.suppress(Exception):
+        special |= {t.content for t in inner.get_added_tokens_decoder().values() if t.special}
     out = []
     for i in ids:
         try:
