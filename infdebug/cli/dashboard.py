@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 
 import click
 
@@ -37,16 +36,6 @@ def streamlit_options(host: str, port: int) -> dict[str, object]:
     }
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 @click.command("dashboard")
 @click.option(
     "--follow",
@@ -71,8 +60,9 @@ def _port_free(host: str, port: int) -> bool:
     "tokenizer",
     type=click.Path(exists=True, file_okay=False),
     metavar="DIR",
-    help="A tokenizer (or model) directory: token chips show each ID's piece. Without it "
-    "they show IDs only.",
+    help="A tokenizer (or model) directory: token chips show each ID's piece, and the "
+    "analyzers check the logged IDs against it (as `infdebug analyze --tokenizer`). Without "
+    "it chips show IDs only.",
 )
 @click.option(
     "--clickhouse",
@@ -108,11 +98,13 @@ def dashboard_cmd(
       infdebug --clickhouse http://host:8123 dashboard          a store shared with collectors
 
     The embedded store admits one process: while the dashboard runs, other commands on the
-    same --home wait (use --follow to load logs meanwhile, or a ClickHouse server).
+    same --home are refused (use --follow to load logs meanwhile, or a ClickHouse server).
     """
     if importlib.util.find_spec("streamlit") is None:
         fail("the dashboard needs Streamlit: pip install 'infdebug[dashboard]'")
-    if not _port_free(host, port):
+    from infdebug.fleet.replicas import port_free
+
+    if not port_free(host, port):
         fail(f"{host}:{port} is in use (another dashboard?); pick another with --port")
     from infdebug.dashboard import runtime
 
