@@ -1,10 +1,17 @@
 """Shared fixtures: a real store per test (chDB always; a ClickHouse server as well where
-INFDEBUG_TEST_CLICKHOUSE_URL is set), record builders, and the path to ../shared/data."""
+INFDEBUG_TEST_CLICKHOUSE_URL is set), record builders, and the path to ../shared/data.
+
+Made once per session and shared: the migrated empty chDB home each test's ``store`` is a copy
+of, and the trained chat model of ``livefleet.trained_model`` (trained in the background from
+the session's start, where a collected module will need it)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -55,8 +62,94 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any
         st.close()
 
 
+# --- the trained model, made beside the first tests -------------------------------------------
+# Training the chat model that several modules share (``livefleet.trained_model``) takes a
+# CPU for some seconds, and the tests before the first that needs it leave the second CPU
+# idle: the session starts it in a process of its own where it will be needed, and
+# ``trained_model`` waits for that process (or trains in process where it failed).
+TRAINED_MODEL = ("tiny", "llama", "llama3")  # livefleet.trained_model's defaults
+TRAINING: dict[str, subprocess.Popen[bytes]] = {}
+_TRAIN = """
+import sys
+import torch
+torch.set_num_threads(1)
+from infdebug.tracer.engine.make_model import make_model
+make_model(sys.argv[1], preset=sys.argv[2], arch=sys.argv[3], chat_format=sys.argv[4],
+           train_steps=0)
+"""
+
+
+def trained_model_path(base: Any, preset: str, arch: str, chat_format: str) -> str:
+    return str(base / "trained-models" / f"{preset}-{arch}-{chat_format}")
+
+
+def wait_for_training(path: str) -> None:
+    """If the session is training the model at ``path`` in the background, wait for it; a
+    failed run leaves nothing behind (the caller then trains in process)."""
+    proc = TRAINING.pop(path, None)
+    if proc is None:
+        return
+    if proc.wait(timeout=900) != 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _train_in_background(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    if any(hasattr(getattr(it, "module", None), "trained_model") for it in request.session.items):
+        path = trained_model_path(tmp_path_factory.getbasetemp(), *TRAINED_MODEL)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".log", "wb") as log:
+            TRAINING[path] = subprocess.Popen(
+                [sys.executable, "-c", _TRAIN, path, *TRAINED_MODEL],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+    yield
+    for proc in TRAINING.values():  # not waited for: the session ended first
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def migrated_home(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded store's home as ``open_store`` leaves an empty one: every migration
+    applied, then closed. Made once per session (when the first test that needs it opens its
+    own store, which would close any other embedded store this process holds all the same),
+    and copied for each test that asks for a fresh store."""
+    from infdebug.store.base import migrate
+    from infdebug.store.client import open_embedded
+
+    home = str(tmp_path_factory.getbasetemp() / "migrated-home")
+    st = open_embedded(home)
+    try:
+        migrate(st)
+    finally:
+        st.close()
+    return home
+
+
+def copy_home(src: str, dst: str) -> str:
+    """A copy of the store home ``src`` at ``dst`` (the table directories' links are relative,
+    and stay so), without its lock and owner files."""
+    top = os.path.abspath(src)
+    shutil.copytree(
+        src,
+        dst,
+        symlinks=True,
+        ignore=lambda d, names: ["lock", "owner.json"] if os.path.abspath(d) == top else [],
+    )
+    return dst
+
+
 @pytest.fixture
-def store(store_factory: Any) -> Iterator[Store]:
+def store(store_factory: Any, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A fresh store: on chDB, a copy of ``migrated_home`` (the same tables and migrations
+    as migrating an empty home, without running every migration again for each test)."""
+    if store_factory.backend == "chdb" and not os.path.exists(store_factory.home):
+        copy_home(request.getfixturevalue("migrated_home"), store_factory.home)
     st = store_factory()
     yield st
     st.close()

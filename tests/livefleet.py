@@ -11,7 +11,8 @@ logits are the same. The trained model answers in a few words and ends its turn 
 end-of-turn ID, so a clean replica stops on almost every request and does not loop; a
 random-weight one would run to ``max_tokens`` on most, hiding a replica that ignores EOS.
 
-The checkpoint is trained once per test session (``trained_model``: a few seconds) and
+The checkpoint is trained once per test session (``trained_model``: a few seconds; the
+session starts that in the background where a module will need it, see conftest.py) and
 shared by every test that asks for it.
 
 The faulty inputs are made from the model's own files: a variant of its chat template that
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from conftest import trained_model_path, wait_for_training
 
 from infdebug.text.template import load_template
 from infdebug.text.tokenizer import TokenizerBundle, load_tokenizer
@@ -58,7 +60,8 @@ def trained_model(
 ) -> str:
     """A make-model checkpoint trained to chat (the preset's default recipe), made once per
     test session under pytest's base temporary directory and shared after that."""
-    path = str(factory.getbasetemp() / "trained-models" / f"{preset}-{arch}-{chat_format}")
+    path = trained_model_path(factory.getbasetemp(), preset, arch, chat_format)
+    wait_for_training(path)  # the session may have started it (conftest.py)
     if not is_trained(path):
         threads = torch.get_num_threads()
         torch.set_num_threads(

@@ -97,7 +97,7 @@ class SidecarThread(ThreadServer):
 class TransformersServe:
     """``transformers serve DIR`` (Hugging Face's OpenAI-compatible server) on a free port."""
 
-    def __init__(self, model_dir: str, root: Path) -> None:
+    def __init__(self, model_dir: str, root: Path, *, wait: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "transformers-serve.log"
@@ -111,6 +111,10 @@ class TransformersServe:
             env=env,
             cwd=str(root),
         )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 180
         while True:
             if self.proc.poll() is not None:
@@ -123,7 +127,7 @@ class TransformersServe:
             if time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError("transformers serve did not start")
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

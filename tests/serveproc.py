@@ -31,7 +31,10 @@ class ServeProc:
         *args: str,
         replica: str = "r-h",
         env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> None:
+        """Started, and waited for unless ``wait`` is false (then call ``wait_ready``: a
+        caller starting several servers lets them start side by side)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.trace_dir = root / "trace"
@@ -60,9 +63,10 @@ class ServeProc:
             stderr=self._stderr,
             env=env,
         )
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
-    def _wait_ready(self, timeout_s: float = 180) -> None:
+    def wait_ready(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
@@ -75,7 +79,7 @@ class ServeProc:
             if time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"infdebug serve did not start: {self.stderr()}")
-            time.sleep(0.3)
+            time.sleep(0.1)
 
     @property
     def pid(self) -> int:

@@ -400,11 +400,11 @@ def test_the_tracers_own_rotation_and_gzip_lose_and_double_nothing(
 # --- a store held by another process --------------------------------------------------------
 
 HOLDER = """
-import sys, time
+import sys
 from infdebug.store import open_store
 st = open_store(home=sys.argv[1])
 print("holding", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # held until told to let go
 st.close()
 """
 
@@ -418,14 +418,22 @@ def test_a_store_held_by_another_process_is_waited_for_and_nothing_is_lost(
     log = _Log(str(logs / "app.jsonl"))
     log.write(0, 40)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, home, "4"], stdout=subprocess.PIPE, cwd=REPO
+        [sys.executable, "-c", HOLDER, home],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
     )
     assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+    assert holder.stdin is not None
     proc = _collect(home, str(logs), "--follow", "--interval", "0.1", "--json")
     err = home + "-run.err"
     try:
         _eventually(lambda: "waiting for the store" in _text(err), "the tailer to wait")
         log.write(40, 100)  # written while the store is held: the file keeps it
+        # held a while longer: the tailer tries again (its backoff starts at 0.5 s) and
+        # still says it waits only once
+        time.sleep(1.0)
+        holder.stdin.close()  # let go
         assert holder.wait(TIMEOUT) == 0
         holder.stdout.close()
         _eventually(lambda: _in_all(_text(err)) >= 100, "everything loaded")
@@ -438,8 +446,9 @@ def test_a_store_held_by_another_process_is_waited_for_and_nothing_is_lost(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()
         log.close()
     text = _text(err)
     assert text.count("waiting for the store") == 1, text  # said once, however long

@@ -54,8 +54,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     model = tmp_path_factory.mktemp("model") / "small"
     _infdebug(home, "make-model", str(model), "--preset", "small", "--chat-format", "llama3")
     log = str(tmp_path_factory.mktemp("log") / "dashboard.log")
-    with probe.dashboard(str(home), "--model", str(model), log=log) as url, \
-            probe.chromium() as driver:
+    with (
+        probe.dashboard(str(home), "--model", str(model), log=log) as url,
+        probe.chromium() as driver,
+    ):
         yield url, driver
     TIMINGS["store_requests"] = 323
     os.makedirs(ARTIFACTS, exist_ok=True)
@@ -188,7 +190,9 @@ def test_huge_and_hostile_requests_render(site: tuple[str, Any]) -> None:
         probe.shot(d, ARTIFACTS, f"request-{name}")
     from urllib.parse import quote
 
-    probe.open_page(d, f"{url}/requests?id={quote(HOSTILE_ID)}", probe.has(HOSTILE_ID), "hostile ID")
+    probe.open_page(
+        d, f"{url}/requests?id={quote(HOSTILE_ID)}", probe.has(HOSTILE_ID), "hostile ID"
+    )
     assert "r9'\"; DROP TABLE requests;" in probe.body(d)  # the replica, shown as it is
 
 

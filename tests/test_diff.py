@@ -5,16 +5,18 @@ selectors, and bad input (exit 2 naming the side; bad lines counted, the rest di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import re
+import tempfile
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_request
+from conftest import copy_home, make_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -25,6 +27,8 @@ from infdebug.diff import DiffResult, diff_store
 from infdebug.diff.render import lines, markdown, print_terminal, to_json
 from infdebug.diff.sides import load_sides
 from infdebug.schema import Request, encode_records
+from infdebug.store.base import migrate
+from infdebug.store.client import open_embedded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "sample_logs", "baseline")
@@ -42,9 +46,23 @@ def run(*args: str, home: str) -> Any:
 
 
 def diff_paths(
-    a: str, b: str, tmp: str, labels: tuple[str, str] = ("baseline", "candidate")
+    a: str,
+    b: str,
+    tmp: str,
+    labels: tuple[str, str] = ("baseline", "candidate"),
+    migrated: str | None = None,
 ) -> DiffResult:
-    with temporary_store("t-diff-") as (store, _):
+    """What ``infdebug diff A B`` computes: both sides loaded into a throwaway store (the
+    command's ``temporary_store``, or, given ``migrated``, a copy of that migrated home: the
+    same empty tables without running the migrations again), then diffed."""
+    with contextlib.ExitStack() as stack:
+        if migrated is None:
+            store, _ = stack.enter_context(temporary_store("t-diff-"))
+        else:
+            home = copy_home(migrated, os.path.join(tempfile.mkdtemp(dir=tmp), "home"))
+            store = open_embedded(home)  # as temporary_store: never a server
+            stack.callback(store.close)
+            migrate(store)  # nothing left to apply
         loads = load_sides(
             store, [(labels[0], [a]), (labels[1], [b])], rejects_path=lambda s: f"{tmp}/{s}.rej"
         )
@@ -52,8 +70,8 @@ def diff_paths(
 
 
 @pytest.fixture(scope="module")
-def sample_diff(tmp_path_factory: pytest.TempPathFactory) -> DiffResult:
-    return diff_paths(BASE, CANARY, str(tmp_path_factory.mktemp("d")))
+def sample_diff(tmp_path_factory: pytest.TempPathFactory, migrated_home: str) -> DiffResult:
+    return diff_paths(BASE, CANARY, str(tmp_path_factory.mktemp("d")), migrated=migrated_home)
 
 
 def test_the_canary_faults_are_named_and_nothing_else(sample_diff: DiffResult) -> None:
@@ -75,7 +93,7 @@ def test_the_canary_faults_are_named_and_nothing_else(sample_diff: DiffResult) -
 
 
 def test_a_log_against_itself_reports_nothing(tmp_path: Any) -> None:
-    res = diff_paths(CANARY, CANARY, str(tmp_path))
+    res = diff_paths(CANARY, CANARY, str(tmp_path))  # through the command's temporary_store
     assert res.findings == [] and res.sections == {} and res.worst() is None
     assert res.pairing["by_request_id"] == 160 and res.pairing["baseline_only"] == 0
     # the canary's own faults are on both sides: listed, unchanged
@@ -212,14 +230,14 @@ def _fleet(seed: int, side: str, slow: float, bos: bool) -> list[Request]:
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10_000), slow=st.sampled_from([1.0, 1.6]), bos=st.booleans())
 def test_swapping_the_sides_mirrors_every_signed_number(
-    tmp_path_factory: pytest.TempPathFactory, seed: int, slow: float, bos: bool
+    tmp_path_factory: pytest.TempPathFactory, migrated_home: str, seed: int, slow: float, bos: bool
 ) -> None:
     tmp = tmp_path_factory.mktemp("sym")
     a, b = tmp / "a.jsonl", tmp / "b.jsonl"
     a.write_bytes(encode_records(_fleet(seed, "x", 1.0, False)))
     b.write_bytes(encode_records(_fleet(seed + 1, "y", slow, bos)))
-    ab = diff_paths(str(a), str(b), str(tmp))
-    ba = diff_paths(str(b), str(a), str(tmp))
+    ab = diff_paths(str(a), str(b), str(tmp), migrated=migrated_home)
+    ba = diff_paths(str(b), str(a), str(tmp), migrated=migrated_home)
     flip = {"baseline": "candidate", "candidate": "baseline"}
 
     def keys(res: DiffResult, swap: bool) -> list[tuple[str, str, str]]:

@@ -299,7 +299,7 @@ def test_openai_client_streams_from_infdebug_serve(chatml_dir: str, tmp_path: An
                     raise AssertionError(
                         proc.stderr.read() if proc.stderr else "server did not start"
                     ) from None
-                time.sleep(0.3)
+                time.sleep(0.1)
         name = models.data[0].id
         stream = client.chat.completions.create(
             model=name, messages=CHAT, max_tokens=12, temperature=0, stream=True

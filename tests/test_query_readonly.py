@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, make_request
+from conftest import REPO, copy_home, make_request
 from hypothesis import HealthCheck, given, settings
 from strategies import text
 
@@ -56,14 +56,24 @@ def _embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("INFDEBUG_MAX_LATENCY_S", raising=False)
 
 
-@pytest.fixture
-def home(tmp_path: Any) -> str:
-    """A store holding six requests (r0, r1, r2 twice each)."""
-    h = str(tmp_path / "home")
-    f = tmp_path / "seed.jsonl"
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store holding six requests (r0, r1, r2 twice each), ingested once per module."""
+    root = tmp_path_factory.mktemp("seeded")
+    h = str(root / "home")
+    f = root / "seed.jsonl"
     f.write_bytes(encode_records([make_request(i) for i in range(6)]))
-    invoke(h, "ingest", str(f))
+    with pytest.MonkeyPatch.context() as mp:  # the autouse fixture is per test
+        mp.delenv("INFDEBUG_CLICKHOUSE_URL", raising=False)
+        mp.delenv("INFDEBUG_MAX_LATENCY_S", raising=False)
+        invoke(h, "ingest", str(f))
     return h
+
+
+@pytest.fixture
+def home(seeded_home: str, tmp_path: Any) -> str:
+    """A store holding six requests (r0, r1, r2 twice each): a copy of ``seeded_home``."""
+    return copy_home(seeded_home, str(tmp_path / "home"))
 
 
 def invoke(home: str, *args: str, code: int | None = 0) -> Any:

@@ -339,6 +339,7 @@ class RawOtlp:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self._closed = False
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -376,30 +377,65 @@ class RawOtlp:
         return out
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.server.shutdown()
         self.server.server_close()
 
 
-@pytest.mark.parametrize("redact", ["prompts", "all"])
+SERVED_REDACT = ("prompts", "all")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started(
+    model_dir: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[ServeProc, RawOtlp]]]:
+    """A real ``infdebug serve`` per --redact mode, each exporting to its own OTLP endpoint,
+    started side by side when the module starts (they come up while the in-process tests
+    run; each test of them uses its own and stops it)."""
+    out: dict[str, tuple[ServeProc, RawOtlp]] = {}
+    try:
+        for redact in SERVED_REDACT:
+            otlp = RawOtlp()
+            server = ServeProc(
+                model_dir,
+                tmp_path_factory.mktemp(f"serve-{redact}"),
+                "--redact",
+                redact,
+                "--log-level",
+                "debug",
+                "--otlp-endpoint",
+                otlp.url,
+                "--max-model-len",
+                "512",
+                "--inject",
+                f"fail-request={POISON}",
+                replica="r-red",
+                wait=False,
+            )
+            out[redact] = (server, otlp)
+        yield out
+    finally:
+        for server, otlp in out.values():
+            server.stop()
+            otlp.close()
+
+
+@pytest.fixture(scope="module")
+def served(
+    started: dict[str, tuple[ServeProc, RawOtlp]],
+) -> dict[str, tuple[ServeProc, RawOtlp]]:
+    for server, _ in started.values():
+        server.wait_ready()
+    return started
+
+
+@pytest.mark.parametrize("redact", SERVED_REDACT)
 def test_no_secret_in_what_infdebug_serve_writes_or_logs(
-    model_dir: str, tmp_path: Path, redact: str
+    served: dict[str, tuple[ServeProc, RawOtlp]], redact: str
 ) -> None:
-    otlp = RawOtlp()
-    server = ServeProc(
-        model_dir,
-        tmp_path,
-        "--redact",
-        redact,
-        "--log-level",
-        "debug",
-        "--otlp-endpoint",
-        otlp.url,
-        "--max-model-len",
-        "512",
-        "--inject",
-        f"fail-request={POISON}",
-        replica="r-red",
-    )
+    server, otlp = served[redact]
     try:
         with httpx.Client(base_url=server.url, timeout=120) as c:
             sent = _send_all(c)

@@ -66,11 +66,40 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
     return trained_model(tmp_path_factory)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def started(
+    trained: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServeProc]]:
+    """Two real servers of the trained model, started side by side when the module starts
+    (they come up while the in-process tests run): "shared" for the tests that share one,
+    "load" for the concurrent load, which stops it to read its trace."""
+    out: dict[str, ServeProc] = {}
+    try:
+        for name, replica in (("shared", "r-h"), ("load", "r-load")):
+            out[name] = ServeProc(
+                trained,
+                tmp_path_factory.mktemp(f"serve-{name}"),
+                *SERVE_ARGS,
+                replica=replica,
+                env=SERVE_ENV,
+                wait=False,
+            )
+        yield out
+    finally:
+        for s in out.values():
+            s.stop()
+
+
 @pytest.fixture(scope="module")
-def server(trained: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProc]:
-    s = ServeProc(trained, tmp_path_factory.mktemp("serve"), *SERVE_ARGS, env=SERVE_ENV)
-    yield s
-    s.stop()
+def servers(started: dict[str, ServeProc]) -> dict[str, ServeProc]:
+    for s in started.values():
+        s.wait_ready()
+    return started
+
+
+@pytest.fixture(scope="module")
+def server(servers: dict[str, ServeProc]) -> ServeProc:
+    return servers["shared"]
 
 
 def _is_openai_error(r: httpx.Response, status: int | None = None) -> dict[str, Any]:
@@ -253,34 +282,39 @@ CMPL, CHATP = "/v1/completions", "/v1/chat/completions"
 MSG = b'{"messages": [{"role": "user", "content": '
 
 
-@pytest.mark.parametrize(
-    ("path", "raw", "param"),
-    [
-        (CMPL, b'{"prompt": "x", "temperature": NaN}', None),
-        (CMPL, b'{"prompt": "x", "stream": true, "stream_options": 3}', "stream_options"),
-        (CMPL, b'{"prompt": "x", "stream": true, "stream_options": []}', "stream_options"),
-        (CMPL, b'{"prompt": "x", "stream_options": {"include_usage": true}}', "stream_options"),
-        (CMPL, b'{"prompt": "\\ud800 x"}', "prompt"),
-        (CHATP, MSG + b'"\\udc00"}]}', "messages"),
-        (CHATP, MSG + b"5}]}", "messages"),
-        (CHATP, MSG + b'"x", "name": {}}]}', "messages"),
-        (CHATP, MSG + b'"x"}], "tools": "f"}', "tools"),
-        (CHATP, b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
-        (CMPL, b"[" * 200_000 + b"]" * 200_000, None),
-        (CMPL, b'{"prompt": "x", "top_p": 0}', "top_p"),
-        (CMPL, b'{"prompt": "x", "seed": 99999999999999999999}', "seed"),
-    ],
-)
-def test_malformed_requests_get_openai_errors_and_leave_no_trace(
-    server: ServeProc, path: str, raw: bytes, param: str | None
-) -> None:
+MALFORMED: list[tuple[str, bytes, str | None]] = [
+    (CMPL, b'{"prompt": "x", "temperature": NaN}', None),
+    (CMPL, b'{"prompt": "x", "stream": true, "stream_options": 3}', "stream_options"),
+    (CMPL, b'{"prompt": "x", "stream": true, "stream_options": []}', "stream_options"),
+    (CMPL, b'{"prompt": "x", "stream_options": {"include_usage": true}}', "stream_options"),
+    (CMPL, b'{"prompt": "\\ud800 x"}', "prompt"),
+    (CHATP, MSG + b'"\\udc00"}]}', "messages"),
+    (CHATP, MSG + b"5}]}", "messages"),
+    (CHATP, MSG + b'"x", "name": {}}]}', "messages"),
+    (CHATP, MSG + b'"x"}], "tools": "f"}', "tools"),
+    (CHATP, b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+    (CMPL, b"[" * 200_000 + b"]" * 200_000, None),
+    (CMPL, b'{"prompt": "x", "top_p": 0}', "top_p"),
+    (CMPL, b'{"prompt": "x", "seed": 99999999999999999999}', "seed"),
+]
+
+
+def test_malformed_requests_get_openai_errors_and_leave_no_trace(server: ServeProc) -> None:
+    """Each body in turn: a 400 naming its parameter, no request ID, the server still well;
+    then one writer cycle for all of them together: not one left a trace record."""
     before = len(server.records())
-    r = httpx.post(server.url + path, content=raw, timeout=60)
-    err = _is_openai_error(r, 400)
-    assert err["param"] == param, err
-    assert "x-request-id" not in r.headers
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    assert _wait_records(server, before, timeout_s=0) == before
+    for path, raw, param in MALFORMED:
+        case = (path, raw[:80])
+        r = httpx.post(server.url + path, content=raw, timeout=60)
+        assert r.status_code == 400, (case, r.status_code, r.text[:300])
+        err = _is_openai_error(r, 400)
+        assert err["param"] == param, (case, err)
+        assert "x-request-id" not in r.headers, case
+        assert httpx.get(server.url + "/health").json()["status"] == "ok", case
+        assert len(server.records()) == before, case
+    assert _wait_records(server, before, timeout_s=0) == before, [
+        (r.get("request_id"), (r.get("prompt_text") or "")[:80]) for r in server.records()[before:]
+    ]
 
 
 def test_bodies_over_the_cap_are_refused_with_413(server: ServeProc) -> None:
@@ -515,8 +549,8 @@ async def _load(url: str, n: int) -> dict[str, Any]:
         }
 
 
-def test_bystanders_stream_through_hostile_requests(trained: str, tmp_path: Path) -> None:
-    server = ServeProc(trained, tmp_path, *SERVE_ARGS, replica="r-load", env=SERVE_ENV)
+def test_bystanders_stream_through_hostile_requests(servers: dict[str, ServeProc]) -> None:
+    server = servers["load"]  # a server of its own: nothing but this load in its trace
     try:
         got = asyncio.run(_load(server.url, n=8))
         assert server.stop() == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,9 @@ def scripted(script: Script) -> Starlette:
 @pytest.fixture(scope="module")
 def script() -> Any:
     s = Script()
-    up = ThreadServer(scripted(s))
+    # its hung handlers ("hang-json" sleeps 30 s, and nothing cancels a handler that is not
+    # streaming) would hold the shutdown until they end: cancelled after a second instead
+    up = ThreadServer(scripted(s), timeout_graceful_shutdown=1)
     side = SidecarThread(up.url, upstream_timeout_s=1.0)
     yield s, up, side
     side.stop()
@@ -261,15 +264,24 @@ def test_hop_by_hop_headers_stay_and_others_pass(script: Any) -> None:
 # --- a real engine: infdebug serve -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+@pytest.fixture(scope="module", autouse=True)
+def engine_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServeProc]]:
+    """``infdebug serve`` on a tiny model, started when the module starts: it comes up while
+    the scripted-upstream tests run."""
     root = tmp_path_factory.mktemp("sc-engine")
     model = make_model(str(root / "tiny"), preset="tiny", arch="llama", chat_format="chatml")
-    up = ServeProc(model, root, replica="up")
+    up = ServeProc(model, root, replica="up", wait=False)
+    yield model, up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(engine_started: tuple[str, ServeProc]) -> Any:
+    model, up = engine_started
+    up.wait_ready()
     side = SidecarThread(up.url, model_dir=model)
     yield model, up, side
     side.stop()
-    up.stop()
 
 
 # what differs between two runs of one request: its ID, its time, and its prefix-cache hits

@@ -33,7 +33,9 @@ NAME = "tiny"  # the served model name on both
 class SidecarProc:
     """``infdebug sidecar`` as an operator runs it, in front of ``upstream``."""
 
-    def __init__(self, upstream: str, root: Path, replica: str, model: str, *extra: str) -> None:
+    def __init__(
+        self, upstream: str, root: Path, replica: str, model: str, *extra: str, wait: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.trace_dir = root / f"traces-{replica}"
@@ -46,6 +48,10 @@ class SidecarProc:
              "--trace-dir", str(self.trace_dir), *extra],
             stdout=subprocess.DEVNULL, stderr=self._log,
         )  # fmt: skip
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -55,7 +61,7 @@ class SidecarProc:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"sidecar did not start: {self.log.read_text()}")
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -68,12 +74,17 @@ class SidecarProc:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("two-engines")
     model = trained_model(tmp_path_factory)
-    infd = ServeProc(model, root, "--served-model-name", NAME, replica="up-infdebug")
-    hf = TransformersServe(model, root)
+    # the two engines start side by side, then their two sidecars
+    infd = ServeProc(model, root, "--served-model-name", NAME, replica="up-infdebug", wait=False)
+    hf = TransformersServe(model, root, wait=False)
+    infd.wait_ready()
+    hf.wait_ready()
     sides = {
-        "infd": SidecarProc(infd.url, root, "infd", model),
-        "hf": SidecarProc(hf.url, root, "hf", model, "--engine-name", "transformers"),
+        "infd": SidecarProc(infd.url, root, "infd", model, wait=False),
+        "hf": SidecarProc(hf.url, root, "hf", model, "--engine-name", "transformers", wait=False),
     }
+    for s in sides.values():
+        s.wait_ready()
     yield model, {"infd": infd.url, "hf": hf.url}, sides, root
     for s in sides.values():
         s.stop()

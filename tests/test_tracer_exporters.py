@@ -410,7 +410,7 @@ def test_sigterm_loses_no_finished_request(model_dir: str, tmp_path: Any) -> Non
                     raise AssertionError(
                         proc.stderr.read() if proc.stderr else "server did not start"
                     ) from None
-                time.sleep(0.3)
+                time.sleep(0.1)
         with httpx.Client(base_url=base, timeout=60) as client:
             for i in range(12):
                 r = client.post(

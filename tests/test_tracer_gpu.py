@@ -323,7 +323,13 @@ def test_sampler_thread_emits_records_and_stop_joins() -> None:
 
     sampler = GpuSampler(SimulatedProbe(lambda: 0.5, gpus=2), "r1", emit, hz=4.0)
     sampler.start()
-    time.sleep(0.6)
+    deadline = time.monotonic() + 30
+    while True:  # ≥ 2 ticks × 2 GPUs
+        with lock:
+            if len(got) >= 4:
+                break
+        assert time.monotonic() < deadline, f"{len(got)} samples"
+        time.sleep(0.02)
     sampler.stop()
     n = len(got)
     assert n >= 4  # ≥ 2 ticks × 2 GPUs

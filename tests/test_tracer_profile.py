@@ -106,7 +106,7 @@ def test_profile_a_running_replica(tmp_path: Any) -> None:
                     raise AssertionError(
                         server.stderr.read() if server.stderr else "no server"
                     ) from None
-                time.sleep(0.3)
+                time.sleep(0.1)
         th.start()
         p = subprocess.run(
             [
