@@ -114,6 +114,58 @@ def repair(obj: CliContext, as_json: bool) -> None:
     sys.exit(1 if left else 0)
 
 
+@store_group.command("init")
+@click.option(
+    "--cluster",
+    "cluster",
+    default=None,
+    help="Create the schema on this ClickHouse cluster (remote_servers name): each table as "
+    "a Replicated <name>_local ON CLUSTER plus a Distributed table under its own name. "
+    "Needs --clickhouse (one node of the cluster).",
+)
+@click.option(
+    "--database",
+    default=None,
+    help="The database on the cluster (default: the --clickhouse URL's).",
+)
+@json_option('Print {"store", "cluster", "database", "applied": [versions]}.')
+@pass_cli
+def init(obj: CliContext, cluster: str | None, database: str | None, as_json: bool) -> None:
+    """Create or migrate the schema: on one store, or (--cluster) on every node of a cluster.
+
+    Run it again after an upgrade: it applies the migrations the store lacks. Exit code: 0
+    done, 2 the store could not be reached or a statement failed.
+    """
+    from infdebug.errors import InputError
+    from infdebug.store.base import migrate
+    from infdebug.store.client import open_embedded, open_server
+    from infdebug.store.cluster import Cluster, migrate_cluster
+
+    url, home = _where(obj)
+    try:
+        if cluster is None:
+            st = open_server(url) if url else open_embedded(home or "")
+            where, applied = st.description, migrate(st)
+            db = None
+        else:
+            if not url:
+                fail("--cluster needs --clickhouse URL (a node of the cluster)")
+            st = open_server(url)
+            where = st.description
+            _, rows = st.query("SELECT currentDatabase()")
+            db = database or str(rows[0][0])
+            applied = migrate_cluster(st, Cluster(cluster, db))
+        st.close()
+    except (StoreError, InputError) as e:
+        fail(str(e))
+    if as_json:
+        print_json({"store": where, "cluster": cluster, "database": db, "applied": applied})
+    else:
+        done = ", ".join(map(str, applied)) or "none (up to date)"
+        on = f" (cluster {cluster}, database {db})" if cluster else ""
+        out_console.print(f"{escape(where)}{escape(on)}: migrations applied: {done}")
+
+
 def _report(where: str, done: list[str], left: Any, as_json: bool) -> None:
     if as_json:
         if left is not None:
@@ -148,5 +200,5 @@ def _print_problems(where: str, problems: Any) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add the ``store`` group (``check``, ``repair``) to ``group``."""
+    """Add the ``store`` group (``init``, ``check``, ``repair``) to ``group``."""
     group.add_command(store_group)
