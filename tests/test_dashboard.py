@@ -143,6 +143,17 @@ def test_overview_shows_the_canary_findings(dash: runtime.Runtime) -> None:
     assert first.startswith(":red-badge[error]")
 
 
+def test_overview_heatmap_switches_to_tpot(dash: runtime.Runtime) -> None:
+    at = _run("overview")
+    (choice,) = [w for w in at.get("segmented_control") if w.key == "heatmap_metric"]
+    assert choice.value == "TTFT p99"
+    choice.set_value("TPOT p99").run()
+    assert not at.exception, [e.message for e in at.exception]
+    specs = [c.proto.spec for c in at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")]
+    assert any("TPOT p99 (mean inter-token gap)" in s for s in specs)
+    assert not any('"TTFT p99"' in s for s in specs)  # one heatmap at a time
+
+
 def _finding_id(rt: runtime.Runtime, kind: str, replica: str) -> str:
     a = rt.analysis({"since": 0.0, "until": 1e11, "replicas": []})
     assert a is not None

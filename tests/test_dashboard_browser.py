@@ -116,12 +116,23 @@ def test_click_finding_through_to_token_diff(site: tuple[str, Any]) -> None:
     url, d = site
     probe.open_page(d, url + "/", _feed_done, "the findings feed")
     # the double-BOS finding's "details" link: the first finding link after its title
-    link = d.execute_script(_LINK_OF, "template.double_bos")
-    assert link is not None, probe.body(d)[:2000]
-    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
-    t0 = time.perf_counter()
-    n = probe.run_number(d)
-    link.click()
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        StaleElementReferenceException,
+    )
+
+    for attempt in range(5):  # a rerun still finishing may redraw the feed under the click
+        link = d.execute_script(_LINK_OF, "template.double_bos")
+        assert link is not None, probe.body(d)[:2000]
+        try:
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
+            t0 = time.perf_counter()
+            n = probe.run_number(d)
+            link.click()
+            break
+        except (StaleElementReferenceException, ElementClickInterceptedException):
+            assert attempt < 4, "the finding's link kept being redrawn"
+            time.sleep(0.5)
     probe.wait_for(
         d, probe.has("Finding detail", "first divergence at token 1"), 60, "token diff", after=n
     )

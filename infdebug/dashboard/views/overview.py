@@ -1,4 +1,4 @@
-"""Fleet overview: SLO attainment and QPS, replica × time heatmaps of TTFT and TPOT p99, the
+"""Fleet overview: SLO attainment and QPS, a replica × time heatmap of TTFT or TPOT p99, the
 per-replica percentile table against the fleet, GPU sparklines and the findings feed."""
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from infdebug.dashboard import charts, data, feed, ui
 from infdebug.dashboard.tables import fleet_series, unit_table_view
 
 W = None  # charts take the width of their column
+TTFT = "TTFT p99"
+HEATMAPS = {  # the heatmap's choices: label → (column, title)
+    TTFT: ("ttft_p99", "TTFT p99"),
+    "TPOT p99": ("tpot_p99", "TPOT p99 (mean inter-token gap)"),
+}
 
 
 def budgets() -> tuple[float | None, float | None]:
@@ -59,11 +64,13 @@ def main() -> None:
         st.altair_chart(charts.qps(series, W), width="stretch")
         if ttft or tpot:
             st.altair_chart(charts.attainment(series, W), width="stretch")
-        st.altair_chart(charts.heatmap(bins, "ttft_p99", "TTFT p99", W), width="stretch")
-        st.altair_chart(
-            charts.heatmap(bins, "tpot_p99", "TPOT p99 (mean inter-token gap)", W),
-            width="stretch",
+        # one heatmap, its metric chosen: each Vega chart costs the browser most of a
+        # second to draw (bench/dashboard.py), two heatmaps one above the other doubled that
+        metric = st.segmented_control(
+            "Replica × time heatmap", list(HEATMAPS), default=TTFT, key="heatmap_metric"
         )
+        column, title = HEATMAPS[metric or TTFT]
+        st.altair_chart(charts.heatmap(bins, column, title, W), width="stretch")
     with right:
         st.subheader("Findings")
         feed.show(page, limit=15)
