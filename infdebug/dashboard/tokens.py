@@ -46,8 +46,10 @@ def pieces(tokenizer: Any, ids: Sequence[int]) -> list[tuple[str, bool]] | None:
         if v:
             special.add(v)
     inner = getattr(tokenizer, "tok", None)  # a TokenizerBundle's tokenizers.Tokenizer
-    with contextlib.suppress(Exception):
-        special |= {t.content for t in inner.get_added_tokens_decoder().values() if t.special}
+    if inner is not None:
+        with contextlib.suppress(Exception):
+            added = inner.get_added_tokens_decoder().values()
+            special |= {t.content for t in added if t.special}
     out = []
     for i in ids:
         try:
