@@ -6,8 +6,10 @@ A spool is a directory of segment files ``seg-<first seq>.spool``. Each frame is
 directory when a segment is created), so what it returned a sequence number for survives a
 crash. A segment is closed at ``segment_bytes``; the loader deletes segments whose frames
 are all loaded (``release``). ``max_bytes`` bounds the spool: an append that would pass it is
-refused (``SpoolFull``) and counted. A frame whose header or checksum is wrong is reported
-(file, offset, why) by ``frames`` and the rest of the segment is read from the next magic.
+refused (``SpoolFull``) and counted. When the last segment is deleted, the last sequence
+number is kept in ``last-seq``, so numbers never start again below what was loaded. A frame
+whose header or checksum is wrong is reported (file, offset, why) by ``frames`` and the rest
+of the segment is read from the next magic. Appends fsync every frame (one fsync a batch).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ MAGIC = b"IDSP"
 HEADER = struct.Struct(">4sQII")
 SEGMENT_BYTES = 8 << 20
 MAX_FRAME = 256 << 20
+FLOOR = "last-seq"  # kept when every segment is deleted
 _NAME = re.compile(r"^seg-(\d{20})\.spool$")
 
 
@@ -63,8 +66,24 @@ class Spool:
         for path in self.segments():
             for seq, _, _ in self._scan(path, lambda c: None):
                 last = max(last, seq)
-        self._next = last + 1
+        self._next = max(last, self._floor()) + 1
         self._cur: str | None = None
+
+    def _floor(self) -> int:
+        """The last sequence number handed out before every segment was deleted."""
+        try:
+            with open(os.path.join(self.directory, FLOOR)) as fh:
+                return int(fh.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _save_floor(self) -> None:
+        path = os.path.join(self.directory, FLOOR)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(str(self._next - 1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(path + ".tmp", path)
 
     def segments(self) -> list[str]:
         """Segment paths in sequence order."""
@@ -129,6 +148,8 @@ class Spool:
                     continue
                 if nxt is None and self._next - 1 > upto:
                     continue
+                if nxt is None:
+                    self._save_floor()  # numbers go on from here, not from 1 again
                 os.unlink(path)
                 n += 1
         return n
