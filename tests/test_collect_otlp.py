@@ -210,3 +210,62 @@ def test_the_decoder_raises_only_its_own_error(body: bytes, ct: str, enc: str) -
 def test_the_json_decoder_raises_only_its_own_error(doc: Any) -> None:
     with contextlib.suppress(OtlpDecodeError):
         decode_request(json.dumps(doc).encode(), "application/json")
+
+
+def test_the_collect_otlp_command_receives_loads_and_stops(
+    tmp_path: Any, migrated_home: str
+) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO, copy_home
+
+    from infdebug.store import open_store
+
+    home = copy_home(migrated_home, str(tmp_path / "home"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from infdebug.cli import main; main()",
+            "--home",
+            home,
+            "collect",
+            "otlp",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--json",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/traces", json=_json_body(4))
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < end and proc.poll() is None
+                time.sleep(0.1)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["received"] == 1 and doc["loaded_spans"] == 4, doc
+    st = open_store(home=home)
+    try:
+        assert st.query("SELECT count() FROM otel_traces")[1][0][0] == 4
+    finally:
+        st.close()

@@ -197,4 +197,6 @@ def _stopping(stop: Callable[[], None]) -> Iterator[None]:
 
 def register(group: click.Group) -> None:
     """Add ``collect`` (and its subcommands) to ``group``."""
+    import infdebug.cli.collect_otlp  # noqa: F401  (registers `collect otlp`)
+
     group.add_command(collect_group)
