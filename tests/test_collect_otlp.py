@@ -269,3 +269,54 @@ def test_the_collect_otlp_command_receives_loads_and_stops(
         assert st.query("SELECT count() FROM otel_traces")[1][0][0] == 4
     finally:
         st.close()
+
+
+def test_vllm_shaped_spans_become_request_records(receiver: Any, store: Store) -> None:
+    # the attribute names of vllm/tracing.py SpanAttributes, set as vLLM's
+    # output_processor does on its "llm_request" span (SpanKind.SERVER)
+    exp = OTLPSpanExporter(endpoint=_url(receiver), timeout=10)
+    res = Resource({"service.name": "vllm.llm_engine", "k8s.pod.name": "pod-7"})
+    provider = TracerProvider(resource=res)
+    provider.add_span_processor(SimpleSpanProcessor(exp))
+    tracer = provider.get_tracer("vllm.llm_engine")
+    for i in range(3):
+        with tracer.start_as_current_span("llm_request", kind=SpanKind.SERVER) as sp:
+            sp.set_attributes(
+                {
+                    "gen_ai.response.model": "meta-llama/Llama-3.1-8B",
+                    "gen_ai.request.id": f"cmpl-{i}",
+                    "gen_ai.request.temperature": 0.7,
+                    "gen_ai.request.top_p": 0.9,
+                    "gen_ai.request.max_tokens": 128,
+                    "gen_ai.request.n": 1,
+                    "gen_ai.usage.prompt_tokens": 40 + i,
+                    "gen_ai.usage.completion_tokens": 12,
+                    "gen_ai.latency.time_in_queue": 0.25,
+                    "gen_ai.latency.time_to_first_token": 0.5,
+                    "gen_ai.latency.e2e": 1.5 + i,
+                    "gen_ai.latency.time_in_scheduler": 0.01,
+                    "gen_ai.latency.time_in_model_forward": 0.8,
+                    "gen_ai.latency.time_in_model_execute": 0.9,
+                    "gen_ai.response.finish_reasons": ["length"],
+                }
+            )
+    provider.shutdown()
+    loader = SpoolLoader(receiver.spool, lambda: store)
+    loader.load_once(store)
+    assert loader.stats()["loaded_requests"] == 3
+    _, rows = store.query(
+        "SELECT request_id, replica, model, engine, queue_s, ttft_s, e2e_s, prompt_tokens, "
+        "output_tokens, finish_reason FROM requests ORDER BY request_id"
+    )
+    assert [r[0] for r in rows] == ["cmpl-0", "cmpl-1", "cmpl-2"]
+    assert rows[1][1:] == (
+        "pod-7",
+        "meta-llama/Llama-3.1-8B",
+        "vllm",
+        0.25,
+        0.5,
+        2.5,
+        41,
+        12,
+        "length",
+    )

@@ -3,7 +3,8 @@
 ``OtlpReceiver`` answers ``POST /v1/traces`` (protobuf or JSON, maybe gzip): it decodes the
 body (collectors/otlp_decode.py), appends it to the spool (collectors/spool.py), durably, and
 only then answers 200. ``SpoolLoader`` replays the spool's frames in sequence order into
-``otel_traces``, exactly once: before a chunk of frames is inserted, its last sequence number
+``otel_traces`` (and request records, collectors/otlp_requests.py), exactly once: before a
+chunk of frames is inserted, its last sequence number
 is saved as pending in ``ingest_state`` (``pending_batch``); after, as loaded (``offset``).
 A loader that died in between finds the pending chunk, deletes its spans (by trace and span
 ID) and loads it again. While the store is held or unreachable it waits with backoff, says
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from infdebug.collectors.otlp_decode import OtlpDecodeError, decode_request, span_rows
+from infdebug.collectors.otlp_requests import request_of
 from infdebug.collectors.spool import Corruption, Spool, SpoolFull
+from infdebug.schema import encode_record
 from infdebug.store.base import Store, StoreBusy, StoreError, StoreFull
-from infdebug.store.ingest_state import IngestState, load_state, save_state
+from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
+from infdebug.store.ingest_state import IngestState, load_state, rollback_batch, save_state
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 CHUNK_FRAMES = 64
@@ -83,6 +88,7 @@ class SpoolLoader:
         self.interval = interval
         self.loaded_frames = 0
         self.loaded_spans = 0
+        self.loaded_requests = 0
         self.corrupt: list[Corruption] = []
         self.waits = 0
         self._cid = (
@@ -94,6 +100,7 @@ class SpoolLoader:
         return {
             "loaded_frames": self.loaded_frames,
             "loaded_spans": self.loaded_spans,
+            "loaded_requests": self.loaded_requests,
             "corrupt_frames": len(self.corrupt),
             "store_waits": self.waits,
         }
@@ -136,12 +143,39 @@ class SpoolLoader:
         if rows:
             data = "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
             store.command(_INSERT, {"data": data})
+            self._requests(store, rows, self._batch(chunk[-1][0]))
         state.offset, state.pending_batch = chunk[-1][0], 0
         state.rows += len(rows)
         save_state(store, state, self.spool.directory)
         self.loaded_frames += len(chunk)
         self.loaded_spans += len(rows)
         return len(rows)
+
+    def _batch(self, seq: int) -> int:
+        """The ``_batch`` the request records of the chunk ending at ``seq`` carry."""
+        h = hashlib.sha256(f"{self._cid}:{seq}".encode()).digest()
+        return (int.from_bytes(h[:8], "big") >> 1) or 1
+
+    def _requests(self, store: Store, rows: list[dict[str, Any]], batch: int) -> None:
+        recs = [r for r in map(request_of, rows) if r is not None]
+        if not recs:
+            return
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
+            for r in recs:
+                fh.write(encode_record(r))
+        settings = dict(JSONL_READ_SETTINGS, input_format_skip_unknown_fields=1)
+        try:
+            store.insert_jsonl(
+                TABLES["request"],
+                fh.name,
+                "otlp:" + self.spool.directory,
+                batch,
+                settings,
+                guarded=False,
+            )
+        finally:
+            os.unlink(fh.name)
+        self.loaded_requests += len(recs)
 
     def _undo(self, store: Store, state: IngestState) -> None:
         """Delete the spans of the chunk a loader died loading (pending, not loaded)."""
@@ -154,6 +188,7 @@ class SpoolLoader:
                 {"k": keys},
                 {"mutations_sync": 2},
             )
+        rollback_batch(store, self._batch(state.pending_batch), [TABLES["request"]])
         state.pending_batch = 0
         save_state(store, state, self.spool.directory)
 
