@@ -77,9 +77,9 @@ def test_sdk_exporter_spans_land_in_otel_traces(receiver: Any, store: Store, gz:
     rows = _spans(store)
     assert {r[0] for r in rows} == ids
     r = rows[0]
-    assert r[1:4] == ("llm_request", "Server", "vllm")
+    assert r[1:4] == ("llm_request", "SPAN_KIND_SERVER", "vllm")
     assert r[4] == "replica-3" and r[5].startswith("r") and r[6] == "test-scope"
-    assert r[7] == "Unset" and list(r[8]) == ["first_token"]
+    assert r[7] == "STATUS_CODE_UNSET" and list(r[8]) == ["first_token"]
     assert loader.load_once(store) == 0  # loaded once
     assert len(_spans(store)) == 5
     assert receiver.spool.segments() == []  # loaded segments deleted
@@ -131,9 +131,9 @@ def test_json_otlp_by_httpx(receiver: Any, store: Store) -> None:
     )
     assert len(rows) == 3
     tid, kind, dur, attrs, code, msg, ts = rows[0]
-    assert tid == "5b8efff798038103d269b633813fc60c" and kind == "Client"
+    assert tid == "5b8efff798038103d269b633813fc60c" and kind == "SPAN_KIND_CLIENT"
     assert dur == 250_000_000 and dict(attrs) == {"n": "7", "ok": "true"}
-    assert (code, msg, ts) == ("Error", "boom", T0)
+    assert (code, msg, ts) == ("STATUS_CODE_ERROR", "boom", T0)
 
 
 def test_bad_requests_are_refused_and_the_receiver_keeps_serving(tmp_path: Any) -> None:

@@ -1,9 +1,9 @@
 """OTLP/HTTP trace bodies (protobuf or JSON, maybe gzip) decoded into ``otel_traces`` rows.
 
 The rows follow the OpenTelemetry Collector ClickHouse exporter's layout: hex IDs, the span
-kind and status code as the collector's pdata names them (``Server``, ``Unset``/``Ok``/
-``Error``), attribute values as strings, ``Duration`` in nanoseconds. Anything that is not a
-well-formed body raises ``OtlpDecodeError`` (an ``InputError``), never another exception.
+kind and status code as the exporter writes them (``SPAN_KIND_SERVER``,
+``STATUS_CODE_UNSET``/``_OK``/``_ERROR``: traceutil.SpanKindStr / StatusCodeStr), attribute
+values as strings, ``Duration`` in nanoseconds. Anything that is not a well-formed body raises ``OtlpDecodeError`` (an ``InputError``), never another exception.
 """
 
 from __future__ import annotations
@@ -20,8 +20,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from infdebug.errors import InputError
 
-KINDS = {0: "Unspecified", 1: "Internal", 2: "Server", 3: "Client", 4: "Producer", 5: "Consumer"}
-STATUS = {0: "Unset", 1: "Ok", 2: "Error"}
+# as the collector-contrib exporter writes them (internal/coreinternal/traceutil SpanKindStr,
+# StatusCodeStr: the proto's enum names)
+KINDS = {
+    0: "SPAN_KIND_UNSPECIFIED",
+    1: "SPAN_KIND_INTERNAL",
+    2: "SPAN_KIND_SERVER",
+    3: "SPAN_KIND_CLIENT",
+    4: "SPAN_KIND_PRODUCER",
+    5: "SPAN_KIND_CONSUMER",
+}
+STATUS = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
 _HEX_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 
