@@ -3,7 +3,8 @@
 The rows follow the OpenTelemetry Collector ClickHouse exporter's layout: hex IDs, the span
 kind and status code as the exporter writes them (``SPAN_KIND_SERVER``,
 ``STATUS_CODE_UNSET``/``_OK``/``_ERROR``: traceutil.SpanKindStr / StatusCodeStr), attribute
-values as strings, ``Duration`` in nanoseconds. Anything that is not a well-formed body raises ``OtlpDecodeError`` (an ``InputError``), never another exception.
+values as strings, ``Duration`` in nanoseconds. Anything that is not a well-formed body
+raises ``OtlpDecodeError`` (an ``InputError``), never another exception.
 """
 
 from __future__ import annotations
