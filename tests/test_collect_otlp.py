@@ -320,3 +320,28 @@ def test_vllm_shaped_spans_become_request_records(receiver: Any, store: Store) -
         12,
         "length",
     )
+
+
+def test_infdebug_tracer_spans_round_trip_to_request_records(receiver: Any, store: Store) -> None:
+    from conftest import make_request
+
+    from infdebug.tracer.otel import OtelExporter
+
+    exp = OtelExporter(
+        replica="r9", model="m", endpoint=f"http://127.0.0.1:{receiver.port}", deployment="canary"
+    )
+    now = time.time()
+    for i in range(3):
+        exp.export(make_request(i, replica="r9", t_arrival=now + i))
+    exp.shutdown()
+    SpoolLoader(receiver.spool, lambda: store).load_once(store)
+    _, rows = store.query(
+        "SELECT request_id, replica, deployment, model, engine, queue_s, ttft_s, e2e_s, "
+        "prompt_ids, output_ids, finish_reason FROM requests ORDER BY request_id"
+    )
+    assert [r[0] for r in rows] == ["req-0", "req-1", "req-2"]
+    want = make_request(1)
+    assert rows[1][1:5] == ("r9", "stable", "m", "infdebug")  # the record's own deployment
+    assert rows[1][5:8] == pytest.approx((want.queue_s, want.ttft_s, want.e2e_s))
+    assert list(rows[1][8]) == want.prompt_ids and list(rows[1][9]) == want.output_ids
+    assert rows[1][10] == "stop"
