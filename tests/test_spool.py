@@ -31,6 +31,8 @@ def _batch(first: int, n: int) -> bytes:
         s.trace_id = (7).to_bytes(16, "big")
         s.span_id = (i + 1).to_bytes(8, "big")
         s.name = "op"
+        a = s.attributes.add()  # a request span too: a request record per span
+        a.key, a.value.string_value = "gen_ai.request.id", f"q{i}"
         s.start_time_unix_nano, s.end_time_unix_nano = T0, T0 + 1000
     return req.SerializeToString()
 
@@ -38,9 +40,12 @@ def _batch(first: int, n: int) -> bytes:
 def _span_ids(home: str) -> list[str]:
     st = open_store(home=home)
     try:
-        return [r[0] for r in st.query("SELECT SpanId FROM otel_traces ORDER BY SpanId")[1]]
+        spans = [r[0] for r in st.query("SELECT SpanId FROM otel_traces ORDER BY SpanId")[1]]
+        reqs = st.query("SELECT count(), uniqExact(request_id) FROM requests")[1][0]
     finally:
         st.close()
+    assert reqs == (len(spans), len(spans))  # one request record per span, none doubled
+    return spans
 
 
 def _want(n: int) -> list[str]:
@@ -93,12 +98,11 @@ from infdebug.collectors.otlp import SpoolLoader
 from infdebug.collectors.spool import Spool
 from infdebug.store import open_store
 st = open_store(home=sys.argv[2])
-real = st.command
-def command(sql, *a, **k):
-    real(sql, *a, **k)
-    if sql.startswith("INSERT INTO otel_traces"):
-        os.kill(os.getpid(), signal.SIGKILL)  # inserted, not yet recorded as loaded
-st.command = command
+real = st.insert_jsonl
+def insert_jsonl(*a, **k):  # the chunk's request records, after its spans
+    real(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)  # both inserted, not yet recorded as loaded
+st.insert_jsonl = insert_jsonl
 SpoolLoader(Spool(sys.argv[1]), lambda: st).load_once(st)
 """
 
