@@ -32,6 +32,7 @@ TokenId = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
 UInt16 = Annotated[int, msgspec.Meta(ge=0, le=2**16 - 1)]
 UInt32 = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
 UInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # msgspec bounds stop at int64
+Micros = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]  # µs offsets: up to 71 minutes
 FinishReason = Literal["stop", "length", "abort", "error"]
 Severity = Literal["info", "warning", "error"]
 MetricType = Literal["counter", "gauge", "histogram", "summary", "untyped"]
@@ -90,6 +91,22 @@ class Request(_Record, frozen=True, tag="request"):
     # directory's tokenizer and chat template: ``prompt_text``, ``prompt_ids``,
     # ``output_ids``, ``token_times_s``); empty (null reads as []): every field is the engine's.
     derived: list[str] | None = None
+    # Additive (v3): the per-token times as integer microseconds from arrival, the form the
+    # store keeps compactly (bench/storage.py). A record may carry either form or both; one
+    # with only this one gets ``token_times_s`` derived from it (``__post_init__``), so
+    # every reader and the store see the same times from either form.
+    token_offsets_us: list[Micros] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        us = self.token_offsets_us
+        if us and not self.token_times_s:
+            msgspec.structs.force_setattr(self, "token_times_s", [u / 1e6 for u in us])
+
+
+def offsets_us(times_s: list[float]) -> list[int]:
+    """``token_times_s`` as ``token_offsets_us`` (rounded to the microsecond)."""
+    return [round(t * 1e6) for t in times_s]
 
 
 class GpuSample(_Record, frozen=True, tag="gpu"):
@@ -175,7 +192,14 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
 
 
 _ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
-    "Request": ("token_times_s", "prompt_ids", "output_ids", "output_logprobs", "derived"),
+    "Request": (
+        "token_times_s",
+        "prompt_ids",
+        "output_ids",
+        "output_logprobs",
+        "derived",
+        "token_offsets_us",
+    ),
     "GpuSample": ("throttle_reasons",),
 }
 

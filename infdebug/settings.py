@@ -12,6 +12,8 @@ import os
 HOME = "INFDEBUG_HOME"
 CLICKHOUSE_URL = "INFDEBUG_CLICKHOUSE_URL"
 RETENTION_DAYS = "INFDEBUG_RETENTION_DAYS"
+TRACE_RETENTION_DAYS = "INFDEBUG_TRACE_RETENTION_DAYS"
+TRACE_SAMPLE = "INFDEBUG_TRACE_SAMPLE"
 MAX_LATENCY_S = "INFDEBUG_MAX_LATENCY_S"
 DEMO_SECONDS = "INFDEBUG_DEMO_SECONDS"
 DEMO_PORT = "INFDEBUG_DEMO_PORT"
@@ -25,6 +27,10 @@ ENV: dict[str, str] = {
     HOME: "the embedded store's directory (default ./.infdebug)",
     CLICKHOUSE_URL: "a ClickHouse server to use instead of the embedded store",
     RETENTION_DAYS: "days rows are kept after ingest (table TTL; default 30)",
+    TRACE_RETENTION_DAYS: "days requests keep their token arrays (IDs, times, logprobs) after "
+    "ingest (column TTL, set when the store is created; default: the rows' retention)",
+    TRACE_SAMPLE: "share (0..1) of ordinary requests ingest keeps with full token arrays and "
+    "texts; anomalous ones are always kept whole (default 1: all)",
     MAX_LATENCY_S: "latencies past this many seconds are dropped at ingest (default 86400)",
     DEMO_SECONDS: "how long `make demo` replays the trace (default 60)",
     DEMO_PORT: "the demo fleet's first port (default 8100)",
@@ -70,6 +76,20 @@ def _number(name: str, default: float, *, integer: bool = False) -> float:
 
 def retention_days() -> int:
     return int(_number(RETENTION_DAYS, 30, integer=True))
+
+
+def trace_retention_days() -> int:
+    return int(_number(TRACE_RETENTION_DAYS, retention_days(), integer=True))
+
+
+def trace_sample() -> float:
+    """``INFDEBUG_TRACE_SAMPLE``: a share in (0, 1] (collectors/sampling.py)."""
+    v = _number(TRACE_SAMPLE, 1.0)
+    if v > 1:
+        from infdebug.errors import InputError
+
+        raise InputError(f"{TRACE_SAMPLE}: expected a share in (0, 1], got {v!r}")
+    return v
 
 
 def demo_seconds() -> float:

@@ -31,6 +31,17 @@ from infdebug.store import StoreError
 @click.command("ingest", cls=JsonCommand)
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @input_options("ingest")
+@click.option(
+    "--trace-sample",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Share of ordinary requests kept with their token arrays and texts; errors, "
+    "non-stop finishes and slow requests are always kept whole, the rest keep their "
+    "aggregates (default: $INFDEBUG_TRACE_SAMPLE, else 1: all).",
+)
+@click.option(
+    "--trace-seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed of that choice."
+)
 @json_option('Print a JSON summary instead of tables (on failure too: {"error": …}).')
 @pass_cli
 def ingest(
@@ -41,6 +52,8 @@ def ingest(
     fmt: str,
     replica: str | None,
     max_latency: str | None,
+    trace_sample: float | None,
+    trace_seed: int,
     as_json: bool,
 ) -> None:
     """Load logs (files, directories, globs; .jsonl, .jsonl.gz, .log, .prom) into the store.
@@ -62,9 +75,17 @@ def ingest(
 
     Exit code: 0 everything loaded, 3 some lines were rejected, 2 nothing could be done.
     """
+    from infdebug import settings
     from infdebug.collectors.ingest import ingest_paths
+    from infdebug.collectors.sampling import TraceSample
+    from infdebug.errors import InputError
 
     try:
+        try:
+            share = settings.trace_sample() if trace_sample is None else trace_sample
+            sample = TraceSample(share, trace_seed)
+        except InputError as e:
+            raise CommandFailed(str(e)) from None
         ceiling = resolve_max_latency(max_latency)
         rejects_path = rejects_path or default_rejects_path(obj.home, obj.clickhouse, "ingest")
         try:
@@ -83,6 +104,8 @@ def ingest(
                     fmt=fmt,
                     replica=replica,
                     max_latency=ceiling,
+                    assign=sample.assign(),
+                    assign_params=sample.params(),
                 )
         except StoreError as e:
             raise CommandFailed(f"ingest failed: {e}") from None

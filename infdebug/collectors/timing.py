@@ -160,6 +160,7 @@ def sanitize_timing(req: R, ceiling: float | None = None) -> tuple[R, list[str]]
         why = _why_times(times, lim, span)
         if why:
             drop["token_times_s"] = []
+            drop["token_offsets_us"] = []  # the same times in the integer form
             notes.append(why)
     if not drop:
         return req, notes

@@ -157,7 +157,7 @@ def migrate(store: Store, *, restore: bool = True) -> list[int]:
     for m in MIGRATIONS:
         if m.version <= current:
             continue
-        for stmt in m.sql(retention):
+        for stmt in m.sql(retention, settings.trace_retention_days()):
             store.command(stmt)
         store.command(
             "INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",
@@ -187,7 +187,7 @@ def _statements_by_table(version: int) -> dict[str, list[str]]:
     for m in MIGRATIONS:
         if m.version > version:
             break
-        for stmt in m.sql(retention):
+        for stmt in m.sql(retention, settings.trace_retention_days()):
             hit = _TARGET_RE.match(stmt)
             if hit:
                 out.setdefault(hit.group(1), []).append(stmt)

@@ -153,7 +153,7 @@ def migrate_cluster(store: Store, cluster: Cluster) -> list[int]:
     for m in cluster.migrations():
         if m.version <= current:
             continue
-        for stmt in m.sql(retention):
+        for stmt in m.sql(retention, settings.trace_retention_days()):
             store.command(stmt)
         store.command(
             f"INSERT INTO {table} (version, name) VALUES ({{v:UInt32}}, {{n:String}})",

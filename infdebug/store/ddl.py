@@ -40,6 +40,9 @@ from infdebug.store.columns import (
 # happened: old incident logs must stay analysable the day they are loaded. The DDL carries
 # this mark; ``Migration.sql`` puts the setting in when the migration runs, never at import.
 RETENTION_MARK = "__RETENTION_DAYS__"
+# Token arrays (IDs, times, logprobs) may be kept for fewer days than the rows: a column TTL
+# (migration 9) with this mark, ``INFDEBUG_TRACE_RETENTION_DAYS`` (default: the same days).
+TRACE_RETENTION_MARK = "__TRACE_RETENTION_DAYS__"
 
 REQUEST_COLUMNS: tuple[Column, ...] = (
     text("request_id", required=True),
@@ -55,7 +58,14 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     real("prefill_s"),
     real("ttft_s"),
     real("e2e_s"),
-    reals("token_times_s"),
+    Column(  # from either form: the contract's token_times_s, else token_offsets_us
+        "token_times_s",
+        "Array(Float64)",
+        "Array(Float64)",
+        "if(empty({c}), arrayMap(x -> x / 1e6, `token_offsets_us`), {c})",
+        "isFinite(arraySum({c}))",
+        raw=reals("token_times_s").raw,
+    ),
     json_text("messages", "[", RAW_OBJ),
     text("prompt_text"),
     token_ids("prompt_ids"),
@@ -74,6 +84,18 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     uint("output_tokens", 32),
     text("abort_message"),
     texts("derived"),
+)
+
+# Fields a request line may carry that are read but not stored as they are: the integer
+# form of the token times goes into ``token_times_s`` (above), the one column the queries read.
+REQUEST_INPUTS: tuple[Column, ...] = (
+    Column(
+        "token_offsets_us",
+        "Array(UInt32)",
+        "Array(Int64)",
+        check=f"(empty({{c}}) OR (arrayMin({{c}}) >= 0 AND arrayMax({{c}}) <= {U32}))",
+        raw=token_ids("token_offsets_us").raw,
+    ),
 )
 
 GPU_COLUMNS: tuple[Column, ...] = (
@@ -166,6 +188,14 @@ class Table:
     # the store added): (column, SQL expression of the read row, bound parameters only).
     # ``infdebug diff`` labels each row with its side this way as it loads.
     assign: tuple[tuple[str, str], ...] = ()
+    # Fields read from a line (checked like columns) that no column stores as they are: the
+    # columns' ``expr`` may use them (``REQUEST_INPUTS``).
+    inputs: tuple[Column, ...] = ()
+
+    @property
+    def read_columns(self) -> tuple[Column, ...]:
+        """The columns and the ``inputs``: every field a line is read and checked by."""
+        return self.columns + self.inputs
 
     def ddl(self) -> str:
         cols = ",\n  ".join(f"`{c.name}` {c.type}" for c in self.columns)
@@ -186,7 +216,7 @@ class Table:
         The ``kind`` tag is read too (as ``_kind``… except for findings, whose ``kind`` is a
         column of their own), so the fast path can check every line is of this table's kind.
         """
-        cols = [f"`{c.name}` {c.read}" for c in self.columns]
+        cols = [f"`{c.name}` {c.read}" for c in self.read_columns]
         if self.kind != "finding":
             cols.append("`kind` Nullable(String)")
         return ", ".join(cols)
@@ -200,7 +230,8 @@ class Table:
         """One condition every row must meet on the fast path (see ``Column``)."""
         kind = "position(`kind`, '.') > 0" if self.kind == "finding" else f"`kind` = '{self.kind}'"
         extra = [f"({self.extra_guard})"] if self.extra_guard else []
-        return " AND ".join([kind, *(c.guard for c in self.columns if c.check), *extra])
+        checks = (c.guard for c in self.read_columns if c.check)
+        return " AND ".join([kind, *checks, *extra])
 
     def line_guard(self, line: str = "line", fields: str = "fields") -> str:
         """A condition on one raw, non-blank JSONL ``line`` that holds only if ClickHouse's
@@ -221,8 +252,8 @@ class Table:
         so a name that differs from a column's only in case is doubted too. Unknown fields
         may hold any JSON; it and the JSON columns' must not nest past ``MAX_NESTING``.
         """
-        names = [c.name for c in self.columns]
-        branches = [f"fk = '{c.name}', {c.raw_guard('fv')}" for c in self.columns]
+        names = [c.name for c in self.read_columns]
+        branches = [f"fk = '{c.name}', {c.raw_guard('fv')}" for c in self.read_columns]
         if self.kind != "finding":
             names.append("kind")
             branches.append(f"fk = 'kind', {RAW_STR.replace('{v}', 'fv')}")
@@ -268,6 +299,10 @@ def request_latency_guard(ceiling_s: float, tol_abs_s: float, tol_rel: float) ->
         f"AND arrayMax(`token_times_s`) <= {lim} "
         f"AND (`e2e_s` IS NULL OR arrayMax(`token_times_s`) <= {span})))"
     )
+    us = "(arrayMax(`token_offsets_us`) / 1e6)"  # the integer form, never negative
+    conds.append(
+        f"(empty(`token_offsets_us`) OR ({us} <= {lim} AND (`e2e_s` IS NULL OR {us} <= {span})))"
+    )
     return " AND ".join(conds)
 
 
@@ -278,7 +313,12 @@ def _clamped_time(col: str) -> str:
 
 TABLES: dict[str, Table] = {
     "request": Table(
-        "requests", "request", REQUEST_COLUMNS, "replica, t_arrival", _clamped_time("t_arrival")
+        "requests",
+        "request",
+        REQUEST_COLUMNS,
+        "replica, t_arrival",
+        _clamped_time("t_arrival"),
+        inputs=REQUEST_INPUTS,
     ),
     "gpu": Table("gpu_samples", "gpu", GPU_COLUMNS, "replica, gpu_index, t", _clamped_time("t")),
     "metrics": Table(
@@ -363,10 +403,17 @@ class Migration:
     name: str
     statements: tuple[str, ...]
 
-    def sql(self, retention_days: int) -> list[str]:
-        """The statements to run, with the table TTL set to ``retention_days``."""
-        return [s.replace(RETENTION_MARK, str(int(retention_days))) for s in self.statements]
+    def sql(self, retention_days: int, trace_days: int | None = None) -> list[str]:
+        """The statements to run, with the table TTL set to ``retention_days`` and the
+        token arrays' column TTL to ``trace_days`` (default: the same)."""
+        trace = str(int(trace_days if trace_days is not None else retention_days))
+        return [
+            s.replace(TRACE_RETENTION_MARK, trace).replace(RETENTION_MARK, str(int(retention_days)))
+            for s in self.statements
+        ]
 
+
+TRACE_TTL = f" TTL _ingested_at + toIntervalDay({TRACE_RETENTION_MARK})"
 
 # Ordered; never edit a released migration, append a new one.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -427,6 +474,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         "requests: derived (additive: the fields a sidecar tracer computed itself, not the "
         "engine's)",
         ("ALTER TABLE requests ADD COLUMN IF NOT EXISTS derived Array(LowCardinality(String))",),
+    ),
+    Migration(
+        9,
+        "requests: codecs measured by bench/storage.py on the heavy columns (ZSTD(3) for "
+        "token IDs and texts, FPC+ZSTD for token times) and a column TTL that may drop the "
+        "token arrays before the rows (INFDEBUG_TRACE_RETENTION_DAYS); new parts and merges "
+        "use them",
+        tuple(
+            f"ALTER TABLE requests MODIFY COLUMN {name} {typ} CODEC({codec}){ttl}"
+            for name, typ, codec, ttl in (
+                ("token_times_s", "Array(Float64)", "FPC, ZSTD(1)", TRACE_TTL),
+                ("prompt_ids", "Array(UInt32)", "ZSTD(3)", TRACE_TTL),
+                ("output_ids", "Array(UInt32)", "ZSTD(3)", TRACE_TTL),
+                ("output_logprobs", "Array(Float64)", "ZSTD(3)", TRACE_TTL),
+                ("prompt_text", "Nullable(String)", "ZSTD(3)", ""),
+                ("output_text", "Nullable(String)", "ZSTD(3)", ""),
+                ("messages", "Nullable(String)", "ZSTD(3)", ""),
+            )
+        ),
     ),
 )
 

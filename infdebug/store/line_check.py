@@ -68,7 +68,7 @@ def check_lines(store: Store, table: Table, path: str) -> LineCheck | None:
 
 _KEYS = msgspec.json.Decoder(dict[str, msgspec.Raw])  # top-level names, values unparsed
 _READ_NAMES = {
-    kind: frozenset([c.name for c in t.columns] + ([] if kind == "finding" else ["kind"]))
+    kind: frozenset([c.name for c in t.read_columns] + ([] if kind == "finding" else ["kind"]))
     for kind, t in TABLES.items()
 }
 
