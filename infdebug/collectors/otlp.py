@@ -2,37 +2,33 @@
 
 ``OtlpReceiver`` answers ``POST /v1/traces`` (protobuf or JSON, maybe gzip): it decodes the
 body (collectors/otlp_decode.py), appends it to the spool (collectors/spool.py), durably, and
-only then answers 200. ``SpoolLoader`` replays the spool's frames in sequence order into
-``otel_traces`` (and request records, collectors/otlp_requests.py), exactly once: before a
-chunk of frames is inserted, its last sequence number
-is saved as pending in ``ingest_state`` (``pending_batch``); after, as loaded (``offset``).
-A loader that died in between finds the pending chunk, deletes its spans (by trace and span
-ID) and loads it again. While the store is held or unreachable it waits with backoff, says
-so once, and loses nothing (the frames stay in the spool).
+only then answers 200. The spool's frames are loaded by a ``SpoolLoader``
+(collectors/spool_loader.py: in order, exactly once, waiting while the store is away) with
+``OtlpSink``: every span into ``otel_traces``, and the spans that describe a request as
+``request`` records (collectors/otlp_requests.py). A chunk cut short is undone by trace and
+span ID and by its request records' ``_batch``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 import threading
-import time
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from infdebug.collectors import spool_loader
 from infdebug.collectors.otlp_decode import OtlpDecodeError, decode_request, span_rows
 from infdebug.collectors.otlp_requests import request_of
-from infdebug.collectors.spool import Corruption, Spool, SpoolFull
-from infdebug.schema import encode_record
-from infdebug.store.base import Store, StoreBusy, StoreError, StoreFull
+from infdebug.collectors.spool import Spool, SpoolFull
+from infdebug.schema import encode_records
+from infdebug.store.base import Store
 from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
-from infdebug.store.ingest_state import IngestState, load_state, rollback_batch, save_state
+from infdebug.store.ingest_state import rollback_batch
 
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
-CHUNK_FRAMES = 64
 RETRY_AFTER_S = 5
 Say = Callable[[str], None]
 
@@ -69,8 +65,64 @@ _INSERT = (
 )
 
 
-class SpoolLoader:
-    """Load ``spool``'s frames into the store opened by ``open_store``."""
+class OtlpSink:
+    """Spool frames that are OTLP ``ExportTraceServiceRequest`` protobufs: every span into
+    ``otel_traces``, the spans that describe a request also as ``request`` records."""
+
+    label = "otlp"
+
+    def __init__(self, spool_directory: str, say: Say = lambda line: None) -> None:
+        self._source = "otlp:" + spool_directory
+        self._say = say
+
+    def _rows(self, payloads: list[bytes]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for payload in payloads:
+            try:
+                rows.extend(span_rows(decode_request(payload, "application/x-protobuf")))
+            except OtlpDecodeError as e:  # checked on receipt: cannot happen unless corrupted
+                self._say(f"spool: a frame could not be decoded: {e}")
+        return rows
+
+    def load(self, store: Store, payloads: list[bytes], batch: int) -> Counter[str]:
+        rows = self._rows(payloads)
+        got: Counter[str] = Counter()
+        if rows:
+            data = "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
+            store.command(_INSERT, {"data": data})
+            got["spans"] = len(rows)
+            got["requests"] = self._requests(store, rows, batch)
+        return got
+
+    def _requests(self, store: Store, rows: list[dict[str, Any]], batch: int) -> int:
+        recs = [r for r in map(request_of, rows) if r is not None]
+        if not recs:
+            return 0
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
+            fh.write(encode_records(recs))
+        settings = dict(JSONL_READ_SETTINGS, input_format_skip_unknown_fields=1)
+        try:
+            store.insert_jsonl(
+                TABLES["request"], fh.name, self._source, batch, settings, guarded=False
+            )
+        finally:
+            os.unlink(fh.name)
+        return len(recs)
+
+    def undo(self, store: Store, payloads: list[bytes], batch: int) -> None:
+        keys = [r["TraceId"] + r["SpanId"] for r in self._rows(payloads)]
+        if keys:
+            store.command(
+                "ALTER TABLE otel_traces DELETE WHERE has({k:Array(String)}, "
+                "concat(TraceId, SpanId))",
+                {"k": keys},
+                {"mutations_sync": 2},
+            )
+        rollback_batch(store, batch, [TABLES["request"]])
+
+
+class SpoolLoader(spool_loader.SpoolLoader):
+    """The loader of an OTLP spool (``OtlpSink``)."""
 
     def __init__(
         self,
@@ -81,20 +133,20 @@ class SpoolLoader:
         server: bool = False,
         interval: float = 0.2,
     ) -> None:
-        self.spool = spool
-        self._open = open_store
-        self._say = say
-        self.server = server
-        self.interval = interval
-        self.loaded_frames = 0
-        self.loaded_spans = 0
-        self.loaded_requests = 0
-        self.corrupt: list[Corruption] = []
-        self.waits = 0
-        self._cid = (
-            "otlp-spool:"
-            + hashlib.sha256(os.path.realpath(spool.directory).encode()).hexdigest()[:24]
+        super().__init__(
+            spool,
+            open_store,
+            OtlpSink(spool.directory, say),
+            say=say,
+            server=server,
+            interval=interval,
         )
+
+    def load_once(self, store: Store) -> int:
+        """Load every frame not loaded yet; spans loaded."""
+        before = self.loaded_spans
+        super().load_once(store)
+        return self.loaded_spans - before
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -105,125 +157,13 @@ class SpoolLoader:
             "store_waits": self.waits,
         }
 
-    def _report(self, c: Corruption) -> None:
-        if c not in self.corrupt:
-            self.corrupt.append(c)
-            self._say(f"spool: unreadable frame skipped: {c}")
+    @property
+    def loaded_spans(self) -> int:
+        return self.loaded["spans"]
 
-    def load_once(self, store: Store) -> int:
-        """Load every frame not loaded yet; spans loaded."""
-        state = load_state(store, self._cid)
-        if state.pending_batch:
-            self._undo(store, state)
-        n = 0
-        chunk: list[tuple[int, bytes]] = []
-        for seq, payload in self.spool.frames(state.offset, self._report):
-            chunk.append((seq, payload))
-            if len(chunk) >= CHUNK_FRAMES:
-                n += self._load(store, state, chunk)
-                chunk = []
-        if chunk:
-            n += self._load(store, state, chunk)
-        self.spool.release(state.offset)
-        return n
-
-    def _rows(self, chunk: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for _, payload in chunk:
-            try:
-                rows.extend(span_rows(decode_request(payload, "application/x-protobuf")))
-            except OtlpDecodeError as e:  # checked on receipt: cannot happen unless corrupted
-                self._say(f"spool: a frame could not be decoded: {e}")
-        return rows
-
-    def _load(self, store: Store, state: IngestState, chunk: list[tuple[int, bytes]]) -> int:
-        state.pending_batch = chunk[-1][0]
-        save_state(store, state, self.spool.directory)
-        rows = self._rows(chunk)
-        if rows:
-            data = "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
-            store.command(_INSERT, {"data": data})
-            self._requests(store, rows, self._batch(chunk[-1][0]))
-        state.offset, state.pending_batch = chunk[-1][0], 0
-        state.rows += len(rows)
-        save_state(store, state, self.spool.directory)
-        self.loaded_frames += len(chunk)
-        self.loaded_spans += len(rows)
-        return len(rows)
-
-    def _batch(self, seq: int) -> int:
-        """The ``_batch`` the request records of the chunk ending at ``seq`` carry."""
-        h = hashlib.sha256(f"{self._cid}:{seq}".encode()).digest()
-        return (int.from_bytes(h[:8], "big") >> 1) or 1
-
-    def _requests(self, store: Store, rows: list[dict[str, Any]], batch: int) -> None:
-        recs = [r for r in map(request_of, rows) if r is not None]
-        if not recs:
-            return
-        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
-            for r in recs:
-                fh.write(encode_record(r))
-        settings = dict(JSONL_READ_SETTINGS, input_format_skip_unknown_fields=1)
-        try:
-            store.insert_jsonl(
-                TABLES["request"],
-                fh.name,
-                "otlp:" + self.spool.directory,
-                batch,
-                settings,
-                guarded=False,
-            )
-        finally:
-            os.unlink(fh.name)
-        self.loaded_requests += len(recs)
-
-    def _undo(self, store: Store, state: IngestState) -> None:
-        """Delete the spans of the chunk a loader died loading (pending, not loaded)."""
-        chunk = [(s, p) for s, p in self.spool.frames(state.offset) if s <= state.pending_batch]
-        keys = [r["TraceId"] + r["SpanId"] for r in self._rows(chunk)]
-        if keys:
-            store.command(
-                "ALTER TABLE otel_traces DELETE WHERE has({k:Array(String)}, "
-                "concat(TraceId, SpanId))",
-                {"k": keys},
-                {"mutations_sync": 2},
-            )
-        rollback_batch(store, self._batch(state.pending_batch), [TABLES["request"]])
-        state.pending_batch = 0
-        save_state(store, state, self.spool.directory)
-
-    def run(self, stop: threading.Event) -> None:
-        """Load until ``stop`` is set (and once more then), waiting for the store as needed."""
-        delay, since = BACKOFF_MIN_S, None
-        while True:
-            final = stop.is_set()
-            try:
-                store = self._open()
-            except (StoreBusy, StoreFull, StoreError) as e:
-                if not self.server and not isinstance(e, (StoreBusy, StoreFull)):
-                    raise
-                if since is None:
-                    since, self.waits = time.monotonic(), self.waits + 1
-                    self._say(
-                        f"waiting for the store: {e} (trying again, every {BACKOFF_MAX_S:.0f} s "
-                        "at most; nothing is lost: what is received meanwhile stays in the "
-                        "spool and is loaded when it is back)"
-                    )
-                if final:
-                    return
-                stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            try:
-                if since is not None:
-                    self._say(f"the store is back after {time.monotonic() - since:.1f} s")
-                    since, delay = None, BACKOFF_MIN_S
-                self.load_once(store)
-            finally:
-                store.close()
-            if final:
-                return
-            stop.wait(self.interval)
+    @property
+    def loaded_requests(self) -> int:
+        return self.loaded["requests"]
 
 
 class OtlpReceiver:
