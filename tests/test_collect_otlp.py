@@ -239,6 +239,8 @@ def test_the_collect_otlp_command_receives_loads_and_stops(
             "otlp",
             "--listen",
             f"127.0.0.1:{port}",
+            "--status-listen",
+            "off",
             "--json",
         ],
         cwd=REPO,
@@ -263,7 +265,8 @@ def test_the_collect_otlp_command_receives_loads_and_stops(
             proc.wait()
     assert proc.returncode == 0, err
     doc = json.loads(out)
-    assert doc["received"] == 1 and doc["loaded_spans"] == 4, doc
+    assert doc["otlp"]["received"] == 1 and doc["otlp"]["loaded_spans"] == 4, doc
+    assert doc["pump"]["backlog_frames"] == 0, doc
     st = open_store(home=home)
     try:
         assert st.query("SELECT count() FROM otel_traces")[1][0][0] == 4

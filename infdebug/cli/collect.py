@@ -1,5 +1,7 @@
 """``infdebug collect``: the commands that keep getting a fleet's records into the store while
-it runs. ``collect logs`` tails trace and engine-log files (collectors/tail.py).
+it runs. ``collect --otlp … --prometheus … --logs … --gpu`` runs several collectors in one
+process (cli/collect_run.py); ``collect logs`` tails trace and engine-log files
+(collectors/tail.py); ``collect otlp``, ``prometheus`` and ``gpu`` run one kind each.
 
 The group is ``collect_group``; a collector of another kind is one more subcommand on it
 (``@collect_group.command("NAME")`` in its own module, registered from ``register`` here).
@@ -26,19 +28,83 @@ from infdebug.cli.base import (
     failure_reasons,
     resolve_max_latency,
 )
+from infdebug.cli.collect_run import gpu_options, otlp_options, pump_options, scrape_options
 from infdebug.cli.context import CliContext, pass_cli
 from infdebug.cli.options import input_options, json_option
 from infdebug.console import err_console, fail, print_json
 from infdebug.store import StoreError
 
 
-@click.group("collect")
-def collect_group() -> None:
-    """Keep loading what a running fleet writes into the store.
+@click.group("collect", invoke_without_command=True)
+@click.option(
+    "--otlp", default=None, metavar="HOST:PORT", help="Receive OTLP/HTTP traces on HOST:PORT."
+)
+@click.option(
+    "--prometheus",
+    "targets",
+    multiple=True,
+    metavar="NAME=URL",
+    help="Scrape URL (an engine's or DCGM exporter's /metrics) as replica NAME; repeatable.",
+)
+@click.option(
+    "--logs",
+    "log_paths",
+    multiple=True,
+    metavar="PATH",
+    help="Follow these trace / engine-log files, directories or globs; repeatable.",
+)
+@click.option("--gpu", is_flag=True, help="Sample this host's GPUs through NVML.")
+@otlp_options()
+@scrape_options()
+@gpu_options()
+@input_options("collect")
+@pump_options()
+@click.pass_context
+def collect_group(
+    ctx: click.Context,
+    /,
+    otlp: str | None,
+    targets: tuple[str, ...],
+    log_paths: tuple[str, ...],
+    gpu: bool,
+    **opts: Any,
+) -> None:
+    """Keep loading what a running fleet sends and writes into the store: several
+    collectors in one process (the embedded store has one owner), or one subcommand.
 
     \b
-      infdebug collect logs traces/ --follow    tail trace and engine-log files
+      infdebug collect --otlp 127.0.0.1:4318 --prometheus r1=http://r1:8000/metrics \\
+                       --prometheus dcgm=http://node:9400/metrics --logs traces/ --gpu
+      infdebug collect logs traces/ --follow    only tail trace and engine-log files
+      infdebug collect otlp                     only receive OTLP traces
+      infdebug collect prometheus --target r1=http://r1:8000/metrics
+      infdebug collect gpu                      only sample this host's GPUs
+
+    What arrives is spooled (fsync'd) before it is acknowledged; one loader puts every spool
+    and log file into the store in turn, each record once, releasing the embedded store
+    between rounds so `infdebug query` and `analyze` work meanwhile. When the store is held
+    or a --clickhouse server is unreachable, it waits and loses nothing. Many collector
+    processes can share one ClickHouse server (--clickhouse).
+
+    A status line (rates, lag, spool size, errors) goes to stderr every --status-every
+    seconds, and the same counters are served at http://127.0.0.1:9464/metrics.
+    SIGINT / SIGTERM: stop receiving, load what was received, exit.
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from infdebug.cli.collect_run import Plan, listen_address, run_plan
+
+    plan = Plan(
+        otlp=listen_address(otlp, "--otlp") if otlp else None,
+        targets=list(targets),
+        logs=list(log_paths),
+        gpu=gpu,
+        opts=opts,
+    )
+    if plan.empty():
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    run_plan(ctx.find_object(CliContext) or CliContext(), plan)
 
 
 @collect_group.command("logs", cls=JsonCommand)
@@ -197,6 +263,8 @@ def _stopping(stop: Callable[[], None]) -> Iterator[None]:
 
 def register(group: click.Group) -> None:
     """Add ``collect`` (and its subcommands) to ``group``."""
+    import infdebug.cli.collect_gpu  # noqa: F401  (registers `collect gpu`)
     import infdebug.cli.collect_otlp  # noqa: F401  (registers `collect otlp`)
+    import infdebug.cli.collect_prometheus  # noqa: F401  (registers `collect prometheus`)
 
     group.add_command(collect_group)

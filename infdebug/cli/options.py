@@ -30,6 +30,9 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+stack = _stack  # for the option bundles of other modules (cli/collect_run.py)
+
+
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 

@@ -79,10 +79,21 @@ def read_exposition(
     path: str, replica: str | None = None
 ) -> tuple[list[MetricSample], list[Reject]]:
     """Records and rejected lines of one exposition file (OSError if it cannot be read)."""
-    parse = _parser()
     mtime = os.stat(path).st_mtime
     with open_bytes(path) as fh:
-        raw_lines = fh.read().split(b"\n")
+        data = fh.read()
+    return parse_exposition(data, replica or prom_replica(path), mtime, path)
+
+
+def parse_exposition(
+    data: bytes, replica: str, t: float, source: str
+) -> tuple[list[MetricSample], list[Reject]]:
+    """Records and rejected lines of one exposition's bytes (a file's, a scrape's); ``t``:
+    the time of samples without a timestamp of their own; ``source``: named in rejects (and
+    in the ValueError when the parser refuses the whole text)."""
+    parse = _parser()
+    path, mtime = source, t
+    raw_lines = data.split(b"\n")
     rejects: list[Reject] = []
     good: list[str] = []
     sample_lines: list[
@@ -106,7 +117,7 @@ def read_exposition(
         raise ValueError(
             f"{path}: not a Prometheus exposition the parser accepts: {type(e).__name__}: {e}"
         ) from None
-    rep = replica or prom_replica(path)
+    rep = replica
     # The parser keeps line order, one Sample per sample line: number them back.
     lines = (
         iter(sample_lines) if sum(len(f.samples) for f in families) == len(sample_lines) else None

@@ -480,6 +480,15 @@ class Tailer:
         if r.status != "unchanged" or m.status == "error":
             m.status, m.message, m.held = r.status, r.message, r.held
 
+    @property
+    def rejected_lines(self) -> int:
+        """Lines rejected by this run."""
+        return self._rejected
+
+    def tell(self, poll: Poll) -> None:
+        """Say what ``poll`` loaded (one progress line)."""
+        self._tell_poll(poll)
+
     def _tell_poll(self, poll: Poll) -> None:
         rows = poll.rows
         kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(rows.items()) if n)
