@@ -53,6 +53,51 @@ def stats_table(res: list[Any]) -> Table:
     return t
 
 
+def metric_stats_table(res: list[Any]) -> Table:
+    """The ``stats --from-metrics`` table: one row per replica (and window)."""
+    import datetime as dt
+
+    t = Table(
+        show_edge=False,
+        header_style="bold",
+        title="from scraped metrics, ms: p50 p90 p99 (n); > : past the highest bucket edge",
+    )
+    id_column(t, "replica")
+    t.add_column("window (UTC)")
+    for metric in ("TTFT", "inter-token", "per-output-token", "end-to-end", "queue"):
+        t.add_column(metric, justify="right")
+    t.add_column("req/s", justify="right")
+    t.add_column("gen tok/s", justify="right")
+    t.add_column("KV max", justify="right")
+    for r in res:
+        w0 = dt.datetime.fromtimestamp(r.start, dt.UTC).strftime("%m-%d %H:%M:%S")
+        w1 = dt.datetime.fromtimestamp(r.end, dt.UTC).strftime("%H:%M:%S")
+        label = escape(r.replica) + (f"\n[dim]{escape(r.engine)}[/]" if r.engine else "")
+        cells = [
+            label,
+            f"{w0}–{w1}" + ("\n[yellow]since start[/]" if r.basis != "increase" else ""),
+        ]
+        for term in ("ttft_seconds", "itl_seconds", "tpot_seconds", "e2e_seconds", "queue_seconds"):
+            s = r.hists.get(term)
+            if s is None:
+                cells.append("[dim]–[/]")
+                continue
+            parts = [
+                (">" if s.capped[q] else "") + fmt_ms(s.quantiles[q]) for q in (0.5, 0.9, 0.99)
+            ]
+            cells.append(" ".join(parts) + f"\n[dim]n={s.n:,.0f}[/]")
+        req = r.rates.get("requests_finished_total")
+        gen = r.rates.get("generation_tokens_total")
+        kv = r.gauges.get("kv_cache_usage_ratio", {}).get("max")
+        cells.append("[dim]–[/]" if req is None else f"{req:,.2f}")
+        cells.append("[dim]–[/]" if gen is None else f"{gen:,.1f}")
+        cells.append("[dim]–[/]" if kv is None else f"{kv:.0%}")
+        if r.resets:
+            cells[0] += f"\n[yellow]{r.resets} reset(s)[/]"
+        t.add_row(*cells)
+    return t
+
+
 def _short(v: Any, limit: int = 120) -> str:
     s = v if isinstance(v, str) else msgspec.json.encode(v).decode()
     return s if len(s) <= limit else s[: limit - 1] + "…"

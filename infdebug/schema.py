@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Annotated, Any, Literal
 
@@ -373,7 +373,7 @@ def encode_record(record: Record) -> bytes:
     return _ENCODER.encode(record) + b"\n"
 
 
-def encode_records(records: list[Record]) -> bytes:
+def encode_records(records: Sequence[Record]) -> bytes:
     buf = bytearray()
     for r in records:
         _ENCODER.encode_into(r, buf, len(buf))

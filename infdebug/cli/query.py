@@ -14,7 +14,7 @@ from rich.table import Table
 
 from infdebug.cli.base import JsonCommand
 from infdebug.cli.context import CliContext, pass_cli
-from infdebug.cli.options import json_option
+from infdebug.cli.options import json_option, window_options
 from infdebug.console import err_console, fail, id_column, out_console, print_json, to_jsonable
 from infdebug.render import stats_table
 from infdebug.store import StoreError
@@ -166,15 +166,51 @@ def _cell(v: Any) -> str:
 @click.command("stats", cls=JsonCommand)
 @click.option("--replica", default="", help="Only this replica.")
 @click.option("--deployment", default="", help="Only this deployment (revision or canary label).")
+@click.option(
+    "--from-metrics",
+    is_flag=True,
+    help="From scraped Prometheus metrics (collect prometheus, .prom files) instead of "
+    "request records: quantiles from histogram buckets, in one vocabulary for every engine.",
+)
+@click.option(
+    "--window",
+    default=None,
+    metavar="DUR",
+    help="With --from-metrics: one row per replica and window (30s, 5m, 1h).",
+)
+@window_options()
 @json_option("Print JSON instead of a table.")
 @pass_cli
-def stats(obj: CliContext, replica: str, deployment: str, as_json: bool) -> None:
+def stats(
+    obj: CliContext,
+    replica: str,
+    deployment: str,
+    from_metrics: bool,
+    window: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
     """Request counts and TTFT / inter-token / end-to-end p50, p90, p99 per replica within
     its deployment: a replica name reused by two deployments is two rows, `r3 (canary)`.
 
     Each percentile group shows the number of samples (n) it was computed from. Inter-token
     latency pools every gap between consecutive output tokens.
+
+    \b
+    --from-metrics reads scraped engine metrics instead (vLLM V0/V1, SGLang, TGI,
+    TensorRT-LLM, Dynamo, infdebug; docs/metrics-vocabulary.md): the increase of each
+    histogram over the window (counter resets handled), its quantiles interpolated inside
+    buckets as Prometheus's histogram_quantile does, and request / token rates:
+      infdebug stats --from-metrics --window 5m --since 2026-12-01T10:00:00Z
     """
+    from infdebug.cli.analyze import parse_time
+
+    if from_metrics:
+        _metric_stats(obj, replica, window, parse_time(since), parse_time(until), as_json)
+        return
+    if window or since or until:
+        fail("--window, --since and --until go with --from-metrics")
     from infdebug.store.queries import replica_stats
 
     with obj.store() as st:
@@ -186,6 +222,41 @@ def stats(obj: CliContext, replica: str, deployment: str, as_json: bool) -> None
         err_console.print("no requests in the store yet; load some with: infdebug ingest PATH")
         return
     out_console.print(stats_table(res))
+
+
+def _metric_stats(
+    obj: CliContext,
+    replica: str,
+    window: str | None,
+    since: float | None,
+    until: float | None,
+    as_json: bool,
+) -> None:
+    from infdebug.render import metric_stats_table
+    from infdebug.store.q_metrics import known_names, metric_stats
+    from infdebug.workload import WorkloadInputError, parse_duration
+
+    try:
+        window_s = parse_duration(window, "--window") if window else None
+    except WorkloadInputError as e:
+        fail(str(e))
+    with obj.store() as st:
+        res = metric_stats(st, replica=replica, since=since, until=until, window_s=window_s)
+        names = [] if res else list(known_names(st))
+    if as_json:
+        print_json({"replicas": [r.to_json() for r in res]})
+        return
+    if not res:
+        hint = (
+            f"none of the {len(names)} stored metric names is a latency or rate the "
+            "vocabulary knows (docs/metrics-vocabulary.md); stored: " + ", ".join(names[:12])
+            if names
+            else "no scraped metrics in the store yet; scrape some with: infdebug collect "
+            "prometheus --target r1=http://HOST:PORT/metrics (or ingest .prom files)"
+        )
+        err_console.print(escape(hint))
+        return
+    out_console.print(metric_stats_table(res))
 
 
 def register(group: click.Group) -> None:

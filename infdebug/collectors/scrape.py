@@ -173,8 +173,9 @@ class Scraper:
             return self._failed(st, "garbage", str(e))
         except Exception as e:  # noqa: BLE001 - a body that breaks the parser: that target's
             return self._failed(st, "garbage", f"{type(e).__name__}: {e}")
-        if not records and rejected == 0 and body.strip():
-            return self._failed(st, "garbage", "no Prometheus samples in the answer")
+        if not records and body.strip():
+            why = f" ({rejected} unreadable line(s))" if rejected else ""
+            return self._failed(st, "garbage", f"no Prometheus samples in the answer{why}")
         if rejected and st.rejected_lines == 0:
             self._say(
                 f"scrape {st.target.name} ({st.target.url}): {rejected} malformed line(s) set "

@@ -64,13 +64,22 @@ class WorkloadInputError(InputError):
     """A flag value ``infdebug workload`` cannot use; the message names the flag."""
 
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|µs|ms|s|min)?\s*$")
-_UNIT_S = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "min": 60.0}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|µs|ms|s|min|m|h)?\s*$")
+_UNIT_S = {
+    None: 1.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "min": 60.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 def parse_duration(text: str, flag: str = "duration") -> float:
-    """Seconds from ``"1s"``, ``"50ms"``, ``"250us"``, ``"2min"`` or a bare number of
-    seconds (``"0.2"``); > 0 and finite."""
+    """Seconds from ``"1s"``, ``"50ms"``, ``"250us"``, ``"2min"`` (or ``"2m"``), ``"1h"`` or
+    a bare number of seconds (``"0.2"``); > 0 and finite."""
     m = _DURATION.match(text)
     if not m:
         raise WorkloadInputError(
