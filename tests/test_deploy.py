@@ -189,7 +189,6 @@ def test_deploy_collector_manifest_is_consistent() -> None:
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
 
 
-@pytest.mark.xfail(strict=False, reason="collect one-process command lands in the same issue")
 def test_deploy_collector_args_are_accepted_by_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     """The manifest's flags, parsed by the real command line (``--help`` appended, so it
     stops after parsing: nothing is started and no store is opened)."""
