@@ -368,3 +368,36 @@ def test_stats_from_metrics_cli_windows(store_factory: Any, engines: Any, tmp_pa
     assert table.exit_code == 0 and "r2" in table.output and "vllm-v1" in table.output
     bad = CliRunner().invoke(cli, ["--home", home, "stats", "--window", "5m"])
     assert bad.exit_code == 2 and "--from-metrics" in bad.output
+
+
+def test_a_full_spool_refuses_scrapes_counts_them_and_warns_once(
+    engines: Any, tmp_path: Any, shared_data: str
+) -> None:
+    eng = engines()
+    with open(os.path.join(shared_data, "logs", SGLANG), "rb") as fh:
+        eng.body = fh.read()
+    said: list[str] = []
+    spool = Spool(str(tmp_path / "spool"), max_bytes=8192)
+    sc = Scraper([Target("r1", eng.url)], spool, say=said.append)
+    for _ in range(6):
+        sc.scrape_once()
+    assert spool.size() <= 8192
+    assert sc.refused >= 3 and sc.stats()["scrapes_refused"] == sc.refused
+    assert sum("is full" in line for line in said) == 1
+
+
+def test_collect_gpu_without_a_gpu_says_so_and_exits_2(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from infdebug.cli import cli
+    from infdebug.tracer.gpu import make_probe
+
+    probe = make_probe(False)
+    if probe is not None:
+        probe.close()
+        pytest.skip("NVML sees a GPU here: collect gpu would sample it")
+    res = CliRunner().invoke(
+        cli, ["--home", str(tmp_path / "h"), "collect", "gpu", "--status-listen", "off"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "no GPU to sample" in res.output and "--simulate-gpu" in res.output
