@@ -549,6 +549,8 @@ def test_empty_store_fails_with_a_reason(tmp_path: Path) -> None:
         ("0.2", 0.2),
         ("250us", 250e-6),
         ("2min", 120.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
         (" 1.5 s", 1.5),
     ],
 )
@@ -556,7 +558,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "fast", "-1s", "0", "1h", "1e400", "nan"])
+@pytest.mark.parametrize("text", ["", "fast", "-1s", "0", "1d", "1hr", "1e400", "nan"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(WorkloadInputError):
         parse_duration(text, "--ttft")
