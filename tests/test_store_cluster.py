@@ -8,6 +8,7 @@ import re
 import pytest
 
 from infdebug.errors import InputError
+from infdebug.store.base import Store
 from infdebug.store.cluster import SHARDING, Cluster, as_single_node
 from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, table_names
 
@@ -128,3 +129,29 @@ def test_local_tables_ddl_runs_on_chdb_with_the_plain_engine(tmp_path) -> None:
     finally:
         plain.close()
     assert local == single
+
+
+def test_mutations_name_the_local_tables_on_a_cluster_and_the_table_itself_on_one_node(
+    store: Store,
+) -> None:
+    from infdebug.store.cluster import distributed_parts, mutation_target
+
+    c = Cluster("fleet", "infdebug")
+    dist = [s for s in c.migrations_ddl() if "ENGINE = Distributed(" in s]
+    assert dist
+    for stmt in dist:
+        engine = stmt[stmt.index("Distributed(") :]
+        parts = distributed_parts(engine)
+        assert parts is not None and parts[0] == "fleet" and parts[1] == "infdebug"
+        assert parts[2].endswith("_local")
+    # as system.tables writes it (quoted)
+    assert distributed_parts("Distributed('fleet', 'infdebug', 'requests_local', rand())") == (
+        "fleet",
+        "infdebug",
+        "requests_local",
+    )
+    assert distributed_parts("Distributed('x; DROP TABLE y', 'db', 't')") is None
+    with pytest.raises(InputError):
+        distributed_parts(f"Distributed('{'c' * 70}', 'db', 't')")
+    assert distributed_parts("MergeTree ORDER BY t") is None
+    assert mutation_target(store, "requests") == "requests"  # one node: the table itself

@@ -30,6 +30,7 @@ tables' DDL, with the plain engine put back, on chDB.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 from infdebug.errors import InputError
@@ -162,3 +163,38 @@ def migrate_cluster(store: Store, cluster: Cluster) -> list[int]:
         )
         applied.append(m.version)
     return applied
+
+
+# -- mutations on a cluster ------------------------------------------------------------------
+_DIST = re.compile(r"^\s*Distributed\(\s*'?(\w+)'?\s*,\s*'?(\w+)'?\s*,\s*'?(\w+)'?")
+_TARGETS: weakref.WeakKeyDictionary[Store, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def distributed_parts(engine_full: str) -> tuple[str, str, str] | None:
+    """(cluster, database, local table) of a ``Distributed`` table's ``engine_full``."""
+    m = _DIST.match(engine_full or "")
+    if m is None:
+        return None
+    cluster, db, local = m.groups()
+    return ident(cluster, "cluster name"), ident(db, "database"), ident(local, "table")
+
+
+def mutation_target(store: Store, table: str) -> str:
+    """What ``ALTER TABLE … DELETE`` of ``table`` names: the table itself on one node; on a
+    cluster schema (``table`` is Distributed, which takes no mutation) its local table on
+    every node, ``db.table_local ON CLUSTER c``. Asked of ``system.tables`` once per store."""
+    try:
+        cache = _TARGETS.setdefault(store, {})
+    except TypeError:  # a store that takes no weak reference: ask each time
+        cache = {}
+    if table not in cache:
+        _, rows = store.query(
+            "SELECT engine_full FROM system.tables WHERE database = currentDatabase() "
+            "AND name = {t:String}",
+            {"t": table},
+        )
+        parts = distributed_parts(str(rows[0][0])) if rows else None
+        cache[table] = (
+            f"{parts[1]}.{parts[2]} ON CLUSTER {parts[0]}" if parts is not None else table
+        )
+    return cache[table]

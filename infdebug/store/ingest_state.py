@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infdebug.store.base import Store, StoreError, StoreFull
+from infdebug.store.cluster import mutation_target
 from infdebug.store.ddl import TABLES, Table
 
 MARK_BYTES = 64 << 10  # bytes hashed at each end of what was read of a file
@@ -156,7 +157,8 @@ def forget_states(store: Store, content_ids: Iterable[str]) -> None:
     if ids:
         before_mutation(store, [])
         store.command(
-            "ALTER TABLE ingest_state DELETE WHERE content_id IN {ids:Array(String)}",
+            f"ALTER TABLE {mutation_target(store, 'ingest_state')} DELETE WHERE content_id IN "
+            "{ids:Array(String)}",
             {"ids": ids},
             {"mutations_sync": 2},
         )
@@ -174,7 +176,7 @@ def rollback_batch(store: Store, batch: int, tables: Iterable[Table] | None = No
     before_mutation(store, [t.name for t in targets])
     for t in targets:
         store.command(
-            f"ALTER TABLE {t.name} DELETE WHERE _batch = {{b:UInt64}}",
+            f"ALTER TABLE {mutation_target(store, t.name)} DELETE WHERE _batch = {{b:UInt64}}",
             {"b": batch},
             {"mutations_sync": 2},
         )
