@@ -74,11 +74,9 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -455,7 +453,7 @@ def serve(trace: str, argv: list[str]) -> None:
 def dashboard(home: str, trace: str, log: str, timeout: float = 120) -> Iterator[str]:
     """The dashboard on ``home`` under ``serve`` on a free port; yields its URL once healthy
     (tests/dashboard_probe.dashboard, with the tracer)."""
-    from tests.dashboard_probe import free_port
+    from tests.dashboard_probe import free_port, running
 
     port = free_port()
     cmd = [
@@ -471,29 +469,11 @@ def dashboard(home: str, trace: str, log: str, timeout: float = 120) -> Iterator
         str(port),
     ]
     env = {k: v for k, v in os.environ.items() if k != "INFDEBUG_CLICKHOUSE_URL"}
-    with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the dashboard exited with {proc.returncode} (log: {log})")
-                health = url + "/_stcore/health"
-                with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the dashboard did not come up in {timeout:.0f} s")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with (
+        open(log, "a") as out,
+        running(cmd, port, out=out, log=log, timeout=timeout, cwd=REPO, env=env) as url,
+    ):
+        yield url
 
 
 def read_trace(path: str) -> list[dict[str, Any]]:

@@ -39,39 +39,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def dashboard(
-    home: str, *extra: str, port: int | None = None, log: str | None = None, timeout: float = 90
+def running(
+    cmd: list[str],
+    port: int,
+    *,
+    out: Any,
+    log: str | None = None,
+    timeout: float = 90,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """``infdebug --home HOME dashboard EXTRA…`` on a free port; yields its URL once healthy."""
-    port = port or free_port()
-    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infdebug.cli",
-            "--home",
-            home,
-            "dashboard",
-            "--port",
-            str(port),
-            *extra,
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    """Run ``cmd`` (a dashboard serving on ``port``, output to ``out``); yields its URL once
+    ``/_stcore/health`` says ok; terminates it after."""
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the dashboard exited with {proc.returncode} (log: {log})")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
+            health = url + "/_stcore/health"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the dashboard did not come up in {timeout:.0f} s")
             time.sleep(0.2)
@@ -83,6 +73,20 @@ def dashboard(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def dashboard(
+    home: str, *extra: str, port: int | None = None, log: str | None = None, timeout: float = 90
+) -> Iterator[str]:
+    """``infdebug --home HOME dashboard EXTRA…`` on a free port; yields its URL once healthy."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "infdebug.cli", "--home", home, "dashboard", "--port", str(port)]
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        with running([*cmd, *extra], port, out=out, log=log, timeout=timeout) as url:
+            yield url
+    finally:
         if log:
             out.close()  # type: ignore[union-attr]
 
