@@ -496,3 +496,26 @@ def test_one_pass_exit_codes_and_json_summary(tmp_path: Any) -> None:
     rc, doc = once(str(tmp_path / "nowhere"))
     assert rc == 2 and "no such file" in doc["error"], doc
     _check_store(home, _ids(0, 15) | {"req-20", "req-21"})
+
+
+def test_trace_sampling_applies_to_what_the_tailer_loads(tmp_path: Any) -> None:
+    home = str(tmp_path / "home")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    recs = [make_request(i, prompt_ids=[1, 2, 3], output_ids=[4, 5]) for i in range(20)]
+    recs.append(make_request(20, error="boom", prompt_ids=[1, 2, 3], output_ids=[4, 5]))
+    (logs / "a.jsonl").write_bytes(encode_records(recs))
+    p = _collect(home, str(logs), "--trace-sample", "0", "--json")
+    assert p.wait(TIMEOUT * 2) == 0
+    st = open_store(home=home)
+    try:
+        _, rows = st.query(
+            "SELECT request_id, notEmpty(prompt_ids), prompt_tokens FROM requests "
+            "ORDER BY request_id"
+        )
+    finally:
+        st.close()
+    assert len(rows) == 21  # every request, with its aggregates
+    kept = {r[0] for r in rows if r[1]}
+    assert kept == {"req-20"}  # share 0: only the anomalous one keeps its token IDs
+    assert all(r[2] == 3 for r in rows if not r[1])  # the counts survive the arrays

@@ -30,7 +30,12 @@ from infdebug.cli.base import (
 )
 from infdebug.cli.collect_run import gpu_options, otlp_options, pump_options, scrape_options
 from infdebug.cli.context import CliContext, pass_cli
-from infdebug.cli.options import input_options, json_option
+from infdebug.cli.options import (
+    input_options,
+    json_option,
+    trace_sample_assign,
+    trace_sample_options,
+)
 from infdebug.console import err_console, fail, print_json
 from infdebug.store import StoreError
 
@@ -58,6 +63,7 @@ from infdebug.store import StoreError
 @scrape_options()
 @gpu_options()
 @input_options("collect")
+@trace_sample_options()
 @pump_options()
 @click.pass_context
 def collect_group(
@@ -131,6 +137,7 @@ def collect_group(
     "embedded store, hold a ClickHouse server.",
 )
 @input_options("collect")
+@trace_sample_options()
 @json_option('Print a JSON summary at the end instead of tables (on failure too: {"error": …}).')
 @pass_cli
 def logs(
@@ -144,6 +151,8 @@ def logs(
     max_latency: str | None,
     fmt: str,
     replica: str | None,
+    trace_sample: float | None,
+    trace_seed: int,
     as_json: bool,
 ) -> None:
     """Load log files (files, directories, globs; any format `ingest` reads, .gz too) into
@@ -180,10 +189,15 @@ def logs(
     """
     from infdebug import settings
     from infdebug.collectors.tail import Tailer
+    from infdebug.errors import InputError
 
     server = settings.clickhouse_url(obj.clickhouse) is not None
     try:
         ceiling = resolve_max_latency(max_latency)
+        try:
+            sampled = trace_sample_assign(trace_sample, trace_seed)
+        except InputError as e:
+            raise CommandFailed(str(e)) from None
     except CommandFailed as e:
         exit_failed(e, as_json)
     default_rejects = default_rejects_path(obj.home, obj.clickhouse, "collect")
@@ -204,6 +218,7 @@ def logs(
         max_latency=ceiling,
         exclude=exclude + ([] if server else [settings.home(obj.home)]),
         say=_say,
+        **sampled,
     )
     try:
         with _stopping(tailer.stop):

@@ -353,6 +353,7 @@ def _add_logs(
 ) -> None:
     from infdebug.cli.base import default_rejects_path, resolve_max_latency
     from infdebug.cli.collect import _say
+    from infdebug.cli.options import trace_sample_assign
     from infdebug.collectors.service import Source
     from infdebug.collectors.tail import Tailer
 
@@ -372,6 +373,7 @@ def _add_logs(
         max_latency=resolve_max_latency(o.get("max_latency")),
         exclude=exclude,
         say=_say,
+        **trace_sample_assign(o.get("trace_sample"), o.get("trace_seed", 0)),
     )
 
     def stats() -> dict[str, Any]:

@@ -23,7 +23,12 @@ from infdebug.cli.base import (
     resolve_max_latency,
 )
 from infdebug.cli.context import CliContext, pass_cli
-from infdebug.cli.options import input_options, json_option
+from infdebug.cli.options import (
+    input_options,
+    json_option,
+    trace_sample_assign,
+    trace_sample_options,
+)
 from infdebug.console import err_console, fail, out_console, print_json
 from infdebug.store import StoreError
 
@@ -31,17 +36,7 @@ from infdebug.store import StoreError
 @click.command("ingest", cls=JsonCommand)
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @input_options("ingest")
-@click.option(
-    "--trace-sample",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Share of ordinary requests kept with their token arrays and texts; errors, "
-    "non-stop finishes and slow requests are always kept whole, the rest keep their "
-    "aggregates (default: $INFDEBUG_TRACE_SAMPLE, else 1: all).",
-)
-@click.option(
-    "--trace-seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed of that choice."
-)
+@trace_sample_options()
 @json_option('Print a JSON summary instead of tables (on failure too: {"error": …}).')
 @pass_cli
 def ingest(
@@ -75,15 +70,12 @@ def ingest(
 
     Exit code: 0 everything loaded, 3 some lines were rejected, 2 nothing could be done.
     """
-    from infdebug import settings
     from infdebug.collectors.ingest import ingest_paths
-    from infdebug.collectors.sampling import TraceSample
     from infdebug.errors import InputError
 
     try:
         try:
-            share = settings.trace_sample() if trace_sample is None else trace_sample
-            sample = TraceSample(share, trace_seed)
+            sampled = trace_sample_assign(trace_sample, trace_seed)
         except InputError as e:
             raise CommandFailed(str(e)) from None
         ceiling = resolve_max_latency(max_latency)
@@ -104,8 +96,7 @@ def ingest(
                     fmt=fmt,
                     replica=replica,
                     max_latency=ceiling,
-                    assign=sample.assign(),
-                    assign_params=sample.params(),
+                    **sampled,
                 )
         except StoreError as e:
             raise CommandFailed(f"ingest failed: {e}") from None

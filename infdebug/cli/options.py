@@ -251,3 +251,34 @@ def input_options(command: str) -> Callable[[F], F]:
             help="Replica name for engine logs that do not carry one (default: file name).",
         ),
     )
+
+
+def trace_sample_options() -> Callable[[F], F]:
+    """``--trace-sample`` / ``--trace-seed``: which requests keep their token arrays and texts
+    (collectors/sampling.py), for ``ingest`` and the log collectors."""
+    return _stack(
+        click.option(
+            "--trace-sample",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="Share of ordinary requests kept with their token arrays and texts; errors, "
+            "non-stop finishes and slow requests are always kept whole, the rest keep their "
+            "aggregates (default: $INFDEBUG_TRACE_SAMPLE, else 1: all).",
+        ),
+        click.option(
+            "--trace-seed",
+            type=click.IntRange(0, 2**63 - 1),
+            default=0,
+            help="Seed of that choice.",
+        ),
+    )
+
+
+def trace_sample_assign(share: float | None, seed: int) -> dict[str, Any]:
+    """``ingest_paths``' ``assign`` / ``assign_params`` for the share (None: the env's);
+    an ``InputError`` for a bad one."""
+    from infdebug import settings
+    from infdebug.collectors.sampling import TraceSample
+
+    sample = TraceSample(settings.trace_sample() if share is None else share, seed)
+    return {"assign": sample.assign(), "assign_params": sample.params()}

@@ -254,7 +254,8 @@ class Tailer:
     """Load ``paths`` into the store, once (``follow=False``) or every ``interval`` seconds
     until ``stop()``. ``open_store`` opens the store (it raises ``StoreBusy`` / ``StoreError``
     when it cannot); ``say`` gets the progress lines; ``exclude``: files and directories
-    never read (the rejects file, the store's own directory)."""
+    never read (the rejects file, the store's own directory); ``assign`` / ``assign_params``:
+    as ``ingest_paths``' (trace sampling, collectors/sampling.py)."""
 
     def __init__(
         self,
@@ -272,6 +273,8 @@ class Tailer:
         max_latency: float | None = None,
         exclude: Iterable[str] = (),
         say: Say = lambda line: None,
+        assign: dict[str, dict[str, str]] | None = None,
+        assign_params: dict[str, Any] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.follow = follow
@@ -289,6 +292,8 @@ class Tailer:
             rotation=RotatedLogs(),
             fast_tail=True,
             named=self.paths,
+            assign=assign,
+            assign_params=assign_params,
         )
         self.ceiling = float(self._ingest["max_latency"])
         self.rejects_path = rejects_path
