@@ -401,3 +401,16 @@ def test_collect_gpu_without_a_gpu_says_so_and_exits_2(tmp_path: Any) -> None:
     )
     assert res.exit_code == 2, res.output
     assert "no GPU to sample" in res.output and "--simulate-gpu" in res.output
+
+
+def test_the_real_vllm_v0_snapshot_reads_as_v0_and_minus_one_is_no_data(
+    store: Store, shared_data: str
+) -> None:
+    recs, rejects = read_exposition(os.path.join(shared_data, "logs", VLLM_V0), "v0")
+    assert not rejects
+    RecordSink("t", "test").load(store, [b"".join(_enc(r) for r in recs)], 1)
+    [st] = metric_stats(store)
+    assert st.engine == "vllm-v0" and st.basis == "since_start"
+    assert st.prefix_cache_hit_ratio is None  # the gauge reads -1: prefix caching off
+    assert st.gauges["kv_cache_usage_ratio"]["max"] == 0.0
+    assert set(st.gauges) >= {"requests_running", "requests_waiting"}
