@@ -36,6 +36,13 @@ Reproduce
 
 The generated file is kept under bench/out/ (gitignored) and reused by later runs with
 the same ``--records``.
+
+OTLP
+----
+``python bench/collect.py otlp [options]`` benchmarks ``infdebug collect otlp`` instead: 16
+simulated replicas pushing vLLM-shaped spans at increasing rates, the sustained rate, the
+503s and the ingest lag, against ``infdebug ingest`` of the same records (bench/collect_otlp.py,
+whose docstring says how each number is measured; ``python bench/collect.py otlp --help``).
 """
 
 from __future__ import annotations
@@ -213,6 +220,10 @@ def run_tailer(
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["otlp"]:
+        from collect_otlp import main as otlp_main
+
+        return otlp_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)

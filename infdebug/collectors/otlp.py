@@ -20,13 +20,24 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import msgspec
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from infdebug.collectors import spool_loader
-from infdebug.collectors.otlp_decode import OtlpDecodeError, decode_request, span_rows
+from infdebug.collectors.otlp_decode import (
+    OtlpDecodeError,
+    decode_body,
+    decode_request,
+    iter_span_rows,
+    span_rows,
+)
 from infdebug.collectors.otlp_requests import request_of
 from infdebug.collectors.spool import Spool, SpoolFull
-from infdebug.schema import encode_records
+from infdebug.schema import encode_record
 from infdebug.store.base import Store
+from infdebug.store.cluster import mutation_target
 from infdebug.store.ddl import JSONL_READ_SETTINGS, TABLES
+from infdebug.store.filepath import literal_path
 from infdebug.store.ingest_state import rollback_batch
 
 RETRY_AFTER_S = 5
@@ -56,13 +67,13 @@ _COLS = (
     ("Links.TraceState", "Array(String)"),
     ("Links.Attributes", "Array(Map(String, String))"),
 )
-_INSERT = (
-    "INSERT INTO otel_traces ("
-    + ", ".join(f"`{c}`" for c, _ in _COLS)
-    + ") SELECT * FROM format(JSONEachRow, '"
-    + ", ".join(f"`{c}` {t}" for c, t in _COLS)
-    + "', {data:String})"
-)
+_INTO = "INSERT INTO otel_traces (" + ", ".join(f"`{c}`" for c, _ in _COLS) + ") SELECT * FROM "
+_STRUCTURE = ", ".join(f"`{c}` {t}" for c, t in _COLS)
+# A server gets the rows as a bound parameter; chDB reads them from a file, as clickhouse-
+# connect escapes a bound string one character at a time in Python (most of a load's time).
+_INSERT = _INTO + f"format(JSONEachRow, '{_STRUCTURE}', {{data:String}})"
+_INSERT_FILE = _INTO + f"file({{path:String}}, 'JSONEachRow', '{_STRUCTURE}')"
+_ENCODER = msgspec.json.Encoder()
 
 
 class OtlpSink:
@@ -75,31 +86,73 @@ class OtlpSink:
         self._source = "otlp:" + spool_directory
         self._say = say
 
+    def _decode(self, payload: bytes) -> ExportTraceServiceRequest | None:
+        try:
+            return decode_request(payload, "application/x-protobuf")
+        except OtlpDecodeError as e:  # checked on receipt: cannot happen unless corrupted
+            self._say(f"spool: a frame could not be decoded: {e}")
+            return None
+
     def _rows(self, payloads: list[bytes]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for payload in payloads:
-            try:
-                rows.extend(span_rows(decode_request(payload, "application/x-protobuf")))
-            except OtlpDecodeError as e:  # checked on receipt: cannot happen unless corrupted
-                self._say(f"spool: a frame could not be decoded: {e}")
-        return rows
+        reqs = (self._decode(p) for p in payloads)
+        return [row for req in reqs if req is not None for row in span_rows(req)]
 
     def load(self, store: Store, payloads: list[bytes], batch: int) -> Counter[str]:
-        rows = self._rows(payloads)
+        # One insert per table for the whole chunk: chDB's cost per insert (a part, its
+        # merges) is high enough that inserting a chunk in pieces costs more than it saves.
         got: Counter[str] = Counter()
-        if rows:
-            data = "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
-            store.command(_INSERT, {"data": data})
-            got["spans"] = len(rows)
-            got["requests"] = self._requests(store, rows, batch)
+        lines: tuple[list[bytes], list[bytes]] = ([], [])
+        n_spans = n_recs = 0
+        for payload in payloads:
+            req = self._decode(payload)
+            if req is not None:
+                n, r = self._encode(req, lines)
+                n_spans, n_recs = n_spans + n, n_recs + r
+        if n_spans:
+            self._spans(store, lines[0])
+            if n_recs:
+                self._requests(store, lines[1], batch)
+            got.update(spans=n_spans, requests=n_recs)
         return got
 
-    def _requests(self, store: Store, rows: list[dict[str, Any]], batch: int) -> int:
-        recs = [r for r in map(request_of, rows) if r is not None]
-        if not recs:
-            return 0
+    @staticmethod
+    def _encode(
+        req: ExportTraceServiceRequest, into: tuple[list[bytes], list[bytes]]
+    ) -> tuple[int, int]:
+        """Append the request's spans' JSON lines and their request records' to ``into``;
+        (spans, records). Span by span, each row done before the next: a chunk's rows, tens
+        of thousands of dicts, are never alive together (which would make the garbage
+        collector go through them again and again)."""
+        buf, rbuf = bytearray(), bytearray()
+        n = r = 0
+        for row in iter_span_rows(req):
+            _ENCODER.encode_into(row, buf, len(buf))
+            buf += b"\n"
+            n += 1
+            rec = request_of(row)
+            if rec is not None:
+                rbuf += encode_record(rec)
+                r += 1
+        into[0].append(bytes(buf))
+        into[1].append(bytes(rbuf))
+        return n, r
+
+    @staticmethod
+    def _spans(store: Store, data: list[bytes]) -> None:
+        if getattr(store, "home", None) is None:  # a server (it cannot read our files)
+            store.command(_INSERT, {"data": b"".join(data).decode()})
+            return
         with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
-            fh.write(encode_records(recs))
+            fh.writelines(data)
+        try:
+            with literal_path(fh.name) as path:
+                store.command(_INSERT_FILE, {"path": path})
+        finally:
+            os.unlink(fh.name)
+
+    def _requests(self, store: Store, data: list[bytes], batch: int) -> None:
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
+            fh.writelines(data)
         settings = dict(JSONL_READ_SETTINGS, input_format_skip_unknown_fields=1)
         try:
             store.insert_jsonl(
@@ -107,14 +160,13 @@ class OtlpSink:
             )
         finally:
             os.unlink(fh.name)
-        return len(recs)
 
     def undo(self, store: Store, payloads: list[bytes], batch: int) -> None:
         keys = [r["TraceId"] + r["SpanId"] for r in self._rows(payloads)]
         if keys:
             store.command(
-                "ALTER TABLE otel_traces DELETE WHERE has({k:Array(String)}, "
-                "concat(TraceId, SpanId))",
+                f"ALTER TABLE {mutation_target(store, 'otel_traces')} DELETE WHERE "
+                "has({k:Array(String)}, concat(TraceId, SpanId))",
                 {"k": keys},
                 {"mutations_sync": 2},
             )
@@ -205,7 +257,7 @@ class OtlpReceiver:
     def handle(self, headers: Any, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
         """(status, JSON body, extra headers) for one POST."""
         try:
-            req = decode_request(
+            req, raw = decode_body(
                 body,
                 headers.get("Content-Type", ""),
                 headers.get("Content-Encoding", ""),
@@ -215,7 +267,8 @@ class OtlpReceiver:
             self._count("malformed")
             return 400, {"error": str(e)}, {}
         try:
-            self.spool.append(req.SerializeToString())
+            # a protobuf body is spooled as it came (it parsed: it is the same request)
+            self.spool.append(raw if raw is not None else req.SerializeToString())
         except SpoolFull as e:
             self._count("refused")
             if not self._full_told:

@@ -21,16 +21,21 @@ from infdebug.schema import Request
 FINISH = {"stop", "length", "abort", "error"}
 
 
+def _float(v: str | None) -> float | None:
+    """``v`` as a finite number; None if absent, not a number or not finite."""
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _num(a: dict[str, str], *keys: str) -> float | None:
     for k in keys:
-        v = a.get(k)
-        if v is None:
-            continue
-        try:
-            x = float(v)
-        except ValueError:
-            continue
-        if math.isfinite(x):
+        x = _float(a.get(k))
+        if x is not None:
             return x
     return None
 
@@ -40,14 +45,42 @@ def _count(a: dict[str, str], *keys: str) -> int | None:
     return int(x) if x is not None and 0 <= x < 2**32 else None
 
 
+def _count1(a: dict[str, str], key: str) -> int | None:
+    """``_count`` of one key (no argument tuple: it runs for every field of every span)."""
+    x = _float(a.get(key))
+    return int(x) if x is not None and 0 <= x < 2**32 else None
+
+
 def _ids(a: dict[str, str], key: str) -> list[int] | None:
+    raw = a.get(key)
+    if raw is None:
+        return None
     try:
-        v = json.loads(a[key])
-    except (KeyError, ValueError):
+        v = json.loads(raw)
+    except ValueError:
         return None
     if isinstance(v, list) and all(isinstance(i, int) and 0 <= i < 2**32 for i in v):
         return v
     return None
+
+
+_FIRST: dict[str, str | None] = {}  # _first_reason's answers: a few distinct lists recur
+_FIRST_KEEP = 1024
+
+
+def _first_reason(raw: str) -> str | None:
+    """The first of a JSON list of finish reasons (``raw`` itself if it is not JSON)."""
+    if raw in _FIRST:
+        return _FIRST[raw]
+    try:
+        first = json.loads(raw)
+        got = str(first[0]) if isinstance(first, list) and first else None
+    except ValueError:
+        got = raw
+    if len(_FIRST) >= _FIRST_KEEP:
+        _FIRST.clear()
+    _FIRST[raw] = got
+    return got
 
 
 def request_of(row: dict[str, Any]) -> Request | None:
@@ -67,22 +100,17 @@ def request_of(row: dict[str, Any]) -> Request | None:
     )
     raw = a.get("gen_ai.response.finish_reasons") or a.get("gen_ai.response.finish_reason")
     if raw and raw.startswith("["):
-        try:
-            first = json.loads(raw)
-            raw = str(first[0]) if isinstance(first, list) and first else None
-        except ValueError:
-            pass
-    sampling = {
-        k: v
-        for k, v in (
-            ("temperature", _num(a, "gen_ai.request.temperature")),
-            ("top_p", _num(a, "gen_ai.request.top_p")),
-            ("top_k", _count(a, "gen_ai.request.top_k")),
-            ("max_tokens", _count(a, "gen_ai.request.max_tokens")),
-            ("n", _count(a, "gen_ai.request.n")),
-        )
-        if v is not None
-    }
+        raw = _first_reason(raw)
+    sampling: dict[str, float | int] = {}
+    for k, x in (
+        ("temperature", _float(a.get("gen_ai.request.temperature"))),
+        ("top_p", _float(a.get("gen_ai.request.top_p"))),
+        ("top_k", _count1(a, "gen_ai.request.top_k")),
+        ("max_tokens", _count1(a, "gen_ai.request.max_tokens")),
+        ("n", _count1(a, "gen_ai.request.n")),
+    ):
+        if x is not None:
+            sampling[k] = x
     engine = "infdebug" if a.get("gen_ai.system") == "infdebug" else None
     if engine is None and (row["SpanName"] == "llm_request" or "vllm" in row["ServiceName"]):
         engine = "vllm"
@@ -95,9 +123,9 @@ def request_of(row: dict[str, Any]) -> Request | None:
         engine=engine,
         tokenizer_fp=a.get("infdebug.tokenizer_fp") or None,
         template_fp=a.get("infdebug.template_fp") or None,
-        queue_s=_num(a, "gen_ai.latency.time_in_queue"),
-        ttft_s=_num(a, "gen_ai.latency.time_to_first_token"),
-        e2e_s=_num(a, "gen_ai.latency.e2e"),
+        queue_s=_float(a.get("gen_ai.latency.time_in_queue")),
+        ttft_s=_float(a.get("gen_ai.latency.time_to_first_token")),
+        e2e_s=_float(a.get("gen_ai.latency.e2e")),
         prompt_ids=_ids(a, "infdebug.prompt_token_ids"),
         output_ids=_ids(a, "infdebug.output_token_ids"),
         cached_prompt_tokens=_count(

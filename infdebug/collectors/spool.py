@@ -68,6 +68,10 @@ class Spool:
                 last = max(last, seq)
         self._next = max(last, self._floor()) + 1
         self._cur: str | None = None
+        self._cur_bytes = 0  # the size of _cur
+        # What the segments hold, kept by ``append`` and recounted by ``release``, so an
+        # append does not list the directory (``size()`` still reads the disk).
+        self._bytes = self.size()
 
     def _floor(self) -> int:
         """The last sequence number handed out before every segment was deleted."""
@@ -96,23 +100,32 @@ class Spool:
     def append(self, payload: bytes) -> int:
         """Write ``payload`` durably; its sequence number. ``SpoolFull`` when over the limit."""
         frame_len = HEADER.size + len(payload)
+        crc = zlib.crc32(payload)  # outside the lock: the other appends go on meanwhile
         with self._lock:
-            if self.size() + frame_len > self.max_bytes:
+            if self._bytes + frame_len > self.max_bytes:
                 self.refused += 1
                 raise SpoolFull(
                     f"spool {self.directory} is full ({self.max_bytes:,} bytes, --spool-max-bytes)"
                 )
             seq = self._next
-            if self._cur is None or os.path.getsize(self._cur) >= self.segment_bytes:
+            if self._cur is None or self._cur_bytes >= self.segment_bytes:
                 self._cur = os.path.join(self.directory, f"seg-{seq:020d}.spool")
                 new = True
             else:
                 new = False
-            head = HEADER.pack(MAGIC, seq, len(payload), zlib.crc32(payload))
-            with open(self._cur, "ab") as fh:
-                fh.write(head + payload)
-                fh.flush()
-                os.fsync(fh.fileno())
+            head = HEADER.pack(MAGIC, seq, len(payload), crc)
+            try:
+                with open(self._cur, "ab") as fh:
+                    fh.write(head)
+                    fh.write(payload)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    self._cur_bytes = fh.tell()
+            except BaseException:
+                self._bytes = self.size()  # whatever part of the frame got written
+                self._cur_bytes = os.path.getsize(self._cur) if os.path.exists(self._cur) else 0
+                raise
+            self._bytes += frame_len
             if new:
                 dfd = os.open(self.directory, os.O_RDONLY)
                 try:
@@ -152,6 +165,8 @@ class Spool:
                     self._save_floor()  # numbers go on from here, not from 1 again
                 os.unlink(path)
                 n += 1
+        with self._lock:
+            self._bytes = self.size()  # once a pass: what the disk holds, whoever changed it
         return n
 
     @staticmethod
