@@ -1,5 +1,6 @@
 """Benchmark the store's bytes per request, column by column, on realistic request records:
-today's layout against codecs that cut it, and the capacity model a fleet's size gives.
+today's layout against the layouts before it and other codecs, and the capacity model a
+fleet's size gives.
 
 What it measures
 ----------------
@@ -13,10 +14,21 @@ a lognormal TTFT then lognormal inter-token gaps (median 22 ms, sigma 0.45) in F
 seconds at full precision, as the tracer writes them. Not random IDs, not random text.
 
 The records go through ``infdebug ingest`` into a fresh embedded store (today's
-``requests`` table), then ``INSERT … SELECT`` into a probe table whose columns hold the
-same values under other types and codecs. After ``OPTIMIZE … FINAL`` (one merged part, the
-steady state) ``system.columns.data_compressed_bytes`` divided by the rows gives bytes per
-request per column, and by the tokens bytes per token.
+``requests`` table: migration 10 keeps the token times as Int64 microsecond offsets in
+``token_offsets_us``, ``token_times_s`` is an ALIAS of them), and the same JSONL file is read
+again by ``INSERT … SELECT … FROM file()`` into a probe table whose columns hold the same
+fields, the token times as the records have them (Float64 seconds at full precision), under
+other types and codecs. After ``OPTIMIZE … FINAL`` (one merged part, the steady state)
+``system.columns.data_compressed_bytes`` divided by the rows gives bytes per request per
+column, and by the tokens bytes per token; ``system.parts_columns`` gives the same of the
+stored times column part by part (``stored_token_times``).
+
+The layouts (``layouts_bytes_per_request``): ``today`` is the ``requests`` table as stored.
+The others are today's with each heavy column's probe bytes as that schema kept it in place
+of its probe bytes as today's does (``TODAY``, ``BEFORE``): ``migration_9`` the token times
+as Float64 seconds, FPC + ZSTD(1); ``migration_8`` every heavy column without a codec (on
+chDB that compresses as ZSTD(3) in large parts), and ``migration_8_lz4`` with LZ4, a
+server's default codec.
 
 Reproduce
 ---------
@@ -85,24 +97,50 @@ PROBE: tuple[tuple[str, str, str], ...] = (
     ("ptext_zstd1", "Nullable(String) CODEC(ZSTD(1))", "prompt_text"),
     ("ptext_zstd3", "Nullable(String) CODEC(ZSTD(3))", "prompt_text"),
     ("ptext_zstd9", "Nullable(String) CODEC(ZSTD(9))", "prompt_text"),
+    ("otext_default", "Nullable(String)", "output_text"),
     ("otext_lz4", "Nullable(String) CODEC(LZ4)", "output_text"),
     ("otext_zstd3", "Nullable(String) CODEC(ZSTD(3))", "output_text"),
+    ("msg_default", "Nullable(String)", "messages"),
     ("msg_lz4", "Nullable(String) CODEC(LZ4)", "messages"),
     ("msg_zstd3", "Nullable(String) CODEC(ZSTD(3))", "messages"),
 )
 
-# The improved layout (migration 9, store/ddl.py): for each of today's heavy columns, the
-# probe column that holds it the same way. ``INTEGER`` swaps in the integer token times.
-IMPROVED = {
-    "token_times_s": "tt_f64_fpc_zstd",
+# Today's token times: the stored columns under the ``token_times_s`` ALIAS (migration 10,
+# store/ddl.py); ``token_times_f64`` holds only rows stored before it (none here).
+TIMES = ("token_offsets_us", "token_times_f64")
+# For each heavy column, the probe column that holds it as today's schema does, and below,
+# as the schemas before did: a layout before is today's with the difference between the two
+# probe columns (the same rows in the same table: the probe table comes out a few percent
+# larger than ``requests`` for the same codec, which differences of probe columns cancel).
+TODAY = {
+    "token_times_s": "tt_i64_delta_zstd1",
     "prompt_ids": "pid_zstd3",
     "output_ids": "oid_zstd3",
     "prompt_text": "ptext_zstd3",
     "output_text": "otext_zstd3",
     "messages": "msg_zstd3",
 }
-INTEGER = {**IMPROVED, "token_times_s": "tt_i64_delta_zstd1"}
-HEAVY = (*IMPROVED, "output_logprobs")  # what a request without its traces lacks
+BEFORE: dict[str, dict[str, str]] = {
+    "migration_9": {"token_times_s": "tt_f64_fpc_zstd"},
+    "migration_8": {
+        "token_times_s": "tt_f64_default",
+        "prompt_ids": "pid_default",
+        "output_ids": "oid_default",
+        "prompt_text": "ptext_default",
+        "output_text": "otext_default",
+        "messages": "msg_default",
+    },
+    "migration_8_lz4": {
+        "token_times_s": "tt_f64_lz4",
+        "prompt_ids": "pid_lz4",
+        "output_ids": "oid_lz4",
+        "prompt_text": "ptext_lz4",
+        "output_text": "otext_lz4",
+        "messages": "msg_lz4",
+    },
+}
+# What a request without its traces lacks (stored columns: the ALIAS holds nothing).
+HEAVY = (*TIMES, *(c for c in TODAY if c != "token_times_s"), "output_logprobs")
 
 
 def corpus_text(limit_chars: int = 6_000_000) -> str:
@@ -199,6 +237,8 @@ def measure(n: int, seed: int) -> dict[str, Any]:
     from infdebug.collectors.ingest import ingest_paths
     from infdebug.store.base import migrate
     from infdebug.store.client import open_embedded
+    from infdebug.store.ddl import TABLES
+    from infdebug.store.filepath import literal_path
 
     records = build_records(n, seed)
     with tempfile.TemporaryDirectory(prefix="infdebug-storage-") as tmp:
@@ -218,44 +258,77 @@ def measure(n: int, seed: int) -> dict[str, Any]:
                 f"CREATE TABLE probe ({cols}) ENGINE = MergeTree ORDER BY tuple() "
                 "SETTINGS min_bytes_for_wide_part = 0"
             )
+            # The probe reads the records as they are (full-precision Float64 times), in the
+            # order the requests table keeps them.
             sel = ", ".join(e for _, _, e in PROBE)
-            st.command(f"INSERT INTO probe SELECT {sel} FROM requests ORDER BY replica, t_arrival")
+            with literal_path(path) as literal:
+                st.command(
+                    f"INSERT INTO probe SELECT {sel} FROM file({{p:String}}, 'JSONEachRow', "
+                    "{s:String}) ORDER BY replica, t_arrival",
+                    {"p": literal, "s": TABLES["request"].structure()},
+                )
             for t in ("requests", "probe"):
                 st.command(f"OPTIMIZE TABLE {t} FINAL")
             _, rows = st.query(
-                "SELECT table, name, type, data_compressed_bytes, data_uncompressed_bytes "
-                "FROM system.columns WHERE database = currentDatabase() "
-                "AND table IN ('requests', 'probe') ORDER BY table, position"
+                "SELECT table, name, type, data_compressed_bytes, data_uncompressed_bytes, "
+                "default_kind, compression_codec FROM system.columns "
+                "WHERE database = currentDatabase() AND table IN ('requests', 'probe') "
+                "ORDER BY table, position"
+            )
+            _, parts = st.query(
+                "SELECT column, any(type), count(), sum(column_data_compressed_bytes), "
+                "sum(rows) FROM system.parts_columns WHERE database = currentDatabase() "
+                "AND table = 'requests' AND active AND column IN {c:Array(String)} "
+                "GROUP BY column ORDER BY column",
+                {"c": list(TIMES)},
             )
             _, cnt = st.query(
-                "SELECT count(), sum(length(prompt_ids)), sum(length(output_ids)) FROM requests"
+                "SELECT count(), sum(length(prompt_ids)), sum(length(output_ids)), "
+                "sum(length(token_times_s)) FROM requests"
             )
         finally:
             st.close()
-    n_rows, in_tok, out_tok = (int(x) for x in cnt[0])
+    n_rows, in_tok, out_tok, time_tok = (int(x) for x in cnt[0])
     per: dict[str, dict[str, Any]] = {}
-    for table, name, typ, comp, raw in rows:
+    for table, name, typ, comp, raw, kind, codec in rows:
         per[f"{table}.{name}"] = {
-            "type": typ,
+            "type": typ + (f" {kind}" if kind else "") + (f" {codec}" if codec else ""),
             "bytes_per_request": comp / n_rows,
             "uncompressed_per_request": raw / n_rows,
         }
     today = sum(v["bytes_per_request"] for k, v in per.items() if k.startswith("requests."))
     layouts = {"today": today}
-    for name, swap in (("improved", IMPROVED), ("integer", INTEGER)):
-        layouts[name] = today - sum(
-            per[f"requests.{c}"]["bytes_per_request"] - per[f"probe.{p}"]["bytes_per_request"]
+    for name, swap in BEFORE.items():
+        layouts[name] = today + sum(
+            per[f"probe.{p}"]["bytes_per_request"] - per[f"probe.{TODAY[c]}"]["bytes_per_request"]
             for c, p in swap.items()
         )
     # Aggregates only (a request whose token arrays and texts sampling dropped).
     layouts["aggregates_only"] = today - sum(
         per[f"requests.{c}"]["bytes_per_request"] for c in (*HEAVY, "prompt_ids_hash")
     )
-    tok_cols = {
-        k: per[f"probe.{k}"]["bytes_per_request"] * n_rows / out_tok
-        for k, _, _ in PROBE
-        if k.startswith(("tt_", "oid_"))
+    # The stored token times column as the parts hold it (system.parts_columns).
+    stored_times = {
+        f"requests.{col}": {
+            "type": typ,
+            "parts": int(n_parts),
+            "rows": int(n),
+            "bytes_per_request": comp / n_rows,
+            "bytes_per_token": comp / max(1, time_tok),
+        }
+        for col, typ, n_parts, comp, n in parts
     }
+    tok_cols = {
+        f"requests.{c}": per[f"requests.{c}"]["bytes_per_request"] * n_rows / max(1, time_tok)
+        for c in TIMES
+    }
+    tok_cols.update(
+        {
+            k: per[f"probe.{k}"]["bytes_per_request"] * n_rows / out_tok
+            for k, _, _ in PROBE
+            if k.startswith(("tt_", "oid_"))
+        }
+    )
     tok_cols.update(
         {
             k: per[f"probe.{k}"]["bytes_per_request"] * n_rows / in_tok
@@ -270,9 +343,10 @@ def measure(n: int, seed: int) -> dict[str, Any]:
         "jsonl_bytes_per_request": jsonl_bytes / n_rows,
         "columns": per,
         "bytes_per_token": tok_cols,
+        "stored_token_times": stored_times,
         "layouts_bytes_per_request": layouts,
-        "improved": IMPROVED,
-        "integer": INTEGER,
+        "today": TODAY,
+        "before": BEFORE,
     }
 
 
@@ -281,10 +355,10 @@ def capacity(
 ) -> dict[str, Any]:
     """Bytes/day, MB/s and ingest nodes for ``replicas`` × ``rps`` records/s, per layout,
     and with ``sample`` of the requests keeping their token arrays and texts (the rest
-    aggregates only, ``INFDEBUG_TRACE_SAMPLE``) on the integer layout."""
+    aggregates only, ``INFDEBUG_TRACE_SAMPLE``) on today's layout."""
     per_s = replicas * rps
     lay = dict(res["layouts_bytes_per_request"])
-    lay["integer_sampled"] = lay["integer"] * sample + lay["aggregates_only"] * (1 - sample)
+    lay["today_sampled"] = lay["today"] * sample + lay["aggregates_only"] * (1 - sample)
     out: dict[str, Any] = {"records_per_s": per_s, "trace_sample": sample, "layouts": {}}
     for name, b in lay.items():
         out["layouts"][name] = {
@@ -330,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     print("bytes per token:")
     for k, v in res["bytes_per_token"].items():
         print(f"  {k:32} {v:6.2f}")
+    for k, v in res["stored_token_times"].items():
+        print(f"stored {k} ({v['type']}, {v['parts']} part): {v['bytes_per_token']:.2f} B/token")
     for k, v in res["layouts_bytes_per_request"].items():
         print(f"layout {k:16} {v:8.0f} B/request")
     print(json.dumps(res["capacity"], indent=2))

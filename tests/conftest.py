@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
+import msgspec
 import pytest
 
-from infdebug.schema import GpuSample, MetricSample, Request
+from infdebug.schema import GpuSample, MetricSample, Request, offsets_us
 from infdebug.store import Store, open_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,6 +187,15 @@ def make_request(i: int = 0, **kw: Any) -> Request:
     )
     base.update(kw)
     return Request(**base)
+
+
+def as_stored(rec: Any) -> Any:
+    """``rec`` as the store gives it back: a request's token times to the microsecond (the
+    store keeps them as integer microseconds, store/ddl.py migration 10)."""
+    if isinstance(rec, Request) and rec.token_times_s:
+        times = [u / 1e6 for u in offsets_us(rec.token_times_s)]
+        return msgspec.structs.replace(rec, token_times_s=times)
+    return rec
 
 
 def make_gpu(i: int = 0, **kw: Any) -> GpuSample:

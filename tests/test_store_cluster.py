@@ -74,7 +74,7 @@ def test_engine_arguments_are_kept_after_the_zookeeper_path() -> None:
     assert local.rstrip().endswith("'{replica}', updated_at)\nORDER BY content_id")
 
 
-def test_alters_go_to_the_local_tables_and_add_column_to_the_distributed_too() -> None:
+def test_alters_go_to_the_local_tables_and_add_or_rename_column_to_the_distributed_too() -> None:
     for plain, rewritten in zip(MIGRATIONS, C.migrations(), strict=True):
         assert (plain.version, plain.name) == (rewritten.version, rewritten.name)
         for stmt in plain.statements:
@@ -86,7 +86,55 @@ def test_alters_go_to_the_local_tables_and_add_column_to_the_distributed_too() -
                 rewritten.statements
             )
             dist = f"ALTER TABLE infdebug.{t} ON CLUSTER fleet_c1 {action}"
-            assert (dist in rewritten.statements) == action.startswith("ADD COLUMN")
+            both = action.startswith(("ADD COLUMN", "RENAME COLUMN"))
+            assert (dist in rewritten.statements) == both
+
+
+def test_migration_10_keeps_the_distributed_table_reading_token_times_s() -> None:
+    """The rename, the integer column and the ALIAS go to the Distributed table as to the
+    local ones (an ALIAS there reads the columns it names); the codec and column TTL, which
+    a Distributed table does not take, to the local tables only."""
+    [m10] = [m for m in C.migrations() if m.version == 10]
+    local = [s for s in m10.statements if "requests_local " in s]
+    dist = [s for s in m10.statements if "infdebug.requests " in s]
+    assert len(local) == 4 and len(dist) == 3
+    assert [s.split(" ON CLUSTER fleet_c1 ")[1].split(" ")[0:2] for s in dist] == [
+        ["RENAME", "COLUMN"],
+        ["ADD", "COLUMN"],
+        ["ADD", "COLUMN"],
+    ]
+    assert "RENAME COLUMN IF EXISTS token_times_s TO token_times_f64" in dist[0]
+    assert "token_offsets_us Array(Int64) AFTER token_times_f64" in dist[1]
+    assert "token_times_s Array(Float64) ALIAS if(empty(`token_offsets_us`)" in dist[2]
+    assert not any("CODEC" in s or "TTL" in s for s in dist)
+    [modify] = [s for s in local if " MODIFY COLUMN " in s]
+    assert "CODEC(Delta, ZSTD(1)) TTL" in modify
+    assert modify.endswith("SETTINGS materialize_ttl_after_modify = 0")
+
+
+def test_a_cluster_migration_run_again_skips_a_rename_done(tmp_path) -> None:
+    """``apply_statement`` asks the named table (database-qualified on a cluster) whether
+    a rename was done; the local statements, engine swapped back, on chDB."""
+    from infdebug.store.base import apply_statement
+    from infdebug.store.client import open_embedded
+
+    st = open_embedded(str(tmp_path / "rerun"))
+    try:
+        st.command("CREATE DATABASE IF NOT EXISTS infdebug")
+        st.command(
+            "CREATE TABLE infdebug.requests_local (token_times_s Array(Float64), "
+            "_ingested_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY tuple()"
+        )
+        st.command("INSERT INTO infdebug.requests_local (token_times_s) VALUES ([0.5, 1.25])")
+        [m10] = [m for m in C.migrations() if m.version == 10]
+        stmts = [re.sub(r" ON CLUSTER \w+", "", s) for s in m10.sql(30) if "requests_local " in s]
+        for _ in range(2):
+            for s in stmts:
+                apply_statement(st, s)
+        _, rows = st.query("SELECT token_times_s, token_times_f64 FROM infdebug.requests_local")
+        assert rows == [([0.5, 1.25], [0.5, 1.25])]
+    finally:
+        st.close()
 
 
 @pytest.mark.parametrize("bad", ["", "a-b", "x; DROP TABLE requests", "1abc", "a b", "`x`"])

@@ -1,9 +1,13 @@
-"""The integer form of the per-token times (``token_offsets_us``), migration 9 (codecs and
-the token arrays' column TTL) on an existing store, and trace sampling at ingest."""
+"""The per-token times in integer microseconds (``token_offsets_us``): the contract's two
+forms, migrations 9 (codecs, the token arrays' column TTL) and 10 (the times stored as
+integers, ``token_times_s`` an ALIAS) on an old store, both ingest paths storing either
+form as integers, and trace sampling at ingest."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +17,18 @@ from infdebug.collectors.ingest import ingest_paths
 from infdebug.collectors.sampling import TraceSample
 from infdebug.errors import InputError
 from infdebug.schema import Request, decode_record, encode_record, offsets_us, read_records
-from infdebug.store.base import migrate
+from infdebug.store.base import apply_statement, migrate
 from infdebug.store.client import open_embedded
-from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL
+from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, TABLES
+from infdebug.store.line_check import check_lines
+from infdebug.store.queries import fetch_records
 
 TIMES = [0.123456, 0.145001, 0.17, 1.5]
 US = [123456, 145001, 170000, 1500000]
+# Float seconds finer than the microsecond (the tracer writes full precision): stored as the
+# nearest microsecond, ties to even as Python's round() and ClickHouse's do.
+FINE = [0.0000004, 0.0000005, 0.0000015, 0.1234564999, 0.98765450001, 3599.9999996, 86400.0]
+FINE_US = offsets_us(FINE)
 
 
 def _line(i: int, **kw: Any) -> dict[str, Any]:
@@ -53,38 +63,110 @@ def test_reader_accepts_both_forms(tmp_path: Path) -> None:
     assert [r.token_times_s for r in recs] == [TIMES, [u / 1e6 for u in US]]  # type: ignore[union-attr]
 
 
-def test_migration_9_on_an_existing_store(tmp_path: Path) -> None:
-    """Before the module's store opens: one embedded store at a time in a process."""
-    st = open_embedded(str(tmp_path / "old"))
-    try:
-        st.command(MIGRATIONS_DDL)
-        for m in MIGRATIONS:
-            if m.version > 8:
-                break
-            for s in m.sql(30):
-                st.command(s)
-            st.command(
-                "INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",
-                {"v": m.version, "n": m.name},
-            )
-        p = tmp_path / "old.jsonl"
-        p.write_text(json.dumps(_line(1, token_times_s=TIMES, prompt_ids=[1, 2, 3])) + "\n")
-        _ingest(st, p)
-        assert migrate(st) == [9]
-        _, codecs = st.query(
-            "SELECT name, compression_codec FROM system.columns WHERE table = 'requests' "
-            "AND name IN ('token_times_s', 'prompt_ids') ORDER BY name"
+def _old_store(home: Path, upto: int) -> Any:
+    """A store at schema ``upto``, its migrations run as that release ran them."""
+    st = open_embedded(str(home))
+    st.command(MIGRATIONS_DDL)
+    for m in MIGRATIONS:
+        if m.version > upto:
+            break
+        for s in m.sql(30):
+            st.command(s)
+        st.command(
+            "INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",
+            {"v": m.version, "n": m.name},
         )
-        assert [c[0] for c in codecs] == ["prompt_ids", "token_times_s"]
-        assert "ZSTD(3)" in codecs[0][1] and "FPC" in codecs[1][1]
+    return st
+
+
+def _columns(st: Any) -> dict[str, tuple[str, str, str]]:
+    _, rows = st.query(
+        "SELECT name, type, default_kind, compression_codec FROM system.columns "
+        "WHERE database = currentDatabase() AND table = 'requests' "
+        "AND name IN ('token_times_s', 'token_times_f64', 'token_offsets_us', 'prompt_ids')"
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def _files(st: Any) -> dict[str, int]:
+    """The inode of each column file of the table's active parts, by file name."""
+    _, rows = st.query(
+        "SELECT path FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'requests' AND active"
+    )
+    [(d,)] = rows
+    return {f: os.stat(os.path.join(d, f)).st_ino for f in os.listdir(d) if f.endswith(".bin")}
+
+
+def test_an_old_store_keeps_its_float_times_through_migration_10(tmp_path: Path) -> None:
+    """Before the module's store opens: one embedded store at a time in a process. Rows an
+    old release stored (schema 9: Float64 seconds in ``token_times_s``) read back the same
+    after migration 10, their data renamed, not rewritten; new rows are stored as integers
+    beside them."""
+    st = _old_store(tmp_path / "old", 9)
+    try:
+        # wide parts, as a store's parts past 10 MB are: a file per column
+        st.command("ALTER TABLE requests MODIFY SETTING min_bytes_for_wide_part = 0")
+        # as the old loader wrote them (its INSERT named the physical column)
+        st.command(
+            "INSERT INTO requests (request_id, replica, t_arrival, token_times_s, prompt_ids) "
+            "VALUES ('old', 'r0', 1e9, {t:Array(Float64)}, [1, 2, 3])",
+            {"t": FINE},
+        )
+        before = _files(st)
+        assert migrate(st) == [10]
+        after = _files(st)
+        for old, new in (("token_times_s", "token_times_f64"), ("prompt_ids", "prompt_ids")):
+            assert after[f"{new}.bin"] == before[f"{old}.bin"]  # the same file: not rewritten
+        cols = _columns(st)
+        assert cols["token_times_f64"][:2] == ("Array(Float64)", "")
+        assert "FPC" in cols["token_times_f64"][2]  # migration 9's codec, kept by the rename
+        assert cols["token_offsets_us"] == ("Array(Int64)", "", "CODEC(Delta(8), ZSTD(1))")
+        assert cols["token_times_s"][:2] == ("Array(Float64)", "ALIAS")
+        _, rows = st.query("SELECT token_times_s, token_times_f64, token_offsets_us FROM requests")
+        assert rows == [(FINE, FINE, [])]  # the old row's Float64 seconds, to the bit
+        p = tmp_path / "new.jsonl"
+        p.write_text(
+            json.dumps(_line(2, request_id="new-us", token_offsets_us=US))
+            + "\n"
+            + json.dumps(_line(3, request_id="new-f", token_times_s=FINE))
+            + "\n"
+        )
+        assert _ingest(st, p).files[0].path_taken == "fast"
+        st.command("OPTIMIZE TABLE requests FINAL")  # old and new rows in one part
+        _, rows = st.query(
+            "SELECT request_id, token_times_s, token_times_f64, token_offsets_us FROM requests "
+            "ORDER BY t_arrival"
+        )
+        assert rows == [
+            ("old", FINE, FINE, []),
+            ("new-us", [u / 1e6 for u in US], [], US),
+            ("new-f", [u / 1e6 for u in FINE_US], [], FINE_US),
+        ]
+        assert migrate(st) == []
+    finally:
+        st.close()
+
+
+def test_migrations_9_and_10_on_a_schema_8_store_and_again_after_a_stop(tmp_path: Path) -> None:
+    """Codecs and the times' columns from schema 8; migration 10 run again from its start
+    (as after a stop before it was recorded): the rename is skipped where it was done."""
+    st = _old_store(tmp_path / "stopped", 8)
+    try:
+        st.command(
+            "INSERT INTO requests (request_id, replica, t_arrival, token_times_s, prompt_ids) "
+            "VALUES ('old', 'r0', 1e9, {t:Array(Float64)}, [1, 2, 3])",
+            {"t": TIMES},
+        )
+        assert migrate(st) == [9, 10]
+        cols = _columns(st)
+        assert "ZSTD(3)" in cols["prompt_ids"][2] and "FPC" in cols["token_times_f64"][2]
+        [m10] = [m for m in MIGRATIONS if m.version == 10]
+        for s in m10.sql(30):
+            apply_statement(st, s)
+        assert _columns(st) == cols
         _, rows = st.query("SELECT token_times_s, prompt_ids FROM requests")
         assert rows == [(TIMES, [1, 2, 3])]
-        p2 = tmp_path / "new.jsonl"
-        p2.write_text(json.dumps(_line(2, token_offsets_us=US)) + "\n")
-        _ingest(st, p2)
-        st.command("OPTIMIZE TABLE requests FINAL")
-        _, rows = st.query("SELECT token_times_s FROM requests ORDER BY t_arrival")
-        assert rows == [(TIMES,), ([u / 1e6 for u in US],)]
     finally:
         st.close()
 
@@ -102,38 +184,155 @@ def _ingest(st: Any, path: Path, **kw: Any) -> Any:
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_store_column_is_filled_the_same_from_either_form(
+def test_both_forms_are_stored_as_integers_on_either_path(
     store: Any, tmp_path: Path, fast: bool
 ) -> None:
-    """The fast path (clean lines) and the careful path (a bad line in the file) both."""
+    """The fast path (clean lines) and the careful path (a bad line in the file) both: the
+    integer form as it is, the float form rounded to the microsecond, read back in seconds
+    by ``token_times_s``; nothing in the Float64 column of the rows stored before."""
     p = tmp_path / f"both_{fast}.jsonl"
     tag = "f" if fast else "c"
     lines = [
-        _line(1, request_id=f"{tag}-float", token_times_s=[u / 1e6 for u in US], e2e_s=2.0),
+        _line(1, request_id=f"{tag}-float", token_times_s=FINE, e2e_s=86400.0),
         _line(2, request_id=f"{tag}-int", token_offsets_us=US, e2e_s=2.0),
+        _line(3, request_id=f"{tag}-both", token_times_s=TIMES, token_offsets_us=[1, 2], e2e_s=2.0),
+        _line(4, request_id=f"{tag}-none", e2e_s=2.0),
     ]
     text = "".join(json.dumps(x) + "\n" for x in lines) + ("" if fast else "{not json\n")
     p.write_text(text)
     rep = _ingest(store, p)
     assert rep.files[0].path_taken == ("fast" if fast else "careful")
     _, rows = store.query(
-        "SELECT request_id, token_times_s FROM requests WHERE startsWith(request_id, {t:String}) "
-        "ORDER BY request_id",
+        "SELECT request_id, token_offsets_us, token_times_s, token_times_f64 FROM requests "
+        "WHERE startsWith(request_id, {t:String}) ORDER BY t_arrival",
         {"t": f"{tag}-"},
     )
-    assert [r[0] for r in rows] == [f"{tag}-float", f"{tag}-int"]
-    assert rows[0][1] == rows[1][1] == [u / 1e6 for u in US]
-
-
-def test_an_impossible_integer_time_goes_to_the_careful_path(store: Any, tmp_path: Path) -> None:
-    p = tmp_path / "late.jsonl"
-    p.write_text(
-        json.dumps(_line(1, request_id="late", token_offsets_us=[5_000_000], e2e_s=1.0)) + "\n"
+    assert rows == [
+        (f"{tag}-float", FINE_US, [u / 1e6 for u in FINE_US], []),
+        (f"{tag}-int", US, [u / 1e6 for u in US], []),
+        (f"{tag}-both", US, [u / 1e6 for u in US], []),  # the float form wins, as decoded
+        (f"{tag}-none", [], [], []),
+    ]
+    _, types = store.query(
+        "SELECT name, type, default_kind FROM system.columns WHERE database = "
+        "currentDatabase() AND table = 'requests' AND name IN ('token_times_s', "
+        "'token_offsets_us', 'token_times_f64') ORDER BY position"
     )
+    assert types == [
+        ("token_times_f64", "Array(Float64)", ""),
+        ("token_offsets_us", "Array(Int64)", ""),
+        ("token_times_s", "Array(Float64)", "ALIAS"),
+    ]
+    # read back as records: the float form, to the microsecond
+    [rec] = fetch_records(
+        store, "request", where="request_id = {r:String}", params={"r": f"{tag}-float"}
+    )
+    assert rec.token_times_s == [u / 1e6 for u in FINE_US] and not rec.token_offsets_us
+
+
+def test_the_stored_rounding_is_pythons(store: Any, tmp_path: Path) -> None:
+    """ClickHouse rounds seconds to microseconds as ``offsets_us`` does (ties to even)."""
+    rng = random.Random(3)
+    times = sorted(
+        [rng.uniform(0, 86400) for _ in range(300)]
+        + [rng.randrange(0, 10**8) / 1e6 + 5e-7 for _ in range(300)]  # near ties
+        + [(2 * k + 1) / 2e6 for k in range(50)]  # ties, as exactly as floats give them
+    )
+    p = tmp_path / "rounding.jsonl"
+    p.write_text(json.dumps(_line(1, request_id="rounding", token_times_s=times)) + "\n")
+    _ingest(store, p)
+    _, rows = store.query("SELECT token_offsets_us FROM requests WHERE request_id = 'rounding'")
+    assert rows == [(offsets_us(times),)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "raw_doubt"),
+    [
+        ("[-1]", "token_offsets_us[0]", True),
+        (f"[1,{2**32}]", "token_offsets_us[1]", False),  # the row guard's to bound
+        ("[1.5]", "token_offsets_us[0]", True),
+        ('["1"]', "token_offsets_us[0]", True),
+        ("[1,null]", "token_offsets_us[1]", True),
+        ('"1,2"', "token_offsets_us", True),
+        ("[18446744073709551621]", "token_offsets_us[0]", True),  # 2^64 + 5: read as 5
+    ],
+)
+def test_bad_integer_times_are_rejected_with_file_line_and_field(
+    store: Any, tmp_path: Path, bad: str, field: str, raw_doubt: bool
+) -> None:
+    """The line check doubts a line whose JSON is not a list of plain integers, the row
+    guard one out of UInt32; the careful path rejects it with its file, line and field."""
+    good = [json.dumps(_line(i, request_id=f"ok-{bad}-{i}", token_offsets_us=US)) for i in (1, 2)]
+    bad_line = json.dumps(_line(9, request_id="bad-us"))[:-1] + f', "token_offsets_us": {bad}}}'
+    p = tmp_path / "bad.jsonl"
+    p.write_text(f"{good[0]}\n{bad_line}\n{good[1]}\n")
+    check = check_lines(store, TABLES["request"], str(p))
+    assert check is not None and check.doubtful == int(raw_doubt)
     rep = _ingest(store, p)
+    f = rep.files[0]
+    assert f.path_taken == "careful" and f.rows["request"] == 2 and f.rejected == 1
+    with open(rep.rejects_file, encoding="utf-8") as fh:
+        [r] = [json.loads(x) for x in fh]
+    assert (r["file"], r["line"], r["field"]) == (str(p), 2, field), r
+    _, rows = store.query("SELECT count() FROM requests WHERE request_id = 'bad-us'")
+    assert rows == [(0,)]
+    _, rows = store.query(
+        "SELECT token_offsets_us FROM requests WHERE startsWith(request_id, {p:String})",
+        {"p": f"ok-{bad}-"},
+    )
+    assert rows == [(US,), (US,)]
+
+
+@pytest.mark.parametrize(
+    ("form", "times"),
+    [
+        ("token_offsets_us", [100, 5_000_000]),  # past e2e_s
+        ("token_times_s", [0.0001, 5.0]),
+        ("token_times_s", [-0.5, 0.1]),  # negative
+        ("token_times_s", [0.1, 1e6]),  # past the ceiling (no e2e_s)
+    ],
+)
+def test_an_impossible_time_in_either_form_goes_to_the_careful_path(
+    store: Any, tmp_path: Path, form: str, times: list[Any]
+) -> None:
+    rid = f"late-{form}-{times[-1]}"
+    e2e = {"e2e_s": 1.0} if times[-1] != 1e6 else {}
+    p = tmp_path / "late.jsonl"
+    p.write_text(json.dumps(_line(1, request_id=rid, **{form: times}, **e2e)) + "\n")
+    rep = _ingest(store, p, max_latency=1000.0)
     assert rep.files[0].path_taken == "careful"
-    _, rows = store.query("SELECT token_times_s FROM requests WHERE request_id = 'late'")
-    assert rows == [([],)]  # past e2e_s: dropped, as the float form would be
+    assert rep.files[0].rows["request"] == 1 and rep.files[0].rejected == 0
+    _, rows = store.query(
+        "SELECT token_times_s, token_offsets_us FROM requests WHERE request_id = {r:String}",
+        {"r": rid},
+    )
+    assert rows == [([], [])]  # dropped, the request kept
+
+
+def test_select_star_the_diff_export_and_the_request_detail_give_token_times_s(
+    store: Any, tmp_path: Path
+) -> None:
+    """``token_times_s`` is an ALIAS, which ``SELECT *`` leaves out unless told: every
+    place that reads a whole request gives it as before."""
+    from infdebug.store import q_dashboard, q_diff
+    from infdebug.store.user_sql import run_sql
+
+    p = tmp_path / "star.jsonl"
+    p.write_text(
+        json.dumps(_line(1, request_id="star", token_offsets_us=US, deployment="dx")) + "\n"
+    )
+    _ingest(store, p)
+    want = [u / 1e6 for u in US]
+    for write in (False, True):
+        res = run_sql(store, "SELECT * FROM requests WHERE request_id = 'star'", write=write)
+        row = dict(zip(res.columns, res.rows[0], strict=True))
+        assert row["token_times_s"] == want and row["token_offsets_us"] == US
+    detail = q_dashboard.request(store, "star")
+    assert detail is not None and detail["token_times_s"] == want
+    assert "token_offsets_us" not in detail and "token_times_f64" not in detail
+    exported = q_diff.export_side(store, {"deployment": "dx"}, "requests")
+    [line] = [json.loads(x) for x in exported.splitlines()]
+    assert line["token_times_s"] == want and "token_offsets_us" not in line
 
 
 def test_trace_sampling_keeps_anomalies_and_the_share(store: Any, tmp_path: Path) -> None:
@@ -166,8 +365,10 @@ def test_trace_sampling_keeps_anomalies_and_the_share(store: Any, tmp_path: Path
     _, rows = store.query(
         "SELECT toUInt32(substring(request_id, 3)) AS i, notEmpty(prompt_ids), "
         "notEmpty(token_times_s), prompt_text IS NOT NULL, prompt_tokens, output_tokens, "
-        "e2e_s FROM requests WHERE startsWith(request_id, 's-') ORDER BY i"
+        "e2e_s, notEmpty(token_offsets_us) FROM requests WHERE startsWith(request_id, 's-') "
+        "ORDER BY i"
     )
+    assert all(r[2] == r[7] for r in rows)  # the times dropped where they are stored
     assert len(rows) == n  # every row kept, with its aggregates
     assert all(r[6] in (1.0, 4.0) for r in rows)
     # a request without its arrays keeps their lengths as its token counts

@@ -23,9 +23,10 @@ from typing import Any
 from infdebug.errors import InputError
 from infdebug.store.ddl import TABLES
 
-# Dropped from a request that is not kept whole (by the empty value of its type).
+# Dropped from a request that is not kept whole (by the empty value of its type). The times
+# are stored as ``token_offsets_us`` (``token_times_s`` is an ALIAS of it, store/ddl.py).
 TRACE_COLUMNS: dict[str, str] = {
-    "token_times_s": "[]",
+    "token_offsets_us": "[]",
     "prompt_ids": "[]",
     "output_ids": "[]",
     "output_logprobs": "[]",
@@ -74,7 +75,7 @@ class TraceSample:
         """The ``Ingestor(assign=…)`` for the requests table (empty when inactive)."""
         if not self.active:
             return {}
-        cols = {c.name: c for c in TABLES["request"].columns}
+        cols = {c.name: c for c in TABLES["request"].stored_columns}
         keep = self.keep_sql()
         out = {
             name: f"if({keep}, {cols[name].select}, {empty})"

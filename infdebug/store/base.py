@@ -31,6 +31,7 @@ __all__ = [
     "StoreFull",
     "StoreReadOnly",
     "StoreUnwritable",
+    "apply_statement",
     "disk_full",
     "insert_select",
     "migrate",
@@ -158,7 +159,7 @@ def migrate(store: Store, *, restore: bool = True) -> list[int]:
         if m.version <= current:
             continue
         for stmt in m.sql(retention, settings.trace_retention_days()):
-            store.command(stmt)
+            apply_statement(store, stmt)
         store.command(
             "INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",
             {"v": m.version, "n": m.name},
@@ -175,6 +176,32 @@ def migrate(store: Store, *, restore: bool = True) -> list[int]:
                 ", ".join(gone),
             )
     return applied
+
+
+_RENAME_RE = re.compile(
+    r"^\s*ALTER TABLE (?:(\w+)\.)?(\w+)(?: ON CLUSTER \w+)? "
+    r"RENAME COLUMN (?:IF EXISTS )?\w+ TO (\w+)\s*$",
+    re.I,
+)
+
+
+def apply_statement(store: Store, stmt: str) -> None:
+    """Run one migration statement. ``RENAME COLUMN a TO b`` is skipped where the table has
+    ``b`` already: a migration that stopped after its rename, before it was recorded, then
+    runs again to its end, as its other statements (``IF [NOT] EXISTS``) let it."""
+    m = _RENAME_RE.match(stmt)
+    if m:
+        db, table, to = m.groups()
+        params = {"t": table, "c": to, **({"db": db} if db else {})}
+        where_db = "{db:String}" if db else "currentDatabase()"
+        _, rows = store.query(
+            f"SELECT count() FROM system.columns WHERE database = {where_db} "
+            "AND table = {t:String} AND name = {c:String}",
+            params,
+        )
+        if rows and int(rows[0][0]):
+            return
+    store.command(stmt)
 
 
 _TARGET_RE = re.compile(r"^\s*(?:CREATE TABLE IF NOT EXISTS|ALTER TABLE)\s+`?(\w+)`?", re.I)
@@ -208,7 +235,7 @@ def restore_tables(store: Store, tables: Sequence[str]) -> None:
     by_table = _statements_by_table(_version_or_zero(store))
     for t in tables:
         for stmt in by_table.get(t, []):
-            store.command(stmt)
+            apply_statement(store, stmt)
 
 
 def _version_or_zero(store: Store) -> int:

@@ -52,7 +52,7 @@ from infdebug.store.base import (
     disk_full,
     insert_select,
 )
-from infdebug.store.ddl import JSONL_READ_SETTINGS, Table
+from infdebug.store.ddl import JSONL_READ_SETTINGS, SELECT_STAR_SETTINGS, Table
 from infdebug.store.filepath import literal_path
 
 # Rows are streamed to a server in pieces of about this many bytes, cut at line ends.
@@ -131,7 +131,8 @@ class ClickHouseStore:
         """``query`` under ClickHouse's ``readonly = 1``: no writes, no settings changes, no
         table function that is not a local computation. chDB keeps a per-query setting in
         the session (readonly cannot be turned off again), so there it is a second session
-        of its own; a server takes it with the query."""
+        of its own; a server takes it with the query. ``SELECT *`` gives the ALIAS columns
+        too (``token_times_s``), as it gave that column before it became one."""
         client, settings = self._readonly_session()
         try:
             tbl = client.query_arrow(sql, parameters=_bound(sql, params), settings=settings)
@@ -163,7 +164,9 @@ class ClickHouseStore:
         if self.home is None:
             current = getattr(self._client, "server_settings", {}).get("readonly")
             already = current is not None and str(getattr(current, "value", "0")) != "0"
-            return self._client, {} if already else {"readonly": 1}
+            # A user that is read-only already may not change settings: its profile says
+            # whether ``SELECT *`` has the ALIAS columns.
+            return self._client, {} if already else {**SELECT_STAR_SETTINGS, "readonly": 1}
         if self._readonly is None:
             import clickhouse_connect
 
@@ -171,7 +174,7 @@ class ClickHouseStore:
                 self._readonly = clickhouse_connect.get_client(
                     interface="chdb",
                     path=getattr(self._client, "path", os.path.join(self.home, "clickhouse")),
-                    settings={"readonly": 1},
+                    settings={**SELECT_STAR_SETTINGS, "readonly": 1},  # readonly last
                 )
             except Exception as e:
                 raise StoreError(

@@ -7,8 +7,10 @@ becomes ``CREATE TABLE db.name_local ON CLUSTER c (…) ENGINE = ReplicatedX('/c
 tables/{shard}/db/name_local', '{replica}')`` with the same columns, codecs, PARTITION BY,
 ORDER BY, TTL, indexes and settings, then ``CREATE TABLE db.name ON CLUSTER c AS
 db.name_local ENGINE = Distributed(c, db, name_local, <sharding key>)``. ``ALTER TABLE name
-ADD COLUMN`` goes to both (the Distributed table must know the column to read it); other
-ALTERs (codecs, settings) to the local tables only.
+ADD COLUMN`` and ``RENAME COLUMN`` go to both (the Distributed table must know a column to
+read it, an ALIAS and the columns it reads included: migration 10); other ALTERs (codecs,
+column TTLs, settings) to the local tables only, which is why migration 10 adds its column
+plain and sets its codec and TTL with a ``MODIFY COLUMN`` of its own.
 
 Sharding keys (``SHARDING``) keep together what the queries aggregate: the analyzers compare
 replicas (latency, outputs, GPU samples, events per replica) and join a replica's requests to
@@ -34,7 +36,7 @@ import weakref
 from dataclasses import dataclass
 
 from infdebug.errors import InputError
-from infdebug.store.base import Store
+from infdebug.store.base import Store, apply_statement
 from infdebug.store.ddl import MIGRATIONS, MIGRATIONS_DDL, Migration
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -50,6 +52,10 @@ SHARDING: dict[str, str] = {
     "otel_traces": "cityHash64(TraceId)",
     "schema_migrations": "version",
 }
+
+# ALTERs of the columns a query names, which the Distributed table must know as the local
+# tables do (an ALIAS, or the columns one reads); the rest (codecs, TTLs) only the local.
+BOTH_ALTERS = ("ADD COLUMN", "RENAME COLUMN")
 
 _CREATE = re.compile(r"^\s*CREATE TABLE IF NOT EXISTS (\w+) \(", re.S)
 _ENGINE = re.compile(r"\) ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?")
@@ -110,7 +116,7 @@ class Cluster:
         if a:
             name, action = a.group(1), a.group(2).strip()
             out = [f"ALTER TABLE {db}.{name}_local {on} {action}"]
-            if action.upper().startswith("ADD COLUMN"):
+            if action.upper().startswith(BOTH_ALTERS):
                 out.append(f"ALTER TABLE {db}.{name} {on} {action}")
             return out
         raise InputError(f"cannot rewrite for a cluster: {stmt.strip()[:80]}")
@@ -155,7 +161,7 @@ def migrate_cluster(store: Store, cluster: Cluster) -> list[int]:
         if m.version <= current:
             continue
         for stmt in m.sql(retention, settings.trace_retention_days()):
-            store.command(stmt)
+            apply_statement(store, stmt)
         store.command(
             f"INSERT INTO {table} (version, name) VALUES ({{v:UInt32}}, {{n:String}})",
             {"v": m.version, "n": m.name},

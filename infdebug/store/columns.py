@@ -28,6 +28,11 @@ class Column:
     which the parsed value cannot. A column without one doubts every line that has the
     field. Checks may be stricter than the contract (a string of 19 digits or more is
     doubted), never looser.
+
+    ``alias``: the store keeps no data under this name but an ``ALIAS`` column, this SQL
+    expression of other stored columns, that queries read as they would the field. The
+    line's field is still read and checked (``expr`` is its value in the read row, which
+    the stored columns' ``expr`` may use), never inserted.
     """
 
     name: str
@@ -37,6 +42,7 @@ class Column:
     check: str = ""  # fast-path condition on the read field
     json: bool = False  # stored as JSON text (objects / arrays of objects)
     raw: str = ""  # fast-path condition on the field's JSON text, ``{v}``
+    alias: str = ""  # stored as ``ALIAS`` this expression of other columns, never inserted
 
     @property
     def select(self) -> str:

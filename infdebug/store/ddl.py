@@ -4,7 +4,9 @@ The same statements run on chDB (embedded) and on a ClickHouse server. Each tabl
 records land in is described once by its ``Column``s: the storage type, the type
 ClickHouse reads the JSON field as (``read``), and the expression that turns the read
 value into the stored one (``expr``). Ingest builds both the ``file()``/``input()``
-structure and the ``INSERT … SELECT`` list from these, so DDL and loader cannot drift.
+structure and the ``INSERT … SELECT`` list from these, so DDL and loader cannot drift. A
+column with an ``alias`` is an ``ALIAS`` in the store, read from the columns that hold its
+data (the per-token times: migration 10), which a load fills instead.
 
 Each ``Column`` (store/columns.py) also carries the fast ingest path's checks, derived from
 its type: ``check`` on the value ClickHouse parsed, and ``raw`` on the field's JSON text in
@@ -44,6 +46,29 @@ RETENTION_MARK = "__RETENTION_DAYS__"
 # (migration 9) with this mark, ``INFDEBUG_TRACE_RETENTION_DAYS`` (default: the same days).
 TRACE_RETENTION_MARK = "__TRACE_RETENTION_DAYS__"
 
+# Migration 10 keeps the per-token times as integer microseconds from arrival,
+# ``token_offsets_us`` (Delta + ZSTD: 2.1 B/token where Float64 seconds took 6.7 with FPC,
+# bench/storage.py); ``token_times_s``, the column every query reads, became an ALIAS that
+# gives them in seconds, or for a row stored before, the Float64 seconds it had, kept under
+# ``token_times_f64`` (renamed: a wide part's files are linked under the new name, a
+# compact part, under 10 MB, is copied whole by ClickHouse). Inter-token gaps are
+# milliseconds: rounding to the microsecond changes no analysis. A time past
+# ``MAX_STORED_TIME_S`` (only with an infinite ``--max-latency``) is stored as that.
+TIMES_F64 = "token_times_f64"
+OFFSETS_TYPE = "Array(Int64)"
+OFFSETS_CODEC = "Delta, ZSTD(1)"
+MAX_STORED_TIME_S = 9e12  # seconds; in microseconds, within Int64
+TO_MICROS = f"toInt64(round(least(x, {MAX_STORED_TIME_S!r}) * 1e6))"  # of seconds ``x``
+TIMES_ALIAS = (
+    f"if(empty(`token_offsets_us`), `{TIMES_F64}`, arrayMap(x -> x / 1e6, `token_offsets_us`))"
+)
+
+# The columns that only hold a field for its ALIAS (``token_times_s``): a whole row as a
+# record shows has the ALIAS (``SELECT_STAR_SETTINGS``) and not these.
+STORAGE_ONLY = frozenset({TIMES_F64, "token_offsets_us"})
+# ``SELECT *`` with the ALIAS columns too (ClickHouse leaves them out by default).
+SELECT_STAR_SETTINGS: dict[str, int] = {"asterisk_include_alias_columns": 1}
+
 REQUEST_COLUMNS: tuple[Column, ...] = (
     text("request_id", required=True),
     text("replica", required=True, lc=True),
@@ -58,13 +83,14 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     real("prefill_s"),
     real("ttft_s"),
     real("e2e_s"),
-    Column(  # from either form: the contract's token_times_s, else token_offsets_us
+    Column(  # an ALIAS (migration 10): the times stored as integers, read in seconds
         "token_times_s",
         "Array(Float64)",
         "Array(Float64)",
         "if(empty({c}), arrayMap(x -> x / 1e6, `token_offsets_us`), {c})",
         "isFinite(arraySum({c}))",
         raw=reals("token_times_s").raw,
+        alias=TIMES_ALIAS,
     ),
     json_text("messages", "[", RAW_OBJ),
     text("prompt_text"),
@@ -86,14 +112,17 @@ REQUEST_COLUMNS: tuple[Column, ...] = (
     texts("derived"),
 )
 
-# Fields a request line may carry that are read but not stored as they are: the integer
-# form of the token times goes into ``token_times_s`` (above), the one column the queries read.
+# Fields a request line may carry beside the columns above, each stored in a column of its
+# own name that queries do not read: the per-token times in integer microseconds, filled from
+# either form of the line (``token_times_s`` first, as the contract decoder does), which the
+# ``token_times_s`` ALIAS reads back in seconds.
 REQUEST_INPUTS: tuple[Column, ...] = (
     Column(
         "token_offsets_us",
-        "Array(UInt32)",
+        OFFSETS_TYPE,
         "Array(Int64)",
-        check=f"(empty({{c}}) OR (arrayMin({{c}}) >= 0 AND arrayMax({{c}}) <= {U32}))",
+        f"if(empty(`token_times_s`), {{c}}, arrayMap(x -> {TO_MICROS}, `token_times_s`))",
+        f"(empty({{c}}) OR (arrayMin({{c}}) >= 0 AND arrayMax({{c}}) <= {U32}))",
         raw=token_ids("token_offsets_us").raw,
     ),
 )
@@ -188,8 +217,9 @@ class Table:
     # the store added): (column, SQL expression of the read row, bound parameters only).
     # ``infdebug diff`` labels each row with its side this way as it loads.
     assign: tuple[tuple[str, str], ...] = ()
-    # Fields read from a line (checked like columns) that no column stores as they are: the
-    # columns' ``expr`` may use them (``REQUEST_INPUTS``).
+    # Fields read from a line (checked like columns) beside ``columns``, each stored in a
+    # column of its own name that queries do not read (an ``alias`` column reads it):
+    # ``REQUEST_INPUTS``. Not among the records' fields that ``columns`` give back.
     inputs: tuple[Column, ...] = ()
 
     @property
@@ -197,7 +227,15 @@ class Table:
         """The columns and the ``inputs``: every field a line is read and checked by."""
         return self.columns + self.inputs
 
+    @property
+    def stored_columns(self) -> tuple[Column, ...]:
+        """What a load inserts: ``read_columns`` but the ``alias`` ones."""
+        return tuple(c for c in self.read_columns if not c.alias)
+
     def ddl(self) -> str:
+        """The ``CREATE TABLE`` of the migration that made the table: later ones change it
+        (``ALTER``), so an ``alias`` column is here the plain column it was before its own
+        migration turned it into an ALIAS, and the ``inputs`` are not here."""
         cols = ",\n  ".join(f"`{c.name}` {c.type}" for c in self.columns)
         return (
             f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols},\n"
@@ -223,7 +261,10 @@ class Table:
 
     def select_list(self) -> str:
         given = dict(self.assign)
-        own = [given.pop(c.name, c.select) for c in self.columns]
+        aliased = [c.name for c in self.columns if c.alias and c.name in given]
+        if aliased:
+            raise ValueError(f"{self.name}: {aliased[0]} is an ALIAS column, not stored")
+        own = [given.pop(c.name, c.select) for c in self.stored_columns]
         return ", ".join([*own, *given.values()])
 
     def guard(self) -> str:
@@ -266,11 +307,9 @@ class Table:
         )
 
     def insert_columns(self) -> str:
-        names = {c.name for c in self.columns}
-        extra = [n for n, _ in self.assign if n not in names]
-        return ", ".join(f"`{n}`" for n in [*(c.name for c in self.columns), *extra]) + (
-            ", `_file`, `_batch`"
-        )
+        own = [c.name for c in self.stored_columns]
+        extra = [n for n, _ in self.assign if n not in own]
+        return ", ".join(f"`{n}`" for n in [*own, *extra]) + ", `_file`, `_batch`"
 
     @property
     def json_columns(self) -> frozenset[str]:
@@ -492,6 +531,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ("output_text", "Nullable(String)", "ZSTD(3)", ""),
                 ("messages", "Nullable(String)", "ZSTD(3)", ""),
             )
+        ),
+    ),
+    Migration(
+        10,
+        "requests: the per-token times stored as integer microseconds from arrival "
+        "(token_offsets_us, Delta+ZSTD); token_times_s an ALIAS that reads them in seconds, "
+        "or a row stored before in its Float64 seconds, kept as token_times_f64 (renamed)",
+        (
+            f"ALTER TABLE requests RENAME COLUMN IF EXISTS token_times_s TO {TIMES_F64}",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS token_offsets_us "
+            f"{OFFSETS_TYPE} AFTER {TIMES_F64}",
+            # Not MATERIALIZE TTL, as a MODIFY with a TTL does by default: it would rewrite
+            # every part's token_times_f64, and the old parts hold no offsets to expire.
+            f"ALTER TABLE requests MODIFY COLUMN token_offsets_us {OFFSETS_TYPE} "
+            f"CODEC({OFFSETS_CODEC}){TRACE_TTL} SETTINGS materialize_ttl_after_modify = 0",
+            "ALTER TABLE requests ADD COLUMN IF NOT EXISTS token_times_s Array(Float64) "
+            f"ALIAS {TIMES_ALIAS} AFTER token_offsets_us",
         ),
     ),
 )

@@ -17,6 +17,7 @@ from typing import Any
 
 from infdebug.store import q_gpu
 from infdebug.store.base import Store, query_dicts
+from infdebug.store.ddl import SELECT_STAR_SETTINGS, STORAGE_ONLY
 from infdebug.store.q_common import UNIT, WINDOW, window_params
 from infdebug.store.q_workload import FAILED, OUTPUT_LEN, PROMPT_LEN
 
@@ -327,14 +328,17 @@ def search(
 
 
 def request(store: Store, request_id: str) -> dict[str, Any] | None:
-    """Every stored column of one request (the earliest, if the ID was logged twice)."""
-    rows = query_dicts(
-        store,
+    """Every stored field of one request (the earliest, if the ID was logged twice): the
+    token times as ``token_times_s`` (an ALIAS), not the columns that hold them."""
+    cols, rows = store.query(
         "SELECT * EXCEPT (_file, _batch, _ingested_at) FROM requests "
         "WHERE request_id = {rid:String} ORDER BY t_arrival LIMIT 1",
         {"rid": request_id},
+        SELECT_STAR_SETTINGS,
     )
-    return rows[0] if rows else None
+    if not rows:
+        return None
+    return {c: v for c, v in zip(cols, rows[0], strict=True) if c not in STORAGE_ONLY}
 
 
 def counterpart(store: Store, request_id: str, prefer_units: list[str] | None = None) -> str | None:

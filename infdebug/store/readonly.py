@@ -30,6 +30,7 @@ from infdebug.store.client import (
     _clean,
     _unlock,
 )
+from infdebug.store.ddl import SELECT_STAR_SETTINGS
 from infdebug.store.health import broken_mutation_files
 
 
@@ -98,7 +99,9 @@ def open_read_only(home: str, why: str) -> ClickHouseStore:
                 clients[0].command(_attach(os.path.join(meta, name), disk))
         # ``query_readonly``'s session: on the same private chDB, not the store's path.
         clients.append(
-            clickhouse_connect.get_client(interface="chdb", path=scratch, settings={"readonly": 1})
+            clickhouse_connect.get_client(
+                interface="chdb", path=scratch, settings={**SELECT_STAR_SETTINGS, "readonly": 1}
+            )
         )
     except Exception as e:
         for c in clients:

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from infdebug.errors import InputError, StoreError
 from infdebug.store.base import Params
+from infdebug.store.ddl import SELECT_STAR_SETTINGS
 
 
 class QueryRefused(InputError):
@@ -230,8 +231,8 @@ def run_sql(
     rows: list[tuple[Any, ...]] = []
     for stmt, tree in zip(stmts, trees, strict=True):
         bound = _used(store, stmt, params)
-        if is_read(tree.kind):
-            cols, rows = store.query(stmt, bound)
+        if is_read(tree.kind):  # ``SELECT *`` with the ALIAS columns, as query_readonly
+            cols, rows = store.query(stmt, bound, SELECT_STAR_SETTINGS)
         else:
             store.command(stmt, bound)
             cols, rows = [], []
