@@ -7,6 +7,8 @@ The embedded store has one owner, so the collectors of one process share it this
 * one pump thread, every ``interval``, opens the store (or keeps it, ``hold``), runs each
   spool's loader (collectors/spool_loader.py) and the log tailer's poll (collectors/tail.py)
   in turn, and releases it, so ``infdebug query`` and ``analyze`` get their turn in between.
+  A round that loaded something is followed by the next at once, on the same open store
+  (for at most ``HOLD_BUSY_S``): under a steady stream the pump neither sleeps nor reopens.
 
 While the store is held by another process or a server is unreachable, the pump says so
 once and waits with backoff; the spools (and, for logs, the files) keep everything.
@@ -30,6 +32,7 @@ from infdebug.store.base import Store, StoreBusy, StoreError, StoreFull
 
 Say = Callable[[str], None]
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 30.0
+HOLD_BUSY_S = 5.0  # the longest the pump keeps the embedded store between busy rounds
 
 
 class _Borrowed:
@@ -83,6 +86,7 @@ class Pump:
         self._say = say
         self.sources: list[Source] = []
         self._store: Store | None = None
+        self._opened_at = 0.0
         self.rounds = 0
         self.errors = 0
         self.waits = 0
@@ -99,6 +103,7 @@ class Pump:
     def _acquire(self) -> Store:
         if self._store is None:
             self._store = self._open()
+            self._opened_at = time.monotonic()
         return self._store
 
     def _release(self, *, force: bool = False) -> None:
@@ -146,7 +151,12 @@ class Pump:
             self._release(force=True)
             raise
         finally:
-            self._release()
+            # busy (this round loaded something): keep the store for the next round, at most
+            # HOLD_BUSY_S, so a steady stream does not pay chDB's reopening every round yet
+            # other commands still get their turn
+            busy = n > 0 and time.monotonic() - self._opened_at < HOLD_BUSY_S
+            if not busy:
+                self._release()
         if not left:
             self.drained_at = time.time()
         return n
@@ -159,7 +169,7 @@ class Pump:
         while True:
             final = self._stop.is_set()
             try:
-                self.round()
+                loaded = self.round()
             except (StoreUnavailable, StoreError) as e:
                 if not isinstance(e, StoreUnavailable) and not self.server:
                     raise
@@ -183,7 +193,8 @@ class Pump:
                 self.waiting_since, delay = None, BACKOFF_MIN_S
             if final:
                 break
-            self._stop.wait(self.interval)
+            if not loaded:  # something loaded: more may be waiting, go again at once
+                self._stop.wait(self.interval)
         self._release(force=True)
 
     def stop(self) -> None:
