@@ -58,8 +58,10 @@ lint: $(VENV)/.test
 typecheck: $(VENV)/.test
 	$(BIN)/mypy infdebug
 
+# Two workers (pytest-xdist), a test file each at a time: module-scoped servers start once.
+TEST_WORKERS ?= 2
 unit: $(VENV)/.test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.bench
 	$(BIN)/python bench/ingest.py
