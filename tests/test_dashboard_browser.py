@@ -112,6 +112,17 @@ return null;
 """
 
 
+def _eventually_link(d: Any, kind: str, timeout: float = 30.0) -> Any:
+    """The finding's link once the feed shows it (a rerun may be redrawing it just now)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        link = d.execute_script(_LINK_OF, kind)
+        if link is not None:
+            return link
+        assert time.monotonic() < deadline, probe.body(d)[:2000]
+        time.sleep(0.2)
+
+
 def test_click_finding_through_to_token_diff(site: tuple[str, Any]) -> None:
     url, d = site
     probe.open_page(d, url + "/", _feed_done, "the findings feed")
@@ -122,8 +133,7 @@ def test_click_finding_through_to_token_diff(site: tuple[str, Any]) -> None:
     )
 
     for attempt in range(5):  # a rerun still finishing may redraw the feed under the click
-        link = d.execute_script(_LINK_OF, "template.double_bos")
-        assert link is not None, probe.body(d)[:2000]
+        link = _eventually_link(d, "template.double_bos")
         try:
             d.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
             t0 = time.perf_counter()
