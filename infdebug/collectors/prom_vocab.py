@@ -151,6 +151,30 @@ def lookup(name: str) -> Mapping | None:
     return _BY_SOURCE.get(name)
 
 
+# Sources whose unit depends on the engine's version, told by a label: (source, label present,
+# label absent) -> the factor on top of ``Mapping.scale``. SGLang 0.3 (label name=) wrote its
+# hit rate as a percent, 0.4+ (model_name=) a 0..1 ratio.
+_LABEL_SCALES: dict[tuple[str, str, str], float] = {
+    ("sglang:cache_hit_rate", "name", "model_name"): 0.01,
+}
+
+
+def value_in_unit(m: Mapping, labels: dict[str, str] | None, v: float) -> float | None:
+    """A gauge or counter sample of ``m`` in its term's unit; None for "no data" (a ratio
+    below 0: vLLM V0's prefix-cache hit rate is -1 with caching off). A ratio over 1 is a
+    percent whatever the engine said."""
+    v *= m.scale
+    if TERMS[m.term].unit != "ratio":
+        return v
+    if v < 0:
+        return None
+    labels = labels or {}
+    for (src, present, absent), factor in _LABEL_SCALES.items():
+        if m.source == src and present in labels and absent not in labels:
+            return v * factor
+    return v / 100.0 if v > 1.0 else v
+
+
 def sources_of(term: str) -> list[Mapping]:
     """Every engine's source for a term, in table order (empty for an unknown term)."""
     return list(_BY_TERM.get(term, ()))

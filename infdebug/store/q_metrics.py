@@ -40,21 +40,9 @@ RATIO_TERMS = ("kv_cache_usage_ratio", "prefix_cache_hit_ratio")
 
 
 def _value(m: Mapping, labels: str | None, v: float) -> float | None:
-    """A gauge or counter sample in its term's unit; None for "no data" (a ratio of -1,
-    as vLLM V0's prefix-cache hit rate with caching off)."""
-    if m.term not in RATIO_TERMS:
-        return v * m.scale
-    if v < 0:
-        return None
-    v *= m.scale
-    # SGLang 0.3 (label name=) wrote its hit rate as a percent, 0.4+ (model_name=) a ratio;
-    # any ratio over 1 is a percent.
-    old_sglang = (
-        m.source == "sglang:cache_hit_rate"
-        and '"name"' in (labels or "")
-        and "model_name" not in (labels or "")
-    )
-    return v / 100.0 if old_sglang or v > 1.0 else v
+    from infdebug.collectors.prom_vocab import value_in_unit
+
+    return value_in_unit(m, json.loads(labels) if labels else None, v)
 
 
 @dataclass
