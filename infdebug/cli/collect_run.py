@@ -8,6 +8,7 @@ line every ``--status-every`` seconds and the collector's own ``/metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -195,6 +196,10 @@ def run_plan(obj: CliContext, plan: Plan) -> None:
         server=server,
         say=_say,
     )
+    # SIGINT / SIGTERM from here on: a signal while the receivers start (a client may already
+    # be answered) stops the run cleanly instead of killing the process
+    signals = contextlib.ExitStack()
+    signals.enter_context(_stopping(pump.stop))
     cap = o.get("spool_max_bytes", 1 << 30)
     started: list[Callable[[], None]] = []
     try:
@@ -227,8 +232,7 @@ def run_plan(obj: CliContext, plan: Plan) -> None:
 
         threading.Thread(target=tick, name="infdebug-status", daemon=True).start()
     try:
-        with _stopping(pump.stop):
-            pump.run()
+        pump.run()
     except InfdebugError as e:
         fail(f"collect failed: {e}")
     finally:
@@ -238,6 +242,7 @@ def run_plan(obj: CliContext, plan: Plan) -> None:
         if metrics_server is not None:
             metrics_server.shutdown()
     _final_round(pump)
+    signals.close()
     doc = pump.status()
     if o.get("as_json"):
         print_json(doc)
